@@ -1,0 +1,745 @@
+//! The k-quants: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (and Q8_K, the dot-product companion format).
+//!
+//! 256-element super-blocks of 16 or 8 sub-blocks, each with its own scale (and min), the
+//! sub-block scales quantized again against one f16 super-scale. Without an importance matrix
+//! ggml uses its `quantize_row_*_K_ref` searches, with one the `*_impl` variants; both are
+//! reproduced here operation for operation (ggml-quants.c, ggml 0.25.3).
+
+use super::fp16::{read_f16, round_trip_f16, write_f16};
+use super::search::{
+    make_q3_quants, make_qp_quants, make_qx_quants, nearest_int, AffineSearch, GROUP_MAX_EPS,
+};
+use super::simd;
+use super::{BlockFormat, GgmlType, Isa, QK_K};
+
+pub struct Q2K;
+pub struct Q3K;
+pub struct Q4K;
+pub struct Q5K;
+pub struct Q6K;
+pub struct Q8K;
+
+fn sum_squares(x: &[f32]) -> f32 {
+    let mut s = 0.0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// Importance weights `qw_j * sqrt(sigma2 + x_j^2)` and their sum per sub-block.
+fn imatrix_weights(
+    x: &[f32],
+    qw: &[f32],
+    sigma2: f32,
+    weights: &mut [f32],
+    sums: &mut [f32],
+    sub: usize,
+) {
+    for (j, (w, sum)) in weights
+        .chunks_exact_mut(sub)
+        .zip(sums.iter_mut())
+        .enumerate()
+    {
+        let mut s = 0.0f32;
+        for l in 0..sub {
+            let v = x[sub * j + l];
+            w[l] = qw[sub * j + l] * (sigma2 + v * v).sqrt();
+            s += w[l];
+        }
+        *sum = s;
+    }
+}
+
+/// Pack 2-bit levels of a 256 super-block: byte l of each 32-byte group holds elements
+/// l, l+32, l+64, l+96 of its 128-element half.
+fn pack_2bit(levels: &[u8; QK_K], qs: &mut [u8]) {
+    for j in (0..QK_K).step_by(128) {
+        for l in 0..32 {
+            qs[j / 4 + l] = levels[j + l]
+                | (levels[j + l + 32] << 2)
+                | (levels[j + l + 64] << 4)
+                | (levels[j + l + 96] << 6);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q2_K
+// Layout: scales[16] (low nibble scale, high nibble min), qs[64], d, dmin.
+
+const Q2K_REF: AffineSearch = AffineSearch {
+    nmax: 3,
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    use_mad: true,
+};
+const Q2K_IMATRIX: AffineSearch = AffineSearch {
+    nmax: 3,
+    rmin: -0.9,
+    rdelta: 0.05,
+    nstep: 36,
+    use_mad: false,
+};
+
+impl BlockFormat for Q2K {
+    const TYPE: GgmlType = GgmlType::Q2_K;
+    const BLOCK_ELEMS: usize = QK_K;
+    const BLOCK_BYTES: usize = 84;
+
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+        for (ib, (xs, blk)) in x
+            .chunks_exact(QK_K)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            let mut levels = [0u8; QK_K];
+            let mut scales = [0.0f32; 16];
+            let mut mins = [0.0f32; 16];
+            let mut weights = [0.0f32; QK_K];
+            let (d, dmin);
+            match imatrix {
+                None => {
+                    for (w, &v) in weights.iter_mut().zip(xs) {
+                        *w = v.abs();
+                    }
+                    simd::affine_subblocks(
+                        isa,
+                        xs,
+                        &weights,
+                        16,
+                        Q2K_REF,
+                        &mut levels,
+                        &mut scales,
+                        &mut mins,
+                    );
+                    let max_scale = scales
+                        .iter()
+                        .fold(0.0f32, |m, &s| if s > m { s } else { m });
+                    let max_min = mins.iter().fold(0.0f32, |m, &s| if s > m { s } else { m });
+                    if max_scale > 0.0 {
+                        let iscale = 15.0 / max_scale;
+                        for j in 0..16 {
+                            blk[j] = nearest_int(iscale * scales[j]) as u8;
+                        }
+                        d = max_scale / 15.0;
+                    } else {
+                        blk[..16].fill(0);
+                        d = 0.0;
+                    }
+                    if max_min > 0.0 {
+                        let iscale = 15.0 / max_min;
+                        for j in 0..16 {
+                            blk[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
+                        }
+                        dmin = max_min / 15.0;
+                    } else {
+                        dmin = 0.0;
+                    }
+                }
+                Some(qw) => {
+                    let sigma2 = sum_squares(xs) / QK_K as f32;
+                    let mut sw = [0.0f32; 16];
+                    imatrix_weights(xs, &qw[ib * QK_K..], sigma2, &mut weights, &mut sw, 16);
+                    simd::affine_subblocks(
+                        isa,
+                        xs,
+                        &weights,
+                        16,
+                        Q2K_IMATRIX,
+                        &mut levels,
+                        &mut scales,
+                        &mut mins,
+                    );
+                    let mut ls = [0u8; 16];
+                    let mut lm = [0u8; 16];
+                    d = make_qp_quants(&scales, 15, &mut ls, &sw);
+                    dmin = make_qp_quants(&mins, 15, &mut lm, &sw);
+                    for j in 0..16 {
+                        blk[j] = ls[j] | (lm[j] << 4);
+                    }
+                }
+            }
+            write_f16(blk, 80, d);
+            write_f16(blk, 82, dmin);
+            let (d, dmin) = (round_trip_f16(d), round_trip_f16(dmin));
+            for j in 0..16 {
+                let dl = d * (blk[j] & 0xF) as f32;
+                if dl == 0.0 {
+                    continue;
+                }
+                let ml = dmin * (blk[j] >> 4) as f32;
+                for ii in 0..16 {
+                    levels[16 * j + ii] =
+                        nearest_int((xs[16 * j + ii] + ml) / dl).clamp(0, 3) as u8;
+                }
+            }
+            pack_2bit(&levels, &mut blk[16..80]);
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK_K))
+        {
+            let d = read_f16(blk, 80);
+            let min = read_f16(blk, 82);
+            let (scales, qs) = (&blk[..16], &blk[16..80]);
+            let mut at = 0;
+            for half in 0..2 {
+                let q = &qs[32 * half..];
+                for shift in (0..8).step_by(2) {
+                    for part in 0..2 {
+                        let sc = scales[half * 8 + shift + part];
+                        let dl = d * (sc & 0xF) as f32;
+                        let ml = min * (sc >> 4) as f32;
+                        for l in 0..16 {
+                            y[at] = dl * ((q[l + 16 * part] >> shift) & 3) as f32 - ml;
+                            at += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q3_K
+// Layout: hmask[32], qs[64], scales[12] (16 six-bit scales, offset 32), d.
+
+fn q3k_pack_scale(scales: &mut [u8], j: usize, l: u8) {
+    if j < 8 {
+        scales[j] = l & 0xF;
+    } else {
+        scales[j - 8] |= (l & 0xF) << 4;
+    }
+    scales[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
+}
+
+fn q3k_unpack_scale(scales: &[u8], j: usize) -> i32 {
+    let low = if j < 8 {
+        scales[j] & 0xF
+    } else {
+        scales[j - 8] >> 4
+    };
+    let high = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (low | (high << 4)) as i32 - 32
+}
+
+impl BlockFormat for Q3K {
+    const TYPE: GgmlType = GgmlType::Q3_K;
+    const BLOCK_ELEMS: usize = QK_K;
+    const BLOCK_BYTES: usize = 110;
+
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+        for (ib, (xs, blk)) in x
+            .chunks_exact(QK_K)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            let mut levels = [0i8; QK_K];
+            let mut scales = [0.0f32; 16];
+            blk[96..108].fill(0);
+            let d = match imatrix {
+                None => {
+                    let mut max_scale = 0.0f32;
+                    let mut amax = 0.0f32;
+                    for j in 0..16 {
+                        scales[j] =
+                            make_q3_quants(&xs[16 * j..16 * j + 16], 4, &mut levels[16 * j..]);
+                        let a = scales[j].abs();
+                        if a > amax {
+                            amax = a;
+                            max_scale = scales[j];
+                        }
+                    }
+                    if max_scale != 0.0 {
+                        let iscale = -32.0 / max_scale;
+                        for j in 0..16 {
+                            let l =
+                                (nearest_int(iscale * scales[j]) as i8 as i32).clamp(-32, 31) + 32;
+                            q3k_pack_scale(&mut blk[96..108], j, l as u8);
+                        }
+                        1.0 / iscale
+                    } else {
+                        0.0
+                    }
+                }
+                Some(qw) => {
+                    let sigma2 = 2.0 * sum_squares(xs) / QK_K as f32;
+                    let mut weights = [0.0f32; QK_K];
+                    let mut sw = [0.0f32; 16];
+                    imatrix_weights(xs, &qw[ib * QK_K..], sigma2, &mut weights, &mut sw, 16);
+                    for j in 0..16 {
+                        let r = 16 * j..16 * j + 16;
+                        scales[j] = make_qx_quants(
+                            &xs[r.clone()],
+                            4,
+                            &mut levels[r.clone()],
+                            Some(&weights[r]),
+                        );
+                    }
+                    let mut ls = [0i8; 16];
+                    let d_block = make_qx_quants(&scales, 32, &mut ls, Some(&sw));
+                    for j in 0..16 {
+                        q3k_pack_scale(&mut blk[96..108], j, ls[j] as u8);
+                    }
+                    d_block
+                }
+            };
+            write_f16(blk, 108, d);
+            let d = round_trip_f16(d);
+            for j in 0..16 {
+                let dl = d * q3k_unpack_scale(&blk[96..108], j) as f32;
+                if dl == 0.0 {
+                    continue;
+                }
+                for ii in 0..16 {
+                    let l = nearest_int(xs[16 * j + ii] / dl).clamp(-4, 3);
+                    levels[16 * j + ii] = (l + 4) as i8;
+                }
+            }
+            // High bit of element j goes to hmask[j % 32], bit j / 32.
+            let hmask = &mut blk[0..32];
+            hmask.fill(0);
+            let mut low = [0u8; QK_K];
+            for j in 0..QK_K {
+                let mut l = levels[j] as u8;
+                if l > 3 {
+                    hmask[j % 32] |= 1 << (j / 32);
+                    l -= 4;
+                }
+                low[j] = l;
+            }
+            pack_2bit(&low, &mut blk[32..96]);
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK_K))
+        {
+            let d_all = read_f16(blk, 108);
+            let (hm, qs, scales) = (&blk[0..32], &blk[32..96], &blk[96..108]);
+            let mut at = 0;
+            let mut is = 0;
+            let mut m = 1u8;
+            for half in 0..2 {
+                let q = &qs[32 * half..];
+                for shift in (0..8).step_by(2) {
+                    for part in 0..2 {
+                        let dl = d_all * q3k_unpack_scale(scales, is) as f32;
+                        is += 1;
+                        for l in 0..16 {
+                            let idx = l + 16 * part;
+                            let low = ((q[idx] >> shift) & 3) as i32;
+                            let sub = if hm[idx] & m != 0 { 0 } else { 4 };
+                            y[at] = dl * (low - sub) as f32;
+                            at += 1;
+                        }
+                    }
+                    m <<= 1;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q4_K / Q5_K
+// Layout: d, dmin, scales[12] (eight 6-bit scales and eight 6-bit mins), then the quants.
+
+const Q4K_REF: AffineSearch = AffineSearch {
+    nmax: 15,
+    rmin: -1.0,
+    rdelta: 0.1,
+    nstep: 20,
+    use_mad: false,
+};
+const Q5K_REF: AffineSearch = AffineSearch {
+    nmax: 31,
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    use_mad: false,
+};
+const Q45K_IMATRIX: AffineSearch = AffineSearch {
+    nmax: 15,
+    rmin: -0.9,
+    rdelta: 0.05,
+    nstep: 36,
+    use_mad: false,
+};
+
+fn pack_scale_min_k4(scales: &mut [u8], j: usize, ls: u8, lm: u8) {
+    if j < 4 {
+        scales[j] = ls;
+        scales[j + 4] = lm;
+    } else {
+        scales[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+        scales[j - 4] |= (ls >> 4) << 6;
+        scales[j] |= (lm >> 4) << 6;
+    }
+}
+
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Shared search of Q4_K and Q5_K: sub-block scales and mins, their 6-bit codes and the two
+/// super-scales; returns the final levels (0..=nmax) after requantizing against the codes.
+fn quantize_q45k_superblock(
+    xs: &[f32],
+    qw: Option<&[f32]>,
+    nmax: i32,
+    ref_search: AffineSearch,
+    header: &mut [u8],
+    isa: Isa,
+) -> [u8; QK_K] {
+    let mut levels = [0u8; QK_K];
+    let mut scales = [0.0f32; 8];
+    let mut mins = [0.0f32; 8];
+    let mut weights = [0.0f32; QK_K];
+    let sc = &mut header[4..16];
+    sc.fill(0);
+    let (d, dmin) = match qw {
+        None => {
+            for j in 0..8 {
+                let sub = &xs[32 * j..32 * j + 32];
+                let av_x = (sum_squares(sub) / 32.0).sqrt();
+                for l in 0..32 {
+                    weights[32 * j + l] = av_x + sub[l].abs();
+                }
+            }
+            simd::affine_subblocks(
+                isa,
+                xs,
+                &weights,
+                32,
+                ref_search,
+                &mut levels,
+                &mut scales,
+                &mut mins,
+            );
+            let max_scale = scales
+                .iter()
+                .fold(0.0f32, |m, &s| if s > m { s } else { m });
+            let max_min = mins.iter().fold(0.0f32, |m, &s| if s > m { s } else { m });
+            let inv_scale = if max_scale > 0.0 {
+                63.0 / max_scale
+            } else {
+                0.0
+            };
+            let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+            for j in 0..8 {
+                // C stores into uint8_t before clamping.
+                let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+                let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+                pack_scale_min_k4(sc, j, ls, lm);
+            }
+            (max_scale / 63.0, max_min / 63.0)
+        }
+        Some(qw) => {
+            let sigma2 = 2.0 * sum_squares(xs) / QK_K as f32;
+            let mut sw = [0.0f32; 8];
+            imatrix_weights(xs, qw, sigma2, &mut weights, &mut sw, 32);
+            let search = AffineSearch {
+                nmax,
+                ..Q45K_IMATRIX
+            };
+            simd::affine_subblocks(
+                isa,
+                xs,
+                &weights,
+                32,
+                search,
+                &mut levels,
+                &mut scales,
+                &mut mins,
+            );
+            let mut ls = [0u8; 8];
+            let mut lm = [0u8; 8];
+            let d_block = make_qp_quants(&scales, 63, &mut ls, &sw);
+            let m_block = make_qp_quants(&mins, 63, &mut lm, &sw);
+            // ggml clamps the codes for Q5_K only; Q4_K writes them as they come.
+            let cap = if nmax == 31 { 63 } else { u8::MAX };
+            for j in 0..8 {
+                pack_scale_min_k4(sc, j, ls[j].min(cap), lm[j].min(cap));
+            }
+            (d_block, m_block)
+        }
+    };
+    write_f16(header, 0, d);
+    write_f16(header, 2, dmin);
+    let (d, dmin) = (round_trip_f16(d), round_trip_f16(dmin));
+    for j in 0..8 {
+        let (s, m) = scale_min_k4(j, &header[4..16]);
+        let dl = d * s as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        let ml = dmin * m as f32;
+        for ii in 0..32 {
+            levels[32 * j + ii] = nearest_int((xs[32 * j + ii] + ml) / dl).clamp(0, nmax) as u8;
+        }
+    }
+    levels
+}
+
+impl BlockFormat for Q4K {
+    const TYPE: GgmlType = GgmlType::Q4_K;
+    const BLOCK_ELEMS: usize = QK_K;
+    const BLOCK_BYTES: usize = 144;
+
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+        for (ib, (xs, blk)) in x
+            .chunks_exact(QK_K)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            let qw = imatrix.map(|w| &w[ib * QK_K..(ib + 1) * QK_K]);
+            let levels = quantize_q45k_superblock(xs, qw, 15, Q4K_REF, &mut blk[..16], isa);
+            let qs = &mut blk[16..];
+            for (g, j) in (0..QK_K).step_by(64).enumerate() {
+                for l in 0..32 {
+                    qs[32 * g + l] = levels[j + l] | (levels[j + l + 32] << 4);
+                }
+            }
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK_K))
+        {
+            let d = read_f16(blk, 0);
+            let min = read_f16(blk, 2);
+            let scales = &blk[4..16];
+            for g in 0..4 {
+                let qs = &blk[16 + 32 * g..16 + 32 * g + 32];
+                let (s1, m1) = scale_min_k4(2 * g, scales);
+                let (s2, m2) = scale_min_k4(2 * g + 1, scales);
+                let (d1, m1) = (d * s1 as f32, min * m1 as f32);
+                let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+                for l in 0..32 {
+                    y[64 * g + l] = d1 * (qs[l] & 0xF) as f32 - m1;
+                    y[64 * g + 32 + l] = d2 * (qs[l] >> 4) as f32 - m2;
+                }
+            }
+        }
+    }
+}
+
+impl BlockFormat for Q5K {
+    const TYPE: GgmlType = GgmlType::Q5_K;
+    const BLOCK_ELEMS: usize = QK_K;
+    const BLOCK_BYTES: usize = 176;
+
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+        for (ib, (xs, blk)) in x
+            .chunks_exact(QK_K)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            let qw = imatrix.map(|w| &w[ib * QK_K..(ib + 1) * QK_K]);
+            let levels = quantize_q45k_superblock(xs, qw, 31, Q5K_REF, &mut blk[..16], isa);
+            let (qh, ql) = blk[16..].split_at_mut(32);
+            qh.fill(0);
+            for (g, n) in (0..QK_K).step_by(64).enumerate() {
+                let (m1, m2) = (1u8 << (2 * g), 2u8 << (2 * g));
+                for j in 0..32 {
+                    let mut l1 = levels[n + j];
+                    if l1 > 15 {
+                        l1 -= 16;
+                        qh[j] |= m1;
+                    }
+                    let mut l2 = levels[n + j + 32];
+                    if l2 > 15 {
+                        l2 -= 16;
+                        qh[j] |= m2;
+                    }
+                    ql[32 * g + j] = l1 | (l2 << 4);
+                }
+            }
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK_K))
+        {
+            let d = read_f16(blk, 0);
+            let min = read_f16(blk, 2);
+            let scales = &blk[4..16];
+            let qh = &blk[16..48];
+            for g in 0..4 {
+                let ql = &blk[48 + 32 * g..48 + 32 * g + 32];
+                let (s1, m1) = scale_min_k4(2 * g, scales);
+                let (s2, m2) = scale_min_k4(2 * g + 1, scales);
+                let (d1, m1) = (d * s1 as f32, min * m1 as f32);
+                let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+                let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
+                for l in 0..32 {
+                    let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+                    let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+                    y[64 * g + l] = d1 * ((ql[l] & 0xF) + h1) as f32 - m1;
+                    y[64 * g + 32 + l] = d2 * ((ql[l] >> 4) + h2) as f32 - m2;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q6_K
+// Layout: ql[128], qh[64], scales[16] (int8), d.
+
+impl BlockFormat for Q6K {
+    const TYPE: GgmlType = GgmlType::Q6_K;
+    const BLOCK_ELEMS: usize = QK_K;
+    const BLOCK_BYTES: usize = 210;
+
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+        for (ib, (xs, blk)) in x
+            .chunks_exact(QK_K)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            let mut levels = [0i8; QK_K];
+            let mut scales = [0.0f32; 16];
+            let mut max_scale = 0.0f32;
+            let mut max_abs_scale = 0.0f32;
+            for j in 0..16 {
+                let r = 16 * j..16 * j + 16;
+                let qw = imatrix.map(|w| &w[ib * QK_K + 16 * j..ib * QK_K + 16 * j + 16]);
+                scales[j] = make_qx_quants(&xs[r.clone()], 32, &mut levels[r], qw);
+                let a = scales[j].abs();
+                if a > max_abs_scale {
+                    max_abs_scale = a;
+                    max_scale = scales[j];
+                }
+            }
+            if max_abs_scale < GROUP_MAX_EPS {
+                blk.fill(0);
+                continue;
+            }
+            let iscale = -128.0 / max_scale;
+            write_f16(blk, 208, 1.0 / iscale);
+            for j in 0..16 {
+                blk[192 + j] = nearest_int(iscale * scales[j]).min(127) as i8 as u8;
+            }
+            let d = read_f16(blk, 208);
+            for j in 0..16 {
+                let dl = d * blk[192 + j] as i8 as f32;
+                if dl == 0.0 {
+                    continue;
+                }
+                for ii in 0..16 {
+                    let l = nearest_int(xs[16 * j + ii] / dl).clamp(-32, 31);
+                    levels[16 * j + ii] = (l + 32) as i8;
+                }
+            }
+            let (ql, rest) = blk.split_at_mut(128);
+            let qh = &mut rest[..64];
+            for (h, j) in (0..QK_K).step_by(128).enumerate() {
+                let lv = |k: usize| levels[j + k] as u8;
+                for l in 0..32 {
+                    ql[64 * h + l] = (lv(l) & 0xF) | ((lv(l + 64) & 0xF) << 4);
+                    ql[64 * h + l + 32] = (lv(l + 32) & 0xF) | ((lv(l + 96) & 0xF) << 4);
+                    qh[32 * h + l] = (lv(l) >> 4)
+                        | ((lv(l + 32) >> 4) << 2)
+                        | ((lv(l + 64) >> 4) << 4)
+                        | ((lv(l + 96) >> 4) << 6);
+                }
+            }
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK_K))
+        {
+            let d = read_f16(blk, 208);
+            for h in 0..2 {
+                let ql = &blk[64 * h..];
+                let qh = &blk[128 + 32 * h..];
+                let sc = &blk[192 + 8 * h..];
+                let y = &mut y[128 * h..];
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                    y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                    y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                    y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q8_K
+// Layout: d (f32), qs[256] (int8), bsums[16] (int16).
+
+impl BlockFormat for Q8K {
+    const TYPE: GgmlType = GgmlType::Q8_K;
+    const BLOCK_ELEMS: usize = QK_K;
+    const BLOCK_BYTES: usize = 292;
+
+    fn quantize_row(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+        for (xs, blk) in x
+            .chunks_exact(QK_K)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+        {
+            let mut max = 0.0f32;
+            let mut amax = 0.0f32;
+            for &v in xs {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            if amax == 0.0 {
+                blk.fill(0);
+                continue;
+            }
+            let iscale = -127.0 / max;
+            for j in 0..QK_K {
+                blk[4 + j] = nearest_int(iscale * xs[j]).min(127) as i8 as u8;
+            }
+            for j in 0..16 {
+                let sum: i32 = blk[4 + 16 * j..4 + 16 * j + 16]
+                    .iter()
+                    .map(|&b| b as i8 as i32)
+                    .sum();
+                blk[260 + 2 * j..262 + 2 * j].copy_from_slice(&(sum as i16).to_le_bytes());
+            }
+            blk[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK_K))
+        {
+            let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+            for j in 0..QK_K {
+                y[j] = d * blk[4 + j] as i8 as f32;
+            }
+        }
+    }
+}

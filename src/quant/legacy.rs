@@ -1,0 +1,338 @@
+//! The 32-element formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+//!
+//! Without an importance matrix ggml uses its round-to-grid reference quantizers; with one it
+//! searches the scale (`make_qx_quants` / `make_qkx3_quants`) under weights
+//! `w_j * sqrt(sigma^2 + x_j^2)`, sigma^2 the row's mean square (ggml-quants.c,
+//! `quantize_row_q4_0_impl` and siblings). Q8_0 ignores the importance matrix, as ggml does.
+
+use super::fp16::{read_f16, write_f16};
+use super::search::{make_qkx_quants, make_qx_quants, AffineSearch};
+use super::{BlockFormat, GgmlType, Isa};
+
+pub const QK: usize = 32;
+
+pub struct Q4_0;
+pub struct Q4_1;
+pub struct Q5_0;
+pub struct Q5_1;
+pub struct Q8_0;
+
+/// Mean square of the row, as ggml computes it for the importance weights (sequential sum).
+pub(crate) fn row_sigma2(x: &[f32]) -> f32 {
+    let mut sum_x2 = 0.0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    sum_x2 / x.len() as f32
+}
+
+fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, out: &mut [f32; QK]) {
+    for j in 0..QK {
+        out[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+    }
+}
+
+/// The value of largest magnitude (first one on ties), as the symmetric formats scale by it.
+fn signed_absmax(xb: &[f32]) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in xb {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+fn min_max(xb: &[f32]) -> (f32, f32) {
+    let mut min = f32::MAX;
+    let mut max = -f32::MAX;
+    for &v in xb {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+fn pack_nibbles(levels: impl Fn(usize) -> u8, qs: &mut [u8]) {
+    for j in 0..QK / 2 {
+        qs[j] = (levels(j) & 0x0F) | ((levels(j + QK / 2) & 0x0F) << 4);
+    }
+}
+
+/// Fifth bits of 32 five-bit levels, element j at bit j.
+fn high_bits(levels: impl Fn(usize) -> u8) -> [u8; 4] {
+    let mut qh = 0u32;
+    for j in 0..QK {
+        qh |= (((levels(j) & 0x10) >> 4) as u32) << j;
+    }
+    qh.to_le_bytes()
+}
+
+impl BlockFormat for Q4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+    const BLOCK_ELEMS: usize = QK;
+    const BLOCK_BYTES: usize = 18;
+
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+        let sigma2 = imatrix.map(|_| row_sigma2(x));
+        for (ib, (xb, blk)) in x
+            .chunks_exact(QK)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            match imatrix {
+                None => {
+                    let d = signed_absmax(xb) / -8.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    write_f16(blk, 0, d);
+                    // C truncates toward zero when storing into int8_t.
+                    pack_nibbles(|j| ((xb[j] * id + 8.5) as i8).min(15) as u8, &mut blk[2..]);
+                }
+                Some(qw) => {
+                    let mut w = [0.0f32; QK];
+                    importance_weights(xb, &qw[ib * QK..], sigma2.unwrap_or(0.0), &mut w);
+                    let mut l = [0i8; QK];
+                    let d = make_qx_quants(xb, 8, &mut l, Some(&w));
+                    write_f16(blk, 0, d);
+                    pack_nibbles(|j| l[j] as u8, &mut blk[2..]);
+                }
+            }
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK))
+        {
+            let d = read_f16(blk, 0);
+            for j in 0..QK / 2 {
+                let b = blk[2 + j];
+                y[j] = ((b & 0x0F) as i32 - 8) as f32 * d;
+                y[j + QK / 2] = ((b >> 4) as i32 - 8) as f32 * d;
+            }
+        }
+    }
+}
+
+impl BlockFormat for Q4_1 {
+    const TYPE: GgmlType = GgmlType::Q4_1;
+    const BLOCK_ELEMS: usize = QK;
+    const BLOCK_BYTES: usize = 20;
+
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+        let sigma2 = imatrix.map(|_| row_sigma2(x));
+        for (ib, (xb, blk)) in x
+            .chunks_exact(QK)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            match imatrix {
+                None => {
+                    let (min, max) = min_max(xb);
+                    let d = (max - min) / 15.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    write_f16(blk, 0, d);
+                    write_f16(blk, 2, min);
+                    pack_nibbles(
+                        |j| (((xb[j] - min) * id + 0.5) as i8).min(15) as u8,
+                        &mut blk[4..],
+                    );
+                }
+                Some(qw) => {
+                    let mut w = [0.0f32; QK];
+                    importance_weights(xb, &qw[ib * QK..], sigma2.unwrap_or(0.0), &mut w);
+                    let mut l = [0u8; QK];
+                    let (d, min) = make_qkx_quants(xb, &w, IMATRIX_AFFINE_15, &mut l);
+                    write_f16(blk, 0, d);
+                    write_f16(blk, 2, -min);
+                    pack_nibbles(|j| l[j], &mut blk[4..]);
+                }
+            }
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK))
+        {
+            let d = read_f16(blk, 0);
+            let m = read_f16(blk, 2);
+            for j in 0..QK / 2 {
+                let b = blk[4 + j];
+                y[j] = (b & 0x0F) as f32 * d + m;
+                y[j + QK / 2] = (b >> 4) as f32 * d + m;
+            }
+        }
+    }
+}
+
+const IMATRIX_AFFINE_15: AffineSearch = AffineSearch {
+    nmax: 15,
+    rmin: -0.9,
+    rdelta: 0.05,
+    nstep: 36,
+    use_mad: false,
+};
+const IMATRIX_AFFINE_31: AffineSearch = AffineSearch {
+    nmax: 31,
+    ..IMATRIX_AFFINE_15
+};
+
+impl BlockFormat for Q5_0 {
+    const TYPE: GgmlType = GgmlType::Q5_0;
+    const BLOCK_ELEMS: usize = QK;
+    const BLOCK_BYTES: usize = 22;
+
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+        let sigma2 = imatrix.map(|_| row_sigma2(x));
+        for (ib, (xb, blk)) in x
+            .chunks_exact(QK)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            let mut l = [0u8; QK];
+            let d = match imatrix {
+                None => {
+                    let d = signed_absmax(xb) / -16.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    for j in 0..QK {
+                        l[j] = ((xb[j] * id + 16.5) as i8).min(31) as u8;
+                    }
+                    d
+                }
+                Some(qw) => {
+                    let mut w = [0.0f32; QK];
+                    importance_weights(xb, &qw[ib * QK..], sigma2.unwrap_or(0.0), &mut w);
+                    let mut li = [0i8; QK];
+                    let d = make_qx_quants(xb, 16, &mut li, Some(&w));
+                    for j in 0..QK {
+                        l[j] = li[j] as u8;
+                    }
+                    d
+                }
+            };
+            write_f16(blk, 0, d);
+            blk[2..6].copy_from_slice(&high_bits(|j| l[j]));
+            pack_nibbles(|j| l[j], &mut blk[6..]);
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK))
+        {
+            let d = read_f16(blk, 0);
+            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+            for j in 0..QK / 2 {
+                let b = blk[6 + j];
+                let h0 = (((qh >> j) << 4) & 0x10) as i32;
+                let h1 = ((qh >> (j + 12)) & 0x10) as i32;
+                y[j] = (((b & 0x0F) as i32 | h0) - 16) as f32 * d;
+                y[j + QK / 2] = (((b >> 4) as i32 | h1) - 16) as f32 * d;
+            }
+        }
+    }
+}
+
+impl BlockFormat for Q5_1 {
+    const TYPE: GgmlType = GgmlType::Q5_1;
+    const BLOCK_ELEMS: usize = QK;
+    const BLOCK_BYTES: usize = 24;
+
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+        let sigma2 = imatrix.map(|_| row_sigma2(x));
+        for (ib, (xb, blk)) in x
+            .chunks_exact(QK)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            let mut l = [0u8; QK];
+            let (d, m) = match imatrix {
+                None => {
+                    let (min, max) = min_max(xb);
+                    let d = (max - min) / 31.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    for j in 0..QK {
+                        l[j] = ((xb[j] - min) * id + 0.5) as u8;
+                    }
+                    (d, min)
+                }
+                Some(qw) => {
+                    let mut w = [0.0f32; QK];
+                    importance_weights(xb, &qw[ib * QK..], sigma2.unwrap_or(0.0), &mut w);
+                    let (d, min) = make_qkx_quants(xb, &w, IMATRIX_AFFINE_31, &mut l);
+                    (d, -min)
+                }
+            };
+            write_f16(blk, 0, d);
+            write_f16(blk, 2, m);
+            blk[4..8].copy_from_slice(&high_bits(|j| l[j]));
+            pack_nibbles(|j| l[j], &mut blk[8..]);
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK))
+        {
+            let d = read_f16(blk, 0);
+            let m = read_f16(blk, 2);
+            let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+            for j in 0..QK / 2 {
+                let b = blk[8 + j];
+                let h0 = (((qh >> j) << 4) & 0x10) as i32;
+                let h1 = ((qh >> (j + 12)) & 0x10) as i32;
+                y[j] = ((b & 0x0F) as i32 | h0) as f32 * d + m;
+                y[j + QK / 2] = ((b >> 4) as i32 | h1) as f32 * d + m;
+            }
+        }
+    }
+}
+
+impl BlockFormat for Q8_0 {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+    const BLOCK_ELEMS: usize = QK;
+    const BLOCK_BYTES: usize = 34;
+
+    fn quantize_row(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+        for (xb, blk) in x
+            .chunks_exact(QK)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+        {
+            let mut amax = 0.0f32;
+            for &v in xb {
+                let a = v.abs();
+                amax = if amax > a { amax } else { a };
+            }
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            write_f16(blk, 0, d);
+            for j in 0..QK {
+                // roundf: half away from zero.
+                blk[2 + j] = (xb[j] * id).round() as i8 as u8;
+            }
+        }
+    }
+
+    fn dequantize_row(q: &[u8], out: &mut [f32]) {
+        for (blk, y) in q
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(out.chunks_exact_mut(QK))
+        {
+            let d = read_f16(blk, 0);
+            for j in 0..QK {
+                y[j] = blk[2 + j] as i8 as f32 * d;
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The one table from GGUF type ids and llama.cpp type names to block formats.
+
+use super::float::{BF16, F16, F32};
+use super::iq4::{Iq4Nl, Iq4Xs};
+use super::kquants::{Q2K, Q3K, Q4K, Q5K, Q6K, Q8K};
+use super::legacy::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use super::{BlockFormat, Isa};
+
+/// The ggml tensor types quantfit reads and writes.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GgmlType {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
+    IQ4_NL,
+    IQ4_XS,
+}
+
+pub type QuantizeRowFn = fn(&[f32], Option<&[f32]>, &mut [u8], Isa);
+pub type DequantizeRowFn = fn(&[u8], &mut [f32]);
+
+/// Everything the rest of quantfit needs to know about one block format.
+#[derive(Clone, Copy)]
+pub struct FormatInfo {
+    pub ty: GgmlType,
+    /// GGUF / ggml type id.
+    pub id: u32,
+    /// Name as ggml and llama.cpp print it.
+    pub name: &'static str,
+    pub block_elems: usize,
+    pub block_bytes: usize,
+    /// Whether an importance matrix changes the result (ggml ignores it for the rest).
+    pub uses_imatrix: bool,
+    pub quantize_row: QuantizeRowFn,
+    pub dequantize_row: DequantizeRowFn,
+}
+
+impl FormatInfo {
+    pub fn bits_per_weight(&self) -> f64 {
+        self.block_bytes as f64 * 8.0 / self.block_elems as f64
+    }
+
+    /// Bytes of a row of `cols` elements (`cols` a multiple of the block size).
+    pub fn row_bytes(&self, cols: usize) -> usize {
+        cols / self.block_elems * self.block_bytes
+    }
+}
+
+const fn entry<B: BlockFormat>(id: u32, name: &'static str, uses_imatrix: bool) -> FormatInfo {
+    FormatInfo {
+        ty: B::TYPE,
+        id,
+        name,
+        block_elems: B::BLOCK_ELEMS,
+        block_bytes: B::BLOCK_BYTES,
+        uses_imatrix,
+        quantize_row: B::quantize_row,
+        dequantize_row: B::dequantize_row,
+    }
+}
+
+/// All formats, in GGUF type id order.
+pub static FORMATS: [FormatInfo; 16] = [
+    entry::<F32>(0, "F32", false),
+    entry::<F16>(1, "F16", false),
+    entry::<Q4_0>(2, "Q4_0", true),
+    entry::<Q4_1>(3, "Q4_1", true),
+    entry::<Q5_0>(6, "Q5_0", true),
+    entry::<Q5_1>(7, "Q5_1", true),
+    entry::<Q8_0>(8, "Q8_0", false),
+    entry::<Q2K>(10, "Q2_K", true),
+    entry::<Q3K>(11, "Q3_K", true),
+    entry::<Q4K>(12, "Q4_K", true),
+    entry::<Q5K>(13, "Q5_K", true),
+    entry::<Q6K>(14, "Q6_K", true),
+    entry::<Q8K>(15, "Q8_K", false),
+    entry::<Iq4Nl>(20, "IQ4_NL", true),
+    entry::<Iq4Xs>(23, "IQ4_XS", true),
+    entry::<BF16>(30, "BF16", false),
+];
+
+impl GgmlType {
+    pub fn info(self) -> &'static FormatInfo {
+        FORMATS
+            .iter()
+            .find(|f| f.ty == self)
+            .expect("every GgmlType has a table entry")
+    }
+
+    pub fn id(self) -> u32 {
+        self.info().id
+    }
+
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        FORMATS.iter().find(|f| f.id == id).map(|f| f.ty)
+    }
+
+    /// Accepts ggml's names case-insensitively (`q4_k`, `Q4_K`, `iq4_xs`).
+    pub fn from_name(name: &str) -> Option<GgmlType> {
+        FORMATS
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.ty)
+    }
+
+    pub fn all() -> impl Iterator<Item = GgmlType> {
+        FORMATS.iter().map(|f| f.ty)
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        FORMATS.iter().map(|f| f.name).collect()
+    }
+}
+
+impl std::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_sizes_match_ggml() {
+        let expect: [(&str, u32, usize, usize); 16] = [
+            ("F32", 0, 1, 4),
+            ("F16", 1, 1, 2),
+            ("Q4_0", 2, 32, 18),
+            ("Q4_1", 3, 32, 20),
+            ("Q5_0", 6, 32, 22),
+            ("Q5_1", 7, 32, 24),
+            ("Q8_0", 8, 32, 34),
+            ("Q2_K", 10, 256, 84),
+            ("Q3_K", 11, 256, 110),
+            ("Q4_K", 12, 256, 144),
+            ("Q5_K", 13, 256, 176),
+            ("Q6_K", 14, 256, 210),
+            ("Q8_K", 15, 256, 292),
+            ("IQ4_NL", 20, 32, 18),
+            ("IQ4_XS", 23, 256, 136),
+            ("BF16", 30, 1, 2),
+        ];
+        for (name, id, elems, bytes) in expect {
+            let ty = GgmlType::from_name(name).unwrap();
+            let info = ty.info();
+            assert_eq!(
+                (info.id, info.block_elems, info.block_bytes),
+                (id, elems, bytes),
+                "{name}"
+            );
+            assert_eq!(GgmlType::from_id(id), Some(ty));
+        }
+        assert_eq!(GgmlType::from_name("q4_k"), Some(GgmlType::Q4_K));
+        assert_eq!(GgmlType::from_name("Q4_K_M"), None);
+        assert!((GgmlType::Q4_K.info().bits_per_weight() - 4.5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,3 @@
+//! Reading inputs: raw f32 matrices now, Hugging Face model folders next.
+
+pub mod raw;
