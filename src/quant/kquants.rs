@@ -6,9 +6,7 @@
 //! reproduced here operation for operation (ggml-quants.c, ggml 0.25.3).
 
 use super::fp16::{read_f16, round_trip_f16, write_f16};
-use super::search::{
-    make_q3_quants, make_qp_quants, make_qx_quants, nearest_int, AffineSearch, GROUP_MAX_EPS,
-};
+use super::search::{make_qp_quants, make_qx_quants, nearest_int, AffineSearch, GROUP_MAX_EPS};
 use super::simd;
 use super::{BlockFormat, GgmlType, Isa, QK_K};
 
@@ -232,7 +230,7 @@ impl BlockFormat for Q3K {
     const BLOCK_ELEMS: usize = QK_K;
     const BLOCK_BYTES: usize = 110;
 
-    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
         for (ib, (xs, blk)) in x
             .chunks_exact(QK_K)
             .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
@@ -245,9 +243,8 @@ impl BlockFormat for Q3K {
                 None => {
                     let mut max_scale = 0.0f32;
                     let mut amax = 0.0f32;
+                    simd::q3_subblocks(isa, xs, &mut levels, &mut scales);
                     for j in 0..16 {
-                        scales[j] =
-                            make_q3_quants(&xs[16 * j..16 * j + 16], 4, &mut levels[16 * j..]);
                         let a = scales[j].abs();
                         if a > amax {
                             amax = a;
@@ -271,15 +268,7 @@ impl BlockFormat for Q3K {
                     let mut weights = [0.0f32; QK_K];
                     let mut sw = [0.0f32; 16];
                     imatrix_weights(xs, &qw[ib * QK_K..], sigma2, &mut weights, &mut sw, 16);
-                    for j in 0..16 {
-                        let r = 16 * j..16 * j + 16;
-                        scales[j] = make_qx_quants(
-                            &xs[r.clone()],
-                            4,
-                            &mut levels[r.clone()],
-                            Some(&weights[r]),
-                        );
-                    }
+                    simd::qx_subblocks(isa, xs, Some(&weights), 16, 4, &mut levels, &mut scales);
                     let mut ls = [0i8; 16];
                     let d_block = make_qx_quants(&scales, 32, &mut ls, Some(&sw));
                     for j in 0..16 {
@@ -608,7 +597,7 @@ impl BlockFormat for Q6K {
     const BLOCK_ELEMS: usize = QK_K;
     const BLOCK_BYTES: usize = 210;
 
-    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
         for (ib, (xs, blk)) in x
             .chunks_exact(QK_K)
             .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
@@ -618,10 +607,9 @@ impl BlockFormat for Q6K {
             let mut scales = [0.0f32; 16];
             let mut max_scale = 0.0f32;
             let mut max_abs_scale = 0.0f32;
+            let qw = imatrix.map(|w| &w[ib * QK_K..(ib + 1) * QK_K]);
+            simd::qx_subblocks(isa, xs, qw, 16, 32, &mut levels, &mut scales);
             for j in 0..16 {
-                let r = 16 * j..16 * j + 16;
-                let qw = imatrix.map(|w| &w[ib * QK_K + 16 * j..ib * QK_K + 16 * j + 16]);
-                scales[j] = make_qx_quants(&xs[r.clone()], 32, &mut levels[r], qw);
                 let a = scales[j].abs();
                 if a > max_abs_scale {
                     max_abs_scale = a;

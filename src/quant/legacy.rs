@@ -7,6 +7,7 @@
 
 use super::fp16::{read_f16, write_f16};
 use super::search::{make_qkx_quants, make_qx_quants, AffineSearch};
+use super::simd;
 use super::{BlockFormat, GgmlType, Isa};
 
 pub const QK: usize = 32;
@@ -26,9 +27,64 @@ pub(crate) fn row_sigma2(x: &[f32]) -> f32 {
     sum_x2 / x.len() as f32
 }
 
-fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, out: &mut [f32; QK]) {
+fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, out: &mut [f32]) {
     for j in 0..QK {
         out[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+    }
+}
+
+/// Groups of up to eight blocks with their importance weights, so that the searches can run
+/// eight blocks at a time: `(first block index, values, weights)`.
+fn imatrix_groups<'a>(x: &'a [f32], qw: &'a [f32]) -> impl Iterator<Item = (usize, &'a [f32], [f32; 8 * QK])> + 'a {
+    let sigma2 = row_sigma2(x);
+    x.chunks(8 * QK).enumerate().map(move |(g, xs)| {
+        let mut w = [0.0f32; 8 * QK];
+        for ib in 0..xs.len() / QK {
+            let at = 8 * QK * g + QK * ib;
+            importance_weights(&xs[QK * ib..], &qw[at..at + QK], sigma2, &mut w[QK * ib..QK * ib + QK]);
+        }
+        (8 * g, xs, w)
+    })
+}
+
+/// Symmetric weighted search of every block of a row; calls `write(block, scale, levels)`.
+fn imatrix_symmetric(x: &[f32], qw: &[f32], nmax: i32, isa: Isa, mut write: impl FnMut(usize, f32, &[i8])) {
+    for (first, xs, w) in imatrix_groups(x, qw) {
+        let mut levels = [0i8; 8 * QK];
+        let mut scales = [0.0f32; 8];
+        let nb = xs.len() / QK;
+        if nb == 8 {
+            simd::qx_subblocks(isa, xs, Some(&w), QK, nmax, &mut levels, &mut scales);
+        } else {
+            for ib in 0..nb {
+                let r = QK * ib..QK * ib + QK;
+                scales[ib] = make_qx_quants(&xs[r.clone()], nmax, &mut levels[r.clone()], Some(&w[r]));
+            }
+        }
+        for ib in 0..nb {
+            write(first + ib, scales[ib], &levels[QK * ib..QK * ib + QK]);
+        }
+    }
+}
+
+/// Affine weighted search of every block of a row; calls `write(block, scale, min, levels)`.
+fn imatrix_affine(x: &[f32], qw: &[f32], p: AffineSearch, isa: Isa, mut write: impl FnMut(usize, f32, f32, &[u8])) {
+    for (first, xs, w) in imatrix_groups(x, qw) {
+        let mut levels = [0u8; 8 * QK];
+        let mut scales = [0.0f32; 8];
+        let mut mins = [0.0f32; 8];
+        let nb = xs.len() / QK;
+        if nb == 8 {
+            simd::affine_subblocks(isa, xs, &w, QK, p, &mut levels, &mut scales, &mut mins);
+        } else {
+            for ib in 0..nb {
+                let r = QK * ib..QK * ib + QK;
+                (scales[ib], mins[ib]) = make_qkx_quants(&xs[r.clone()], &w[r.clone()], p, &mut levels[r]);
+            }
+        }
+        for ib in 0..nb {
+            write(first + ib, scales[ib], mins[ib], &levels[QK * ib..QK * ib + QK]);
+        }
     }
 }
 
@@ -79,30 +135,21 @@ impl BlockFormat for Q4_0 {
     const BLOCK_ELEMS: usize = QK;
     const BLOCK_BYTES: usize = 18;
 
-    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
-        let sigma2 = imatrix.map(|_| row_sigma2(x));
-        for (ib, (xb, blk)) in x
-            .chunks_exact(QK)
-            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
-            .enumerate()
-        {
-            match imatrix {
-                None => {
-                    let d = signed_absmax(xb) / -8.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    write_f16(blk, 0, d);
-                    // C truncates toward zero when storing into int8_t.
-                    pack_nibbles(|j| ((xb[j] * id + 8.5) as i8).min(15) as u8, &mut blk[2..]);
-                }
-                Some(qw) => {
-                    let mut w = [0.0f32; QK];
-                    importance_weights(xb, &qw[ib * QK..], sigma2.unwrap_or(0.0), &mut w);
-                    let mut l = [0i8; QK];
-                    let d = make_qx_quants(xb, 8, &mut l, Some(&w));
-                    write_f16(blk, 0, d);
-                    pack_nibbles(|j| l[j] as u8, &mut blk[2..]);
-                }
-            }
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+        const B: usize = Q4_0::BLOCK_BYTES;
+        if let Some(qw) = imatrix {
+            return imatrix_symmetric(x, qw, 8, isa, |ib, d, l| {
+                let blk = &mut out[B * ib..B * ib + B];
+                write_f16(blk, 0, d);
+                pack_nibbles(|j| l[j] as u8, &mut blk[2..]);
+            });
+        }
+        for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
+            let d = signed_absmax(xb) / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            write_f16(blk, 0, d);
+            // C truncates toward zero when storing into int8_t.
+            pack_nibbles(|j| ((xb[j] * id + 8.5) as i8).min(15) as u8, &mut blk[2..]);
         }
     }
 
@@ -126,35 +173,23 @@ impl BlockFormat for Q4_1 {
     const BLOCK_ELEMS: usize = QK;
     const BLOCK_BYTES: usize = 20;
 
-    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
-        let sigma2 = imatrix.map(|_| row_sigma2(x));
-        for (ib, (xb, blk)) in x
-            .chunks_exact(QK)
-            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
-            .enumerate()
-        {
-            match imatrix {
-                None => {
-                    let (min, max) = min_max(xb);
-                    let d = (max - min) / 15.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    write_f16(blk, 0, d);
-                    write_f16(blk, 2, min);
-                    pack_nibbles(
-                        |j| (((xb[j] - min) * id + 0.5) as i8).min(15) as u8,
-                        &mut blk[4..],
-                    );
-                }
-                Some(qw) => {
-                    let mut w = [0.0f32; QK];
-                    importance_weights(xb, &qw[ib * QK..], sigma2.unwrap_or(0.0), &mut w);
-                    let mut l = [0u8; QK];
-                    let (d, min) = make_qkx_quants(xb, &w, IMATRIX_AFFINE_15, &mut l);
-                    write_f16(blk, 0, d);
-                    write_f16(blk, 2, -min);
-                    pack_nibbles(|j| l[j], &mut blk[4..]);
-                }
-            }
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+        const B: usize = Q4_1::BLOCK_BYTES;
+        if let Some(qw) = imatrix {
+            return imatrix_affine(x, qw, IMATRIX_AFFINE_15, isa, |ib, d, min, l| {
+                let blk = &mut out[B * ib..B * ib + B];
+                write_f16(blk, 0, d);
+                write_f16(blk, 2, -min);
+                pack_nibbles(|j| l[j], &mut blk[4..]);
+            });
+        }
+        for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
+            let (min, max) = min_max(xb);
+            let d = (max - min) / 15.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            write_f16(blk, 0, d);
+            write_f16(blk, 2, min);
+            pack_nibbles(|j| (((xb[j] - min) * id + 0.5) as i8).min(15) as u8, &mut blk[4..]);
         }
     }
 
@@ -191,37 +226,26 @@ impl BlockFormat for Q5_0 {
     const BLOCK_ELEMS: usize = QK;
     const BLOCK_BYTES: usize = 22;
 
-    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
-        let sigma2 = imatrix.map(|_| row_sigma2(x));
-        for (ib, (xb, blk)) in x
-            .chunks_exact(QK)
-            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
-            .enumerate()
-        {
-            let mut l = [0u8; QK];
-            let d = match imatrix {
-                None => {
-                    let d = signed_absmax(xb) / -16.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    for j in 0..QK {
-                        l[j] = ((xb[j] * id + 16.5) as i8).min(31) as u8;
-                    }
-                    d
-                }
-                Some(qw) => {
-                    let mut w = [0.0f32; QK];
-                    importance_weights(xb, &qw[ib * QK..], sigma2.unwrap_or(0.0), &mut w);
-                    let mut li = [0i8; QK];
-                    let d = make_qx_quants(xb, 16, &mut li, Some(&w));
-                    for j in 0..QK {
-                        l[j] = li[j] as u8;
-                    }
-                    d
-                }
-            };
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+        const B: usize = Q5_0::BLOCK_BYTES;
+        let write = |blk: &mut [u8], d: f32, l: &dyn Fn(usize) -> u8| {
             write_f16(blk, 0, d);
-            blk[2..6].copy_from_slice(&high_bits(|j| l[j]));
-            pack_nibbles(|j| l[j], &mut blk[6..]);
+            blk[2..6].copy_from_slice(&high_bits(l));
+            pack_nibbles(l, &mut blk[6..]);
+        };
+        if let Some(qw) = imatrix {
+            return imatrix_symmetric(x, qw, 16, isa, |ib, d, l| {
+                write(&mut out[B * ib..B * ib + B], d, &|j| l[j] as u8)
+            });
+        }
+        for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
+            let d = signed_absmax(xb) / -16.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut l = [0u8; QK];
+            for j in 0..QK {
+                l[j] = ((xb[j] * id + 16.5) as i8).min(31) as u8;
+            }
+            write(blk, d, &|j| l[j]);
         }
     }
 
@@ -248,35 +272,28 @@ impl BlockFormat for Q5_1 {
     const BLOCK_ELEMS: usize = QK;
     const BLOCK_BYTES: usize = 24;
 
-    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
-        let sigma2 = imatrix.map(|_| row_sigma2(x));
-        for (ib, (xb, blk)) in x
-            .chunks_exact(QK)
-            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
-            .enumerate()
-        {
-            let mut l = [0u8; QK];
-            let (d, m) = match imatrix {
-                None => {
-                    let (min, max) = min_max(xb);
-                    let d = (max - min) / 31.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    for j in 0..QK {
-                        l[j] = ((xb[j] - min) * id + 0.5) as u8;
-                    }
-                    (d, min)
-                }
-                Some(qw) => {
-                    let mut w = [0.0f32; QK];
-                    importance_weights(xb, &qw[ib * QK..], sigma2.unwrap_or(0.0), &mut w);
-                    let (d, min) = make_qkx_quants(xb, &w, IMATRIX_AFFINE_31, &mut l);
-                    (d, -min)
-                }
-            };
+    fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+        const B: usize = Q5_1::BLOCK_BYTES;
+        let write = |blk: &mut [u8], d: f32, m: f32, l: &[u8]| {
             write_f16(blk, 0, d);
             write_f16(blk, 2, m);
             blk[4..8].copy_from_slice(&high_bits(|j| l[j]));
             pack_nibbles(|j| l[j], &mut blk[8..]);
+        };
+        if let Some(qw) = imatrix {
+            return imatrix_affine(x, qw, IMATRIX_AFFINE_31, isa, |ib, d, min, l| {
+                write(&mut out[B * ib..B * ib + B], d, -min, l)
+            });
+        }
+        for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
+            let (min, max) = min_max(xb);
+            let d = (max - min) / 31.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut l = [0u8; QK];
+            for j in 0..QK {
+                l[j] = ((xb[j] - min) * id + 0.5) as u8;
+            }
+            write(blk, d, min, &l);
         }
     }
 
