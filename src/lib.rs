@@ -5,6 +5,10 @@
 //! formats and kernels) → later stages (GGUF, evaluation, planning, charts); `cli` only parses
 //! arguments and prints.
 
+// Numeric kernels mirror ggml's C loops index for index; iterator rewrites would obscure
+// the correspondence that exactness depends on.
+#![allow(clippy::needless_range_loop)]
+
 pub mod cli;
 pub mod output;
 pub mod quant;

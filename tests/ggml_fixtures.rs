@@ -1,7 +1,7 @@
-//! Exactness against ggml's own quantizer: every output listed in the fixture manifest must come
-//! out byte for byte, on every instruction set this machine has. The folder comes from
-//! `QUANTFIT_GGML_FIXTURES` (default `../shared/fixtures/ggml-quants`); nothing here knows the
-//! individual cases.
+//! Exactness against ggml's own quantizer: every output listed in a fixture manifest must come
+//! out byte for byte, on every instruction set this machine has. The folders are
+//! `QUANTFIT_GGML_FIXTURES` (default `../shared/fixtures/ggml-quants`) and the repository's own
+//! `tests/fixtures/ggml-extra`; nothing here knows the individual cases.
 
 mod common;
 
@@ -54,10 +54,18 @@ struct Loaded {
 }
 
 fn load_all() -> Vec<Loaded> {
-    let dir = common::ggml_fixture_dir();
-    let manifest = load_manifest(&dir);
-    assert!(!manifest.cases.is_empty(), "no cases in {}", dir.display());
+    let own =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ggml-extra");
     let mut all = Vec::new();
+    for dir in [common::ggml_fixture_dir(), own] {
+        load_dir(&dir, &mut all);
+    }
+    all
+}
+
+fn load_dir(dir: &Path, all: &mut Vec<Loaded>) {
+    let manifest = load_manifest(dir);
+    assert!(!manifest.cases.is_empty(), "no cases in {}", dir.display());
     for case in &manifest.cases {
         let input = common::read_f32(&dir.join("inputs").join(format!("{}.f32", case.name)));
         assert_eq!(
@@ -90,7 +98,6 @@ fn load_all() -> Vec<Loaded> {
             });
         }
     }
-    all
 }
 
 /// Describe the first difference by row and block so a failure says where to look.
@@ -209,7 +216,11 @@ fn reference_dequantize(ty: GgmlType, blk: &[u8], i: usize) -> f32 {
                 (48, ((blk[16 + i % 32] >> (i / 32)) & 1) << 4)
             };
             let b = blk[qs_at + 32 * (i / 64) + i % 32];
-            let q = if (i / 32) % 2 == 0 { b & 15 } else { b >> 4 } | high;
+            let q = if (i / 32).is_multiple_of(2) {
+                b & 15
+            } else {
+                b >> 4
+            } | high;
             half(0) * s * q as f32 - half(2) * m
         }
         GgmlType::Q6_K => {

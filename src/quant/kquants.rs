@@ -161,17 +161,9 @@ impl BlockFormat for Q2K {
             write_f16(blk, 80, d);
             write_f16(blk, 82, dmin);
             let (d, dmin) = (round_trip_f16(d), round_trip_f16(dmin));
-            for j in 0..16 {
-                let dl = d * (blk[j] & 0xF) as f32;
-                if dl == 0.0 {
-                    continue;
-                }
-                let ml = dmin * (blk[j] >> 4) as f32;
-                for ii in 0..16 {
-                    levels[16 * j + ii] =
-                        nearest_int((xs[16 * j + ii] + ml) / dl).clamp(0, 3) as u8;
-                }
-            }
+            let dl: [f32; 16] = std::array::from_fn(|j| d * (blk[j] & 0xF) as f32);
+            let ml: [f32; 16] = std::array::from_fn(|j| dmin * (blk[j] >> 4) as f32);
+            simd::requant(isa, xs, 16, &dl, Some(&ml), 0, 3, 0, &mut levels);
             pack_2bit(&levels, &mut blk[16..80]);
         }
     }
@@ -279,28 +271,20 @@ impl BlockFormat for Q3K {
             };
             write_f16(blk, 108, d);
             let d = round_trip_f16(d);
-            for j in 0..16 {
-                let dl = d * q3k_unpack_scale(&blk[96..108], j) as f32;
-                if dl == 0.0 {
-                    continue;
+            let dl: [f32; 16] =
+                std::array::from_fn(|j| d * q3k_unpack_scale(&blk[96..108], j) as f32);
+            let mut levels = levels.map(|l| l as u8);
+            simd::requant(isa, xs, 16, &dl, None, -4, 3, 4, &mut levels);
+            // Levels are 0..=7: bit 2 is the high bit, element j's goes to hmask[j % 32], bit
+            // j / 32 (branch-free: these bits are unpredictable).
+            for j in 0..32 {
+                let mut m = 0u8;
+                for b in 0..8 {
+                    m |= ((levels[32 * b + j] >> 2) & 1) << b;
                 }
-                for ii in 0..16 {
-                    let l = nearest_int(xs[16 * j + ii] / dl).clamp(-4, 3);
-                    levels[16 * j + ii] = (l + 4) as i8;
-                }
+                blk[j] = m;
             }
-            // High bit of element j goes to hmask[j % 32], bit j / 32.
-            let hmask = &mut blk[0..32];
-            hmask.fill(0);
-            let mut low = [0u8; QK_K];
-            for j in 0..QK_K {
-                let mut l = levels[j] as u8;
-                if l > 3 {
-                    hmask[j % 32] |= 1 << (j / 32);
-                    l -= 4;
-                }
-                low[j] = l;
-            }
+            let low = levels.map(|l| l & 3);
             pack_2bit(&low, &mut blk[32..96]);
         }
     }
@@ -469,17 +453,10 @@ fn quantize_q45k_superblock(
     write_f16(header, 0, d);
     write_f16(header, 2, dmin);
     let (d, dmin) = (round_trip_f16(d), round_trip_f16(dmin));
-    for j in 0..8 {
-        let (s, m) = scale_min_k4(j, &header[4..16]);
-        let dl = d * s as f32;
-        if dl == 0.0 {
-            continue;
-        }
-        let ml = dmin * m as f32;
-        for ii in 0..32 {
-            levels[32 * j + ii] = nearest_int((xs[32 * j + ii] + ml) / dl).clamp(0, nmax) as u8;
-        }
-    }
+    let codes: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, &header[4..16]));
+    let dl: [f32; 8] = std::array::from_fn(|j| d * codes[j].0 as f32);
+    let ml: [f32; 8] = std::array::from_fn(|j| dmin * codes[j].1 as f32);
+    simd::requant(isa, xs, 32, &dl, Some(&ml), 0, nmax, 0, &mut levels);
     levels
 }
 
@@ -546,16 +523,10 @@ impl BlockFormat for Q5K {
             for (g, n) in (0..QK_K).step_by(64).enumerate() {
                 let (m1, m2) = (1u8 << (2 * g), 2u8 << (2 * g));
                 for j in 0..32 {
-                    let mut l1 = levels[n + j];
-                    if l1 > 15 {
-                        l1 -= 16;
-                        qh[j] |= m1;
-                    }
-                    let mut l2 = levels[n + j + 32];
-                    if l2 > 15 {
-                        l2 -= 16;
-                        qh[j] |= m2;
-                    }
+                    // Levels are 0..=31: bit 4 goes to qh, branch-free.
+                    let (l1, l2) = (levels[n + j], levels[n + j + 32]);
+                    qh[j] |= (((l1 >> 4) & 1) * m1) | (((l2 >> 4) & 1) * m2);
+                    let (l1, l2) = (l1 & 15, l2 & 15);
                     ql[32 * g + j] = l1 | (l2 << 4);
                 }
             }
@@ -626,20 +597,13 @@ impl BlockFormat for Q6K {
                 blk[192 + j] = nearest_int(iscale * scales[j]).min(127) as i8 as u8;
             }
             let d = read_f16(blk, 208);
-            for j in 0..16 {
-                let dl = d * blk[192 + j] as i8 as f32;
-                if dl == 0.0 {
-                    continue;
-                }
-                for ii in 0..16 {
-                    let l = nearest_int(xs[16 * j + ii] / dl).clamp(-32, 31);
-                    levels[16 * j + ii] = (l + 32) as i8;
-                }
-            }
+            let dl: [f32; 16] = std::array::from_fn(|j| d * blk[192 + j] as i8 as f32);
+            let mut levels = levels.map(|l| l as u8);
+            simd::requant(isa, xs, 16, &dl, None, -32, 31, 32, &mut levels);
             let (ql, rest) = blk.split_at_mut(128);
             let qh = &mut rest[..64];
             for (h, j) in (0..QK_K).step_by(128).enumerate() {
-                let lv = |k: usize| levels[j + k] as u8;
+                let lv = |k: usize| levels[j + k];
                 for l in 0..32 {
                     ql[64 * h + l] = (lv(l) & 0xF) | ((lv(l + 64) & 0xF) << 4);
                     ql[64 * h + l + 32] = (lv(l + 32) & 0xF) | ((lv(l + 96) & 0xF) << 4);

@@ -27,6 +27,19 @@ pub(crate) fn row_sigma2(x: &[f32]) -> f32 {
     sum_x2 / x.len() as f32
 }
 
+/// C's float-to-small-integer conversion as compiled for x86-64: a truncating conversion to
+/// int32 (`cvttss2si`, which yields i32::MIN for NaN and out-of-range values, e.g. the
+/// infinities a subnormal scale produces) and then the low byte.
+#[inline(always)]
+pub(crate) fn c_trunc_to_byte(v: f32) -> u8 {
+    let i = if v > -2_147_483_904.0 && v < 2_147_483_648.0 {
+        v as i32
+    } else {
+        i32::MIN
+    };
+    i as u8
+}
+
 fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, out: &mut [f32]) {
     for j in 0..QK {
         out[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
@@ -35,20 +48,34 @@ fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, out: &mut [f32]) {
 
 /// Groups of up to eight blocks with their importance weights, so that the searches can run
 /// eight blocks at a time: `(first block index, values, weights)`.
-fn imatrix_groups<'a>(x: &'a [f32], qw: &'a [f32]) -> impl Iterator<Item = (usize, &'a [f32], [f32; 8 * QK])> + 'a {
+fn imatrix_groups<'a>(
+    x: &'a [f32],
+    qw: &'a [f32],
+) -> impl Iterator<Item = (usize, &'a [f32], [f32; 8 * QK])> + 'a {
     let sigma2 = row_sigma2(x);
     x.chunks(8 * QK).enumerate().map(move |(g, xs)| {
         let mut w = [0.0f32; 8 * QK];
         for ib in 0..xs.len() / QK {
             let at = 8 * QK * g + QK * ib;
-            importance_weights(&xs[QK * ib..], &qw[at..at + QK], sigma2, &mut w[QK * ib..QK * ib + QK]);
+            importance_weights(
+                &xs[QK * ib..],
+                &qw[at..at + QK],
+                sigma2,
+                &mut w[QK * ib..QK * ib + QK],
+            );
         }
         (8 * g, xs, w)
     })
 }
 
 /// Symmetric weighted search of every block of a row; calls `write(block, scale, levels)`.
-fn imatrix_symmetric(x: &[f32], qw: &[f32], nmax: i32, isa: Isa, mut write: impl FnMut(usize, f32, &[i8])) {
+fn imatrix_symmetric(
+    x: &[f32],
+    qw: &[f32],
+    nmax: i32,
+    isa: Isa,
+    mut write: impl FnMut(usize, f32, &[i8]),
+) {
     for (first, xs, w) in imatrix_groups(x, qw) {
         let mut levels = [0i8; 8 * QK];
         let mut scales = [0.0f32; 8];
@@ -58,7 +85,8 @@ fn imatrix_symmetric(x: &[f32], qw: &[f32], nmax: i32, isa: Isa, mut write: impl
         } else {
             for ib in 0..nb {
                 let r = QK * ib..QK * ib + QK;
-                scales[ib] = make_qx_quants(&xs[r.clone()], nmax, &mut levels[r.clone()], Some(&w[r]));
+                scales[ib] =
+                    make_qx_quants(&xs[r.clone()], nmax, &mut levels[r.clone()], Some(&w[r]));
             }
         }
         for ib in 0..nb {
@@ -68,7 +96,13 @@ fn imatrix_symmetric(x: &[f32], qw: &[f32], nmax: i32, isa: Isa, mut write: impl
 }
 
 /// Affine weighted search of every block of a row; calls `write(block, scale, min, levels)`.
-fn imatrix_affine(x: &[f32], qw: &[f32], p: AffineSearch, isa: Isa, mut write: impl FnMut(usize, f32, f32, &[u8])) {
+fn imatrix_affine(
+    x: &[f32],
+    qw: &[f32],
+    p: AffineSearch,
+    isa: Isa,
+    mut write: impl FnMut(usize, f32, f32, &[u8]),
+) {
     for (first, xs, w) in imatrix_groups(x, qw) {
         let mut levels = [0u8; 8 * QK];
         let mut scales = [0.0f32; 8];
@@ -79,11 +113,17 @@ fn imatrix_affine(x: &[f32], qw: &[f32], p: AffineSearch, isa: Isa, mut write: i
         } else {
             for ib in 0..nb {
                 let r = QK * ib..QK * ib + QK;
-                (scales[ib], mins[ib]) = make_qkx_quants(&xs[r.clone()], &w[r.clone()], p, &mut levels[r]);
+                (scales[ib], mins[ib]) =
+                    make_qkx_quants(&xs[r.clone()], &w[r.clone()], p, &mut levels[r]);
             }
         }
         for ib in 0..nb {
-            write(first + ib, scales[ib], mins[ib], &levels[QK * ib..QK * ib + QK]);
+            write(
+                first + ib,
+                scales[ib],
+                mins[ib],
+                &levels[QK * ib..QK * ib + QK],
+            );
         }
     }
 }
@@ -149,7 +189,10 @@ impl BlockFormat for Q4_0 {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             write_f16(blk, 0, d);
             // C truncates toward zero when storing into int8_t.
-            pack_nibbles(|j| ((xb[j] * id + 8.5) as i8).min(15) as u8, &mut blk[2..]);
+            pack_nibbles(
+                |j| (c_trunc_to_byte(xb[j] * id + 8.5) as i8).min(15) as u8,
+                &mut blk[2..],
+            );
         }
     }
 
@@ -189,7 +232,10 @@ impl BlockFormat for Q4_1 {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             write_f16(blk, 0, d);
             write_f16(blk, 2, min);
-            pack_nibbles(|j| (((xb[j] - min) * id + 0.5) as i8).min(15) as u8, &mut blk[4..]);
+            pack_nibbles(
+                |j| (c_trunc_to_byte((xb[j] - min) * id + 0.5) as i8).min(15) as u8,
+                &mut blk[4..],
+            );
         }
     }
 
@@ -243,7 +289,7 @@ impl BlockFormat for Q5_0 {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut l = [0u8; QK];
             for j in 0..QK {
-                l[j] = ((xb[j] * id + 16.5) as i8).min(31) as u8;
+                l[j] = (c_trunc_to_byte(xb[j] * id + 16.5) as i8).min(31) as u8;
             }
             write(blk, d, &|j| l[j]);
         }
@@ -291,7 +337,7 @@ impl BlockFormat for Q5_1 {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut l = [0u8; QK];
             for j in 0..QK {
-                l[j] = ((xb[j] - min) * id + 0.5) as u8;
+                l[j] = c_trunc_to_byte((xb[j] - min) * id + 0.5);
             }
             write(blk, d, min, &l);
         }
@@ -336,7 +382,7 @@ impl BlockFormat for Q8_0 {
             write_f16(blk, 0, d);
             for j in 0..QK {
                 // roundf: half away from zero.
-                blk[2 + j] = (xb[j] * id).round() as i8 as u8;
+                blk[2 + j] = c_trunc_to_byte((xb[j] * id).round());
             }
         }
     }

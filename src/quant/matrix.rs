@@ -52,10 +52,10 @@ pub fn validate(
     imatrix: Option<&[f32]>,
 ) -> Result<(), QuantError> {
     let block = ty.info().block_elems;
-    if cols == 0 || cols % block != 0 {
+    if cols == 0 || !cols.is_multiple_of(block) {
         return Err(QuantError::RowLength { ty, cols, block });
     }
-    if data.len() % cols != 0 {
+    if !data.len().is_multiple_of(cols) {
         return Err(QuantError::Shape {
             len: data.len(),
             cols,
@@ -79,7 +79,7 @@ pub fn validate(
     let bad = data
         .par_chunks(cols)
         .enumerate()
-        .find_first(|(_, row)| row.iter().any(|v| !v.is_finite()));
+        .find_first(|(_, row)| has_non_finite(row));
     if let Some((row, values)) = bad {
         let (col, &value) = values
             .iter()
@@ -89,6 +89,16 @@ pub fn validate(
         return Err(QuantError::NonFinite { row, col, value });
     }
     Ok(())
+}
+
+/// Whether any value is NaN or infinite (all-ones exponent). Branch-free per chunk so that the
+/// scan vectorizes: it runs over every input value before quantizing.
+fn has_non_finite(row: &[f32]) -> bool {
+    row.chunks(256).any(|chunk| {
+        chunk.iter().fold(0u32, |acc, v| {
+            acc | ((v.to_bits() & 0x7F80_0000) == 0x7F80_0000) as u32
+        }) != 0
+    })
 }
 
 /// Quantize a row-major `rows x cols` matrix with the best instruction set on every core.
@@ -108,11 +118,34 @@ pub fn quantize_with(
     imatrix: Option<&[f32]>,
     opts: QuantizeOptions,
 ) -> Result<Vec<u8>, QuantError> {
+    let rows = data.len().checked_div(cols).unwrap_or(0);
+    let mut out = vec![0u8; rows * ty.info().row_bytes(cols.max(1))];
+    quantize_into(ty, data, cols, imatrix, opts, &mut out)?;
+    Ok(out)
+}
+
+/// Quantize into a caller's buffer of exactly `rows * row_bytes(cols)` bytes (reused across
+/// tensors by the converter, so no page is touched twice).
+pub fn quantize_into(
+    ty: GgmlType,
+    data: &[f32],
+    cols: usize,
+    imatrix: Option<&[f32]>,
+    opts: QuantizeOptions,
+    out: &mut [u8],
+) -> Result<(), QuantError> {
     validate(ty, data, cols, imatrix)?;
     let info = ty.info();
     let imatrix = if info.uses_imatrix { imatrix } else { None };
     let row_bytes = info.row_bytes(cols);
-    let mut out = vec![0u8; data.len() / cols * row_bytes];
+    let expected = data.len() / cols * row_bytes;
+    if out.len() != expected {
+        return Err(QuantError::ByteLength {
+            ty,
+            got: out.len(),
+            row_bytes,
+        });
+    }
     let quantize_row = info.quantize_row;
     let isa = opts.isa;
     if opts.parallel {
@@ -127,13 +160,13 @@ pub fn quantize_with(
             quantize_row(x, imatrix, o, isa);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Dequantize `bytes` holding rows of `cols` elements.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], cols: usize) -> Result<Vec<f32>, QuantError> {
     let info = ty.info();
-    if cols == 0 || cols % info.block_elems != 0 {
+    if cols == 0 || !cols.is_multiple_of(info.block_elems) {
         return Err(QuantError::RowLength {
             ty,
             cols,
@@ -141,7 +174,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], cols: usize) -> Result<Vec<f32>, Q
         });
     }
     let row_bytes = info.row_bytes(cols);
-    if bytes.len() % row_bytes != 0 {
+    if !bytes.len().is_multiple_of(row_bytes) {
         return Err(QuantError::ByteLength {
             ty,
             got: bytes.len(),

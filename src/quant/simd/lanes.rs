@@ -83,8 +83,10 @@ pub unsafe fn affine<V: Lanes>(
         best = best.add(w.mul(error_term(diff, p.use_mad)));
     }
     let mut aux = [0i32; 32 * 16];
-    let steps = if p.nstep < 1 { 0..=-1 } else { 0..=p.nstep };
-    for is in steps {
+    for is in 0..(p.nstep + 1).max(0) {
+        if p.nstep < 1 {
+            break; // ggml returns the first guess when there is no search
+        }
         iscale = V::splat(p.rmin + p.rdelta * is as f32 + nmaxf).div(max.sub(min));
         let mut sum_l = zero;
         let mut sum_l2 = zero;
@@ -139,7 +141,14 @@ pub unsafe fn affine<V: Lanes>(
 
 /// `make_qx_quants` (rmse_type 1) on `V::N` lanes; weights `wt` or `x^2`. Levels `l + nmax`.
 #[inline(always)]
-pub unsafe fn qx<V: Lanes>(xt: &[f32], wt: Option<&[f32]>, n: usize, nmax: i32, lv: &mut [i32], scale_out: &mut [f32]) {
+pub unsafe fn qx<V: Lanes>(
+    xt: &[f32],
+    wt: Option<&[f32]>,
+    n: usize,
+    nmax: i32,
+    lv: &mut [i32],
+    scale_out: &mut [f32],
+) {
     let nl = V::N;
     let zero = V::splat(0.0);
     let (max, amax) = signed_absmax::<V>(xt, n);
@@ -234,7 +243,13 @@ pub unsafe fn q3<V: Lanes>(xt: &[f32], n: usize, nmax: i32, lv: &mut [i32], scal
             let sl2_new = sl2.add(w.mul(nf).mul(nf));
             let accept = V::and(
                 V::and(zero.lt(slx), V::ne_i(new_l, li)),
-                V::and(zero.lt(sl2_new), sumlx.mul(sumlx).mul(sl2_new).lt(slx_new.mul(slx_new).mul(suml2))),
+                V::and(
+                    zero.lt(sl2_new),
+                    sumlx
+                        .mul(sumlx)
+                        .mul(sl2_new)
+                        .lt(slx_new.mul(slx_new).mul(suml2)),
+                ),
             );
             if V::any(accept) {
                 V::store_i(V::select_i(accept, new_l, li), &mut lv[i * nl..]);
@@ -315,4 +330,37 @@ pub unsafe fn iq4<V: Lanes>(xt: &[f32], wt: &[f32], scale_out: &mut [f32]) {
         best = V::select(better, new_d.mul(sqx), best);
     }
     V::select(amax.lt(V::splat(GROUP_MAX_EPS)), zero, d).store(scale_out);
+}
+
+/// Final levels against the quantized sub-block scales: `clamp(nearest_int((x + m) / d))`
+/// elementwise (with `m = 0` for symmetric formats), sub-blocks with `d == 0` left untouched.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn requant<V: Lanes>(
+    xs: &[f32],
+    sub: usize,
+    d: &[f32],
+    m: Option<&[f32]>,
+    lo: i32,
+    hi: i32,
+    offset: i32,
+    mut write: impl FnMut(usize, &[i32]),
+) {
+    let mut tmp = [0i32; 16];
+    for (j, &dj) in d.iter().enumerate() {
+        if dj == 0.0 {
+            continue;
+        }
+        let dv = V::splat(dj);
+        for c in (0..sub).step_by(V::N) {
+            let at = j * sub + c;
+            let mut x = V::load(&xs[at..]);
+            if let Some(m) = m {
+                x = x.add(V::splat(m[j]));
+            }
+            let l = V::add_i(V::clamp_i(x.div(dv).nearest_int(), lo, hi), offset);
+            V::store_i(l, &mut tmp);
+            write(at, &tmp[..V::N]);
+        }
+    }
 }

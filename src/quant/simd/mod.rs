@@ -25,7 +25,13 @@ fn gather<V: Lanes>(x: &[f32], n: usize, first: usize, out: &mut [f32]) {
 }
 
 #[inline(always)]
-fn scatter<V: Lanes, T: Copy>(lv: &[i32], n: usize, first: usize, out: &mut [T], convert: impl Fn(i32) -> T) {
+fn scatter<V: Lanes, T: Copy>(
+    lv: &[i32],
+    n: usize,
+    first: usize,
+    out: &mut [T],
+    convert: impl Fn(i32) -> T,
+) {
     for k in 0..V::N {
         for i in 0..n {
             out[(first + k) * n + i] = convert(lv[i * V::N + k]);
@@ -49,13 +55,28 @@ unsafe fn affine_superblock<V: Lanes>(
     for first in (0..QK_K / sub).step_by(V::N) {
         gather::<V>(xs, sub, first, &mut xt);
         gather::<V>(weights, sub, first, &mut wt);
-        lanes::affine::<V>(&xt, &wt, sub, p, &mut lv, &mut scales[first..], &mut mins[first..]);
+        lanes::affine::<V>(
+            &xt,
+            &wt,
+            sub,
+            p,
+            &mut lv,
+            &mut scales[first..],
+            &mut mins[first..],
+        );
         scatter::<V, u8>(&lv, sub, first, levels, |l| l as u8);
     }
 }
 
 #[inline(always)]
-unsafe fn qx_superblock<V: Lanes>(xs: &[f32], weights: Option<&[f32]>, sub: usize, nmax: i32, levels: &mut [i8], scales: &mut [f32]) {
+unsafe fn qx_superblock<V: Lanes>(
+    xs: &[f32],
+    weights: Option<&[f32]>,
+    sub: usize,
+    nmax: i32,
+    levels: &mut [i8],
+    scales: &mut [f32],
+) {
     let mut xt = [0.0f32; QK_K];
     let mut wt = [0.0f32; QK_K];
     let mut lv = [0i32; QK_K];
@@ -64,7 +85,14 @@ unsafe fn qx_superblock<V: Lanes>(xs: &[f32], weights: Option<&[f32]>, sub: usiz
         if let Some(w) = weights {
             gather::<V>(w, sub, first, &mut wt);
         }
-        lanes::qx::<V>(&xt, weights.map(|_| &wt[..]), sub, nmax, &mut lv, &mut scales[first..]);
+        lanes::qx::<V>(
+            &xt,
+            weights.map(|_| &wt[..]),
+            sub,
+            nmax,
+            &mut lv,
+            &mut scales[first..],
+        );
         scatter::<V, i8>(&lv, sub, first, levels, |l| l as i8);
     }
 }
@@ -113,6 +141,15 @@ macro_rules! instantiate {
             $(#[target_feature(enable = $features)])?
             pub unsafe fn q3(xs: &[f32], l: &mut [i8], s: &mut [f32]) {
                 q3_superblock::<$lanes>(xs, l, s)
+            }
+            $(#[target_feature(enable = $features)])?
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn requant(xs: &[f32], sub: usize, d: &[f32], m: Option<&[f32]>, lo: i32, hi: i32, offset: i32, out: &mut [u8]) {
+                lanes::requant::<$lanes>(xs, sub, d, m, lo, hi, offset, |at, l| {
+                    for (o, &v) in out[at..at + l.len()].iter_mut().zip(l) {
+                        *o = v as u8;
+                    }
+                })
             }
             $(#[target_feature(enable = $features)])?
             pub unsafe fn iq4(xs: &[f32], w: &[f32]) -> [f32; 8] {
@@ -167,29 +204,94 @@ pub fn affine_subblocks(
             mins[j] = m;
         }
     };
-    dispatch!(isa, QK_K / sub, affine(xs, weights, sub, p, levels, scales, mins), scalar(levels, scales, mins))
+    dispatch!(
+        isa,
+        QK_K / sub,
+        affine(xs, weights, sub, p, levels, scales, mins),
+        scalar(levels, scales, mins)
+    )
 }
 
 /// Symmetric search (`make_qx_quants`, rmse 1) of the `sub`-element sub-blocks (16 or 32) of 256
 /// values; `levels` gets `l + nmax`.
-pub fn qx_subblocks(isa: Isa, xs: &[f32], weights: Option<&[f32]>, sub: usize, nmax: i32, levels: &mut [i8], scales: &mut [f32]) {
+pub fn qx_subblocks(
+    isa: Isa,
+    xs: &[f32],
+    weights: Option<&[f32]>,
+    sub: usize,
+    nmax: i32,
+    levels: &mut [i8],
+    scales: &mut [f32],
+) {
     let scalar = |levels: &mut [i8], scales: &mut [f32]| {
         for j in 0..QK_K / sub {
             let r = sub * j..sub * (j + 1);
-            scales[j] = make_qx_quants(&xs[r.clone()], nmax, &mut levels[r.clone()], weights.map(|w| &w[r]));
+            scales[j] = make_qx_quants(
+                &xs[r.clone()],
+                nmax,
+                &mut levels[r.clone()],
+                weights.map(|w| &w[r]),
+            );
         }
     };
-    dispatch!(isa, QK_K / sub, qx(xs, weights, sub, nmax, levels, scales), scalar(levels, scales))
+    dispatch!(
+        isa,
+        QK_K / sub,
+        qx(xs, weights, sub, nmax, levels, scales),
+        scalar(levels, scales)
+    )
 }
 
 /// `make_q3_quants` (nmax 4) of the sixteen 16-element sub-blocks of 256 values.
 pub fn q3_subblocks(isa: Isa, xs: &[f32], levels: &mut [i8], scales: &mut [f32]) {
     let scalar = |levels: &mut [i8], scales: &mut [f32]| {
         for j in 0..16 {
-            scales[j] = make_q3_quants(&xs[16 * j..16 * j + 16], 4, &mut levels[16 * j..16 * j + 16]);
+            scales[j] = make_q3_quants(
+                &xs[16 * j..16 * j + 16],
+                4,
+                &mut levels[16 * j..16 * j + 16],
+            );
         }
     };
     dispatch!(isa, 16, q3(xs, levels, scales), scalar(levels, scales))
+}
+
+/// Final levels of a super-block against its quantized sub-block scales `d` (and offsets `m`):
+/// `clamp(nearest_int((x + m) / d), lo, hi) + offset`; sub-blocks whose `d` is zero keep the
+/// levels their search gave, as in ggml. Levels are written as bytes (two's complement).
+#[allow(clippy::too_many_arguments)]
+pub fn requant(
+    isa: Isa,
+    xs: &[f32],
+    sub: usize,
+    d: &[f32],
+    m: Option<&[f32]>,
+    lo: i32,
+    hi: i32,
+    offset: i32,
+    out: &mut [u8],
+) {
+    let scalar = |out: &mut [u8]| {
+        for (j, &dj) in d.iter().enumerate() {
+            if dj == 0.0 {
+                continue;
+            }
+            for i in sub * j..sub * (j + 1) {
+                let x = match m {
+                    Some(m) => xs[i] + m[j],
+                    None => xs[i],
+                };
+                out[i] = (super::search::nearest_int(x / dj).clamp(lo, hi) + offset) as u8;
+            }
+        }
+    };
+    // 16-element sub-blocks fill one AVX-512 vector; dispatch on the element count per row.
+    dispatch!(
+        isa,
+        sub,
+        requant(xs, sub, d, m, lo, hi, offset, out),
+        scalar(out)
+    )
 }
 
 /// IQ4 scale search of the eight 32-element sub-blocks of 256 values.
@@ -212,7 +314,11 @@ pub fn iq4nl_row(isa: Isa, x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         return iq4nl_row_scalar(x, imatrix, out);
     }
     let full = x.len() / QK_K * QK_K;
-    for (g, (xs, blk)) in x[..full].chunks_exact(QK_K).zip(out.chunks_exact_mut(8 * 18)).enumerate() {
+    for (g, (xs, blk)) in x[..full]
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(8 * 18))
+        .enumerate()
+    {
         let mut w = [0.0f32; QK_K];
         for ib in 0..8 {
             let r = 32 * ib..32 * ib + 32;
@@ -228,5 +334,9 @@ pub fn iq4nl_row(isa: Isa, x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         super::iq4::iq4nl_finish8(xs, &scales, blk);
     }
     let done_blocks = full / 32;
-    iq4nl_row_scalar(&x[full..], imatrix.map(|q| &q[full..]), &mut out[done_blocks * 18..]);
+    iq4nl_row_scalar(
+        &x[full..],
+        imatrix.map(|q| &q[full..]),
+        &mut out[done_blocks * 18..],
+    );
 }

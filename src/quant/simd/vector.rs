@@ -89,7 +89,10 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn abs(self) -> Self {
-            Avx2(_mm256_and_ps(self.0, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF))))
+            Avx2(_mm256_and_ps(
+                self.0,
+                _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF)),
+            ))
         }
         #[inline(always)]
         unsafe fn lt(self, o: Self) -> __m256 {
@@ -119,11 +122,17 @@ mod x86 {
         #[inline(always)]
         unsafe fn nearest_int(self) -> __m256i {
             let v = _mm256_castps_si256(_mm256_add_ps(self.0, _mm256_set1_ps(MAGIC)));
-            _mm256_sub_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x007F_FFFF)), _mm256_set1_epi32(0x0040_0000))
+            _mm256_sub_epi32(
+                _mm256_and_si256(v, _mm256_set1_epi32(0x007F_FFFF)),
+                _mm256_set1_epi32(0x0040_0000),
+            )
         }
         #[inline(always)]
         unsafe fn clamp_i(i: __m256i, lo: i32, hi: i32) -> __m256i {
-            _mm256_max_epi32(_mm256_min_epi32(i, _mm256_set1_epi32(hi)), _mm256_set1_epi32(lo))
+            _mm256_max_epi32(
+                _mm256_min_epi32(i, _mm256_set1_epi32(hi)),
+                _mm256_set1_epi32(lo),
+            )
         }
         #[inline(always)]
         unsafe fn to_f(i: __m256i) -> Self {
@@ -141,7 +150,11 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn select_i(m: __m256, a: __m256i, b: __m256i) -> __m256i {
-            _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), _mm256_castsi256_ps(a), m))
+            _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(b),
+                _mm256_castsi256_ps(a),
+                m,
+            ))
         }
         #[inline(always)]
         unsafe fn ne_i(a: __m256i, b: __m256i) -> __m256 {
@@ -226,11 +239,17 @@ mod x86 {
         #[inline(always)]
         unsafe fn nearest_int(self) -> __m512i {
             let v = _mm512_castps_si512(_mm512_add_ps(self.0, _mm512_set1_ps(MAGIC)));
-            _mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x007F_FFFF)), _mm512_set1_epi32(0x0040_0000))
+            _mm512_sub_epi32(
+                _mm512_and_si512(v, _mm512_set1_epi32(0x007F_FFFF)),
+                _mm512_set1_epi32(0x0040_0000),
+            )
         }
         #[inline(always)]
         unsafe fn clamp_i(i: __m512i, lo: i32, hi: i32) -> __m512i {
-            _mm512_max_epi32(_mm512_min_epi32(i, _mm512_set1_epi32(hi)), _mm512_set1_epi32(lo))
+            _mm512_max_epi32(
+                _mm512_min_epi32(i, _mm512_set1_epi32(hi)),
+                _mm512_set1_epi32(lo),
+            )
         }
         #[inline(always)]
         unsafe fn to_f(i: __m512i) -> Self {
@@ -275,7 +294,11 @@ fn map<const N: usize, T: Copy, U: Copy + Default>(a: [T; N], f: impl Fn(T) -> U
 }
 
 #[inline(always)]
-fn zip<const N: usize, T: Copy, U: Copy + Default>(a: [T; N], b: [T; N], f: impl Fn(T, T) -> U) -> [U; N] {
+fn zip<const N: usize, T: Copy, U: Copy + Default>(
+    a: [T; N],
+    b: [T; N],
+    f: impl Fn(T, T) -> U,
+) -> [U; N] {
     let mut out = [U::default(); N];
     for k in 0..N {
         out[k] = f(a[k], b[k]);
@@ -352,7 +375,9 @@ impl<const N: usize> Lanes for Portable<N> {
     }
     #[inline(always)]
     unsafe fn nearest_int(self) -> [i32; N] {
-        map(self.0, |f| ((f + MAGIC).to_bits() & 0x007F_FFFF) as i32 - 0x0040_0000)
+        map(self.0, |f| {
+            ((f + MAGIC).to_bits() & 0x007F_FFFF) as i32 - 0x0040_0000
+        })
     }
     #[inline(always)]
     unsafe fn clamp_i(i: [i32; N], lo: i32, hi: i32) -> [i32; N] {
