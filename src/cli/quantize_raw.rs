@@ -4,7 +4,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::output::write_atomic;
-use crate::quant::{dequantize, error_stats, quantize_with, GgmlType, Isa, QuantizeOptions};
+use crate::quant::{dequantize, error_stats, quantize_into, GgmlType, Isa, QuantizeOptions};
 use crate::source::raw::{read_f32_file, read_matrix};
 
 #[derive(clap::Args)]
@@ -29,6 +29,9 @@ pub struct Args {
     /// Use one thread.
     #[arg(long)]
     single_thread: bool,
+    /// Quantize each type this many times into the same buffer and report the fastest run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -77,10 +80,14 @@ pub fn run(args: Args) -> Result<()> {
 
     let mut results = Vec::new();
     for &ty in &types {
-        let start = Instant::now();
-        let bytes = quantize_with(ty, &data, args.cols, imatrix.as_deref(), opts)
-            .with_context(|| args.input.display().to_string())?;
-        let seconds = start.elapsed().as_secs_f64();
+        let mut bytes = vec![0u8; rows * ty.info().row_bytes(args.cols)];
+        let mut seconds = f64::INFINITY;
+        for _ in 0..args.repeat {
+            let start = Instant::now();
+            quantize_into(ty, &data, args.cols, imatrix.as_deref(), opts, &mut bytes)
+                .with_context(|| args.input.display().to_string())?;
+            seconds = seconds.min(start.elapsed().as_secs_f64());
+        }
         let restored = dequantize(ty, &bytes, args.cols)?;
         let stats = error_stats(&data, &restored);
         if let Some(out) = &args.output {

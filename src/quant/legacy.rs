@@ -32,17 +32,103 @@ pub(crate) fn row_sigma2(x: &[f32]) -> f32 {
 /// infinities a subnormal scale produces) and then the low byte.
 #[inline(always)]
 pub(crate) fn c_trunc_to_byte(v: f32) -> u8 {
-    let i = if v > -2_147_483_904.0 && v < 2_147_483_648.0 {
-        v as i32
-    } else {
-        i32::MIN
-    };
+    let in_range = v > -2_147_483_904.0 && v < 2_147_483_648.0;
+    // SAFETY: only converted when inside the i32 range (the branch becomes a vector select).
+    let i = if in_range { unsafe { v.to_int_unchecked::<i32>() } } else { i32::MIN };
     i as u8
 }
-
 fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, out: &mut [f32]) {
     for j in 0..QK {
         out[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+    }
+}
+
+/// ggml's reference (no importance matrix) quantizers of the 32-element formats, written so
+/// that the compiler vectorizes them within a block; `simd` compiles this once per instruction
+/// set. Every step is exact or elementwise, so all builds give the same bytes.
+#[inline(always)]
+pub(crate) fn plain_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    match ty {
+        GgmlType::Q4_0 => {
+            const B: usize = 18;
+            for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
+                let d = signed_absmax(xb) / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                write_f16(blk, 0, d);
+                // C truncates toward zero when storing into int8_t.
+                let mut l = [0u8; QK];
+                for j in 0..QK {
+                    l[j] = (c_trunc_to_byte(xb[j] * id + 8.5) as i8).min(15) as u8;
+                }
+                pack_nibbles(|j| l[j], &mut blk[2..]);
+            }
+        }
+        GgmlType::Q4_1 => {
+            const B: usize = 20;
+            for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
+                let (min, max) = min_max(xb);
+                let d = (max - min) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                write_f16(blk, 0, d);
+                write_f16(blk, 2, min);
+                let mut l = [0u8; QK];
+                for j in 0..QK {
+                    l[j] = (c_trunc_to_byte((xb[j] - min) * id + 0.5) as i8).min(15) as u8;
+                }
+                pack_nibbles(|j| l[j], &mut blk[4..]);
+            }
+        }
+        GgmlType::Q5_0 => {
+            const B: usize = 22;
+            for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
+                let d = signed_absmax(xb) / -16.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let mut l = [0u8; QK];
+                for j in 0..QK {
+                    l[j] = (c_trunc_to_byte(xb[j] * id + 16.5) as i8).min(31) as u8;
+                }
+                write_f16(blk, 0, d);
+                blk[2..6].copy_from_slice(&high_bits(|j| l[j]));
+                pack_nibbles(|j| l[j], &mut blk[6..]);
+            }
+        }
+        GgmlType::Q5_1 => {
+            const B: usize = 24;
+            for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
+                let (min, max) = min_max(xb);
+                let d = (max - min) / 31.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let mut l = [0u8; QK];
+                for j in 0..QK {
+                    l[j] = c_trunc_to_byte((xb[j] - min) * id + 0.5);
+                }
+                write_f16(blk, 0, d);
+                write_f16(blk, 2, min);
+                blk[4..8].copy_from_slice(&high_bits(|j| l[j]));
+                pack_nibbles(|j| l[j], &mut blk[8..]);
+            }
+        }
+        GgmlType::Q8_0 => {
+            const B: usize = 34;
+            for (xb, blk) in x
+                .chunks_exact(QK)
+                .zip(out.chunks_exact_mut(B))
+            {
+                let mut amax = 0.0f32;
+                for &v in xb {
+                    let a = v.abs();
+                    amax = if amax > a { amax } else { a };
+                }
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                write_f16(blk, 0, d);
+                for j in 0..QK {
+                    // roundf: half away from zero.
+                    blk[2 + j] = c_trunc_to_byte((xb[j] * id).round());
+                }
+            }
+        }
+        other => unreachable!("{other} is not a 32-element reference format"),
     }
 }
 
@@ -128,33 +214,60 @@ fn imatrix_affine(
     }
 }
 
-/// The value of largest magnitude (first one on ties), as the symmetric formats scale by it.
+/// The value of largest magnitude, the first one on ties (+0.0 when all are zero), as ggml's
+/// sequential `if (amax < fabsf(v))` scan finds it. Finite input: magnitudes order like their
+/// bit patterns, so the maximum is an integer reduction that vectorizes.
+#[inline(always)]
 fn signed_absmax(xb: &[f32]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in xb {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
+    let amax_bits = xb.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+    if amax_bits == 0 {
+        return 0.0;
     }
-    max
+    // Branch-free "first index": a bit per match, then the lowest set bit.
+    let hits = xb
+        .iter()
+        .enumerate()
+        .fold(0u32, |m, (j, v)| m | (((v.to_bits() & 0x7FFF_FFFF) == amax_bits) as u32) << j);
+    xb[hits.trailing_zeros() as usize]
 }
 
+/// Total order key of a finite float's bits (-0.0 just below +0.0).
+#[inline(always)]
+fn order_key(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+#[inline(always)]
+fn from_order_key(k: u32) -> f32 {
+    f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7FFF_FFFF } else { !k })
+}
+
+/// Minimum and maximum as ggml's sequential `<` / `>` scan finds them: when the extreme is a
+/// zero, the first zero seen keeps its sign.
+#[inline(always)]
 fn min_max(xb: &[f32]) -> (f32, f32) {
-    let mut min = f32::MAX;
-    let mut max = -f32::MAX;
-    for &v in xb {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
-        }
+    let (kmin, kmax) = xb.iter().fold((u32::MAX, 0u32), |(lo, hi), &v| {
+        let k = order_key(v);
+        (lo.min(k), hi.max(k))
+    });
+    let first_zero = || *xb.iter().find(|v| **v == 0.0).expect("a zero extreme exists");
+    let mut min = from_order_key(kmin);
+    let mut max = from_order_key(kmax);
+    if min == 0.0 {
+        min = first_zero();
+    }
+    if max == 0.0 {
+        max = first_zero();
     }
     (min, max)
 }
 
+#[inline(always)]
 fn pack_nibbles(levels: impl Fn(usize) -> u8, qs: &mut [u8]) {
     for j in 0..QK / 2 {
         qs[j] = (levels(j) & 0x0F) | ((levels(j + QK / 2) & 0x0F) << 4);
@@ -162,6 +275,7 @@ fn pack_nibbles(levels: impl Fn(usize) -> u8, qs: &mut [u8]) {
 }
 
 /// Fifth bits of 32 five-bit levels, element j at bit j.
+#[inline(always)]
 fn high_bits(levels: impl Fn(usize) -> u8) -> [u8; 4] {
     let mut qh = 0u32;
     for j in 0..QK {
@@ -184,16 +298,7 @@ impl BlockFormat for Q4_0 {
                 pack_nibbles(|j| l[j] as u8, &mut blk[2..]);
             });
         }
-        for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
-            let d = signed_absmax(xb) / -8.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            write_f16(blk, 0, d);
-            // C truncates toward zero when storing into int8_t.
-            pack_nibbles(
-                |j| (c_trunc_to_byte(xb[j] * id + 8.5) as i8).min(15) as u8,
-                &mut blk[2..],
-            );
-        }
+        simd::legacy_plain_row(isa, Self::TYPE, x, out);
     }
 
     fn dequantize_row(q: &[u8], out: &mut [f32]) {
@@ -226,17 +331,7 @@ impl BlockFormat for Q4_1 {
                 pack_nibbles(|j| l[j], &mut blk[4..]);
             });
         }
-        for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
-            let (min, max) = min_max(xb);
-            let d = (max - min) / 15.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            write_f16(blk, 0, d);
-            write_f16(blk, 2, min);
-            pack_nibbles(
-                |j| (c_trunc_to_byte((xb[j] - min) * id + 0.5) as i8).min(15) as u8,
-                &mut blk[4..],
-            );
-        }
+        simd::legacy_plain_row(isa, Self::TYPE, x, out);
     }
 
     fn dequantize_row(q: &[u8], out: &mut [f32]) {
@@ -284,15 +379,7 @@ impl BlockFormat for Q5_0 {
                 write(&mut out[B * ib..B * ib + B], d, &|j| l[j] as u8)
             });
         }
-        for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
-            let d = signed_absmax(xb) / -16.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut l = [0u8; QK];
-            for j in 0..QK {
-                l[j] = (c_trunc_to_byte(xb[j] * id + 16.5) as i8).min(31) as u8;
-            }
-            write(blk, d, &|j| l[j]);
-        }
+        simd::legacy_plain_row(isa, Self::TYPE, x, out);
     }
 
     fn dequantize_row(q: &[u8], out: &mut [f32]) {
@@ -331,16 +418,7 @@ impl BlockFormat for Q5_1 {
                 write(&mut out[B * ib..B * ib + B], d, -min, l)
             });
         }
-        for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
-            let (min, max) = min_max(xb);
-            let d = (max - min) / 31.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut l = [0u8; QK];
-            for j in 0..QK {
-                l[j] = c_trunc_to_byte((xb[j] - min) * id + 0.5);
-            }
-            write(blk, d, min, &l);
-        }
+        simd::legacy_plain_row(isa, Self::TYPE, x, out);
     }
 
     fn dequantize_row(q: &[u8], out: &mut [f32]) {
@@ -367,24 +445,8 @@ impl BlockFormat for Q8_0 {
     const BLOCK_ELEMS: usize = QK;
     const BLOCK_BYTES: usize = 34;
 
-    fn quantize_row(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8], _isa: Isa) {
-        for (xb, blk) in x
-            .chunks_exact(QK)
-            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
-        {
-            let mut amax = 0.0f32;
-            for &v in xb {
-                let a = v.abs();
-                amax = if amax > a { amax } else { a };
-            }
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            write_f16(blk, 0, d);
-            for j in 0..QK {
-                // roundf: half away from zero.
-                blk[2 + j] = c_trunc_to_byte((xb[j] * id).round());
-            }
-        }
+    fn quantize_row(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+        simd::legacy_plain_row(isa, Self::TYPE, x, out);
     }
 
     fn dequantize_row(q: &[u8], out: &mut [f32]) {

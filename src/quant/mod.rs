@@ -18,7 +18,8 @@ pub mod table;
 
 pub use isa::Isa;
 pub use matrix::{
-    dequantize, error_stats, quantize, quantize_with, ErrorStats, QuantError, QuantizeOptions,
+    dequantize, error_stats, quantize, quantize_into, quantize_with, ErrorStats, QuantError,
+    QuantizeOptions,
 };
 pub use table::{FormatInfo, GgmlType};
 

@@ -294,6 +294,22 @@ pub fn requant(
     )
 }
 
+/// ggml's reference quantizers of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 for one row, compiled for
+/// AVX2 where available (the code vectorizes within each block).
+pub fn legacy_plain_row(isa: Isa, ty: super::GgmlType, x: &[f32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(ty: super::GgmlType, x: &[f32], out: &mut [u8]) {
+            super::legacy::plain_row(ty, x, out)
+        }
+        // SAFETY: AVX2 is present whenever these instruction sets were accepted.
+        return unsafe { avx2(ty, x, out) };
+    }
+    let _ = isa;
+    super::legacy::plain_row(ty, x, out)
+}
+
 /// IQ4 scale search of the eight 32-element sub-blocks of 256 values.
 pub fn iq4_scales8(isa: Isa, xs: &[f32], weights: &[f32]) -> [f32; 8] {
     let scalar = || {
