@@ -34,16 +34,14 @@ fn imatrix_weights(
     sums: &mut [f32],
     sub: usize,
 ) {
-    for (j, (w, sum)) in weights
-        .chunks_exact_mut(sub)
-        .zip(sums.iter_mut())
-        .enumerate()
-    {
+    // Elementwise first (vectorizes), then each sub-block's sum in ggml's sequential order.
+    for ((w, &q), &v) in weights.iter_mut().zip(qw).zip(x).take(QK_K) {
+        *w = q * (sigma2 + v * v).sqrt();
+    }
+    for (w, sum) in weights.chunks_exact(sub).zip(sums.iter_mut()) {
         let mut s = 0.0f32;
-        for l in 0..sub {
-            let v = x[sub * j + l];
-            w[l] = qw[sub * j + l] * (sigma2 + v * v).sqrt();
-            s += w[l];
+        for &v in w {
+            s += v;
         }
         *sum = s;
     }
@@ -207,6 +205,26 @@ fn q3k_pack_scale(scales: &mut [u8], j: usize, l: u8) {
     scales[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
 }
 
+/// Write the super-scale, requantize against the packed sub-block codes and pack the levels.
+fn q3k_finish(xs: &[f32], levels: &[i8; QK_K], d: f32, blk: &mut [u8], isa: Isa) {
+    write_f16(blk, 108, d);
+    let d = round_trip_f16(d);
+    let dl: [f32; 16] = std::array::from_fn(|j| d * q3k_unpack_scale(&blk[96..108], j) as f32);
+    let mut levels = levels.map(|l| l as u8);
+    simd::requant(isa, xs, 16, &dl, None, -4, 3, 4, &mut levels);
+    // Levels are 0..=7: bit 2 is the high bit, element j's goes to hmask[j % 32], bit j / 32
+    // (branch-free: these bits are unpredictable).
+    for j in 0..32 {
+        let mut m = 0u8;
+        for b in 0..8 {
+            m |= ((levels[32 * b + j] >> 2) & 1) << b;
+        }
+        blk[j] = m;
+    }
+    let low = levels.map(|l| l & 3);
+    pack_2bit(&low, &mut blk[32..96]);
+}
+
 fn q3k_unpack_scale(scales: &[u8], j: usize) -> i32 {
     let low = if j < 8 {
         scales[j] & 0xF
@@ -223,69 +241,107 @@ impl BlockFormat for Q3K {
     const BLOCK_BYTES: usize = 110;
 
     fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
-        for (ib, (xs, blk)) in x
-            .chunks_exact(QK_K)
-            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
-            .enumerate()
-        {
-            let mut levels = [0i8; QK_K];
-            let mut scales = [0.0f32; 16];
-            blk[96..108].fill(0);
-            let d = match imatrix {
-                None => {
+        let Some(qw) = imatrix else {
+            // Two super-blocks per search call: twice the independent lanes in flight.
+            for (xp, op) in x
+                .chunks(2 * QK_K)
+                .zip(out.chunks_mut(2 * Self::BLOCK_BYTES))
+            {
+                let mut levels = [0i8; 2 * QK_K];
+                let mut scales = [0.0f32; 32];
+                let n = xp.len() / QK_K;
+                simd::q3_subblocks(isa, xp, &mut levels[..n * QK_K], &mut scales[..16 * n]);
+                for b in 0..n {
+                    let blk = &mut op[Self::BLOCK_BYTES * b..Self::BLOCK_BYTES * (b + 1)];
+                    let sc = &scales[16 * b..16 * b + 16];
                     let mut max_scale = 0.0f32;
                     let mut amax = 0.0f32;
-                    simd::q3_subblocks(isa, xs, &mut levels, &mut scales);
                     for j in 0..16 {
-                        let a = scales[j].abs();
+                        let a = sc[j].abs();
                         if a > amax {
                             amax = a;
-                            max_scale = scales[j];
+                            max_scale = sc[j];
                         }
                     }
-                    if max_scale != 0.0 {
+                    blk[96..108].fill(0);
+                    let d = if max_scale != 0.0 {
                         let iscale = -32.0 / max_scale;
                         for j in 0..16 {
-                            let l =
-                                (nearest_int(iscale * scales[j]) as i8 as i32).clamp(-32, 31) + 32;
+                            let l = (nearest_int(iscale * sc[j]) as i8 as i32).clamp(-32, 31) + 32;
                             q3k_pack_scale(&mut blk[96..108], j, l as u8);
                         }
                         1.0 / iscale
                     } else {
                         0.0
-                    }
+                    };
+                    let lv: &[i8; QK_K] = levels[QK_K * b..QK_K * (b + 1)]
+                        .try_into()
+                        .expect("one super-block");
+                    q3k_finish(&xp[QK_K * b..QK_K * (b + 1)], lv, d, blk, isa);
                 }
-                Some(qw) => {
-                    let sigma2 = 2.0 * sum_squares(xs) / QK_K as f32;
-                    let mut weights = [0.0f32; QK_K];
-                    let mut sw = [0.0f32; 16];
-                    imatrix_weights(xs, &qw[ib * QK_K..], sigma2, &mut weights, &mut sw, 16);
-                    simd::qx_subblocks(isa, xs, Some(&weights), 16, 4, &mut levels, &mut scales);
-                    let mut ls = [0i8; 16];
-                    let d_block = make_qx_quants(&scales, 32, &mut ls, Some(&sw));
-                    for j in 0..16 {
-                        q3k_pack_scale(&mut blk[96..108], j, ls[j] as u8);
-                    }
-                    d_block
-                }
-            };
-            write_f16(blk, 108, d);
-            let d = round_trip_f16(d);
-            let dl: [f32; 16] =
-                std::array::from_fn(|j| d * q3k_unpack_scale(&blk[96..108], j) as f32);
-            let mut levels = levels.map(|l| l as u8);
-            simd::requant(isa, xs, 16, &dl, None, -4, 3, 4, &mut levels);
-            // Levels are 0..=7: bit 2 is the high bit, element j's goes to hmask[j % 32], bit
-            // j / 32 (branch-free: these bits are unpredictable).
-            for j in 0..32 {
-                let mut m = 0u8;
-                for b in 0..8 {
-                    m |= ((levels[32 * b + j] >> 2) & 1) << b;
-                }
-                blk[j] = m;
             }
-            let low = levels.map(|l| l & 3);
-            pack_2bit(&low, &mut blk[32..96]);
+            return;
+        };
+        // With importance weights the 16 sub-block scales of each super-block get their own
+        // weighted search; sixteen super-blocks at a time, one per lane.
+        const GROUP: usize = 16;
+        for (g, (xg, og)) in x
+            .chunks(GROUP * QK_K)
+            .zip(out.chunks_mut(GROUP * Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            let n = xg.len() / QK_K;
+            let mut levels = [[0i8; QK_K]; GROUP];
+            let mut scales = [0.0f32; GROUP * 16];
+            let mut sw = [0.0f32; GROUP * 16];
+            for b in 0..n {
+                let xs = &xg[QK_K * b..QK_K * (b + 1)];
+                let sigma2 = 2.0 * sum_squares(xs) / QK_K as f32;
+                let mut weights = [0.0f32; QK_K];
+                let at = (g * GROUP + b) * QK_K;
+                imatrix_weights(
+                    xs,
+                    &qw[at..at + QK_K],
+                    sigma2,
+                    &mut weights,
+                    &mut sw[16 * b..16 * b + 16],
+                    16,
+                );
+                simd::qx_subblocks(
+                    isa,
+                    xs,
+                    Some(&weights),
+                    16,
+                    4,
+                    &mut levels[b],
+                    &mut scales[16 * b..16 * b + 16],
+                );
+            }
+            let mut codes = [0i8; GROUP * 16];
+            let mut d_blocks = [0.0f32; GROUP];
+            if n == GROUP {
+                simd::qx_subblocks(isa, &scales, Some(&sw), 16, 32, &mut codes, &mut d_blocks);
+            } else {
+                for b in 0..n {
+                    let r = 16 * b..16 * b + 16;
+                    d_blocks[b] =
+                        make_qx_quants(&scales[r.clone()], 32, &mut codes[r.clone()], Some(&sw[r]));
+                }
+            }
+            for b in 0..n {
+                let blk = &mut og[Self::BLOCK_BYTES * b..Self::BLOCK_BYTES * (b + 1)];
+                blk[96..108].fill(0);
+                for j in 0..16 {
+                    q3k_pack_scale(&mut blk[96..108], j, codes[16 * b + j] as u8);
+                }
+                q3k_finish(
+                    &xg[QK_K * b..QK_K * (b + 1)],
+                    &levels[b],
+                    d_blocks[b],
+                    blk,
+                    isa,
+                );
+            }
         }
     }
 

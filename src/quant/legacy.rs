@@ -34,7 +34,11 @@ pub(crate) fn row_sigma2(x: &[f32]) -> f32 {
 pub(crate) fn c_trunc_to_byte(v: f32) -> u8 {
     let in_range = v > -2_147_483_904.0 && v < 2_147_483_648.0;
     // SAFETY: only converted when inside the i32 range (the branch becomes a vector select).
-    let i = if in_range { unsafe { v.to_int_unchecked::<i32>() } } else { i32::MIN };
+    let i = if in_range {
+        unsafe { v.to_int_unchecked::<i32>() }
+    } else {
+        i32::MIN
+    };
     i as u8
 }
 fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, out: &mut [f32]) {
@@ -110,10 +114,7 @@ pub(crate) fn plain_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
         }
         GgmlType::Q8_0 => {
             const B: usize = 34;
-            for (xb, blk) in x
-                .chunks_exact(QK)
-                .zip(out.chunks_exact_mut(B))
-            {
+            for (xb, blk) in x.chunks_exact(QK).zip(out.chunks_exact_mut(B)) {
                 let mut amax = 0.0f32;
                 for &v in xb {
                     let a = v.abs();
@@ -219,15 +220,16 @@ fn imatrix_affine(
 /// bit patterns, so the maximum is an integer reduction that vectorizes.
 #[inline(always)]
 fn signed_absmax(xb: &[f32]) -> f32 {
-    let amax_bits = xb.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+    let amax_bits = xb
+        .iter()
+        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
     if amax_bits == 0 {
         return 0.0;
     }
     // Branch-free "first index": a bit per match, then the lowest set bit.
-    let hits = xb
-        .iter()
-        .enumerate()
-        .fold(0u32, |m, (j, v)| m | (((v.to_bits() & 0x7FFF_FFFF) == amax_bits) as u32) << j);
+    let hits = xb.iter().enumerate().fold(0u32, |m, (j, v)| {
+        m | (((v.to_bits() & 0x7FFF_FFFF) == amax_bits) as u32) << j
+    });
     xb[hits.trailing_zeros() as usize]
 }
 
@@ -244,7 +246,11 @@ fn order_key(v: f32) -> u32 {
 
 #[inline(always)]
 fn from_order_key(k: u32) -> f32 {
-    f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7FFF_FFFF } else { !k })
+    f32::from_bits(if k & 0x8000_0000 != 0 {
+        k & 0x7FFF_FFFF
+    } else {
+        !k
+    })
 }
 
 /// Minimum and maximum as ggml's sequential `<` / `>` scan finds them: when the extreme is a
@@ -255,7 +261,11 @@ fn min_max(xb: &[f32]) -> (f32, f32) {
         let k = order_key(v);
         (lo.min(k), hi.max(k))
     });
-    let first_zero = || *xb.iter().find(|v| **v == 0.0).expect("a zero extreme exists");
+    let first_zero = || {
+        *xb.iter()
+            .find(|v| **v == 0.0)
+            .expect("a zero extreme exists")
+    };
     let mut min = from_order_key(kmin);
     let mut max = from_order_key(kmax);
     if min == 0.0 {

@@ -228,18 +228,28 @@ pub unsafe fn q3<V: Lanes>(xt: &[f32], n: usize, nmax: i32, lv: &mut [i32], scal
     }
     // A pass without changes leaves the state as it was, so continuing while any lane still
     // changes gives every lane what its own early exit would.
+    // The weights x^2 and products w*x do not change between passes: compute them once.
+    let mut w_all = [0.0f32; 32 * 16];
+    let mut wx_all = [0.0f32; 32 * 16];
+    for i in 0..n {
+        let x = V::load(&xt[i * nl..]);
+        let w = x.mul(x);
+        w.store(&mut w_all[i * nl..]);
+        w.mul(x).store(&mut wx_all[i * nl..]);
+    }
     for _ in 0..5 {
         let mut changed = false;
         for i in 0..n {
             let x = V::load(&xt[i * nl..]);
-            let w = x.mul(x);
+            let w = V::load(&w_all[i * nl..]);
+            let wx = V::load(&wx_all[i * nl..]);
             let li = V::load_i(&lv[i * nl..]);
             let lf = V::to_f(li);
-            let slx = sumlx.sub(w.mul(x).mul(lf));
+            let slx = sumlx.sub(wx.mul(lf));
             let sl2 = suml2.sub(w.mul(lf).mul(lf));
             let new_l = V::clamp_i(x.mul(sl2).div(slx).nearest_int(), -nmax, nmax - 1);
             let nf = V::to_f(new_l);
-            let slx_new = slx.add(w.mul(x).mul(nf));
+            let slx_new = slx.add(wx.mul(nf));
             let sl2_new = sl2.add(w.mul(nf).mul(nf));
             let accept = V::and(
                 V::and(zero.lt(slx), V::ne_i(new_l, li)),

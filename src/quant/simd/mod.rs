@@ -97,11 +97,12 @@ unsafe fn qx_superblock<V: Lanes>(
     }
 }
 
+/// `make_q3_quants` of every 16-element sub-block of `xs` (one or two super-blocks).
 #[inline(always)]
 unsafe fn q3_superblock<V: Lanes>(xs: &[f32], levels: &mut [i8], scales: &mut [f32]) {
-    let mut xt = [0.0f32; QK_K];
-    let mut lv = [0i32; QK_K];
-    for first in (0..16).step_by(V::N) {
+    let mut xt = [0.0f32; 16 * 32];
+    let mut lv = [0i32; 16 * 32];
+    for first in (0..xs.len() / 16).step_by(V::N) {
         gather::<V>(xs, 16, first, &mut xt);
         lanes::q3::<V>(&xt, 16, 4, &mut lv, &mut scales[first..]);
         scatter::<V, i8>(&lv, 16, first, levels, |l| l as i8);
@@ -126,7 +127,7 @@ unsafe fn iq4_superblock<V: Lanes>(xs: &[f32], weights: &[f32]) -> [f32; 8] {
 /// Instantiate the generic kernels for one lane type inside functions compiled for its
 /// instruction set.
 macro_rules! instantiate {
-    ($module:ident, $lanes:ty, $($features:literal)?) => {
+    ($module:ident, $lanes:ty, $q3lanes:ty, $($features:literal)?) => {
         mod $module {
             use super::*;
 
@@ -140,7 +141,7 @@ macro_rules! instantiate {
             }
             $(#[target_feature(enable = $features)])?
             pub unsafe fn q3(xs: &[f32], l: &mut [i8], s: &mut [f32]) {
-                q3_superblock::<$lanes>(xs, l, s)
+                q3_superblock::<$q3lanes>(xs, l, s)
             }
             $(#[target_feature(enable = $features)])?
             #[allow(clippy::too_many_arguments)]
@@ -160,10 +161,19 @@ macro_rules! instantiate {
 }
 
 #[cfg(target_arch = "x86_64")]
-instantiate!(avx2, vector::Avx2, "avx2");
+instantiate!(avx2, vector::Avx2, vector::Pair<vector::Avx2>, "avx2");
 #[cfg(target_arch = "x86_64")]
-instantiate!(avx512, vector::Avx512, "avx512f,avx512bw,avx512vl,avx2");
-instantiate!(portable, vector::Portable<4>,);
+instantiate!(
+    avx512,
+    vector::Avx512,
+    vector::Pair<vector::Avx512>,
+    "avx512f,avx512bw,avx512vl,avx2"
+);
+instantiate!(
+    portable,
+    vector::Portable<4>,
+    vector::Pair<vector::Portable<4>>,
+);
 
 /// Run a kernel on the chosen instruction set, or `$scalar` for the reference. AVX-512 runs
 /// 16 lanes, so it takes the 16-sub-block formats; groups of 8 stay on AVX2 there.
@@ -242,18 +252,25 @@ pub fn qx_subblocks(
     )
 }
 
-/// `make_q3_quants` (nmax 4) of the sixteen 16-element sub-blocks of 256 values.
+/// `make_q3_quants` (nmax 4) of the 16-element sub-blocks of one or two super-blocks. The
+/// refinement steps depend on each other, so two vectors of lanes run interleaved.
 pub fn q3_subblocks(isa: Isa, xs: &[f32], levels: &mut [i8], scales: &mut [f32]) {
-    let scalar = |levels: &mut [i8], scales: &mut [f32]| {
-        for j in 0..16 {
-            scales[j] = make_q3_quants(
-                &xs[16 * j..16 * j + 16],
-                4,
-                &mut levels[16 * j..16 * j + 16],
-            );
+    let subs = xs.len() / 16;
+    match isa {
+        // SAFETY: these instruction sets are only used after `Isa::is_supported`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if subs.is_multiple_of(32) => unsafe { avx512::q3(xs, levels, scales) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::q3(xs, levels, scales) },
+        // SAFETY: the portable lanes use no special instructions.
+        Isa::Neon if subs.is_multiple_of(8) => unsafe { portable::q3(xs, levels, scales) },
+        _ => {
+            for j in 0..subs {
+                let r = 16 * j..16 * j + 16;
+                scales[j] = make_q3_quants(&xs[r.clone()], 4, &mut levels[r]);
+            }
         }
-    };
-    dispatch!(isa, 16, q3(xs, levels, scales), scalar(levels, scales))
+    }
 }
 
 /// Final levels of a super-block against its quantized sub-block scales `d` (and offsets `m`):

@@ -414,3 +414,105 @@ impl<const N: usize> Lanes for Portable<N> {
         map(a, |x| x + v)
     }
 }
+
+/// Two vectors driven as one: twice the lanes and two independent dependency chains in flight,
+/// which hides the latency of the refinement loops whose steps depend on each other.
+#[derive(Clone, Copy)]
+pub struct Pair<V: Lanes>(V, V);
+
+impl<V: Lanes> Lanes for Pair<V> {
+    const N: usize = 2 * V::N;
+    type I = (V::I, V::I);
+    type M = (V::M, V::M);
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Pair(V::splat(v), V::splat(v))
+    }
+    #[inline(always)]
+    unsafe fn load(p: &[f32]) -> Self {
+        Pair(V::load(p), V::load(&p[V::N..]))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: &mut [f32]) {
+        self.0.store(p);
+        self.1.store(&mut p[V::N..]);
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        Pair(self.0.add(o.0), self.1.add(o.1))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        Pair(self.0.sub(o.0), self.1.sub(o.1))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        Pair(self.0.mul(o.0), self.1.mul(o.1))
+    }
+    #[inline(always)]
+    unsafe fn div(self, o: Self) -> Self {
+        Pair(self.0.div(o.0), self.1.div(o.1))
+    }
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        Pair(self.0.abs(), self.1.abs())
+    }
+    #[inline(always)]
+    unsafe fn lt(self, o: Self) -> Self::M {
+        (self.0.lt(o.0), self.1.lt(o.1))
+    }
+    #[inline(always)]
+    unsafe fn le(self, o: Self) -> Self::M {
+        (self.0.le(o.0), self.1.le(o.1))
+    }
+    #[inline(always)]
+    unsafe fn ne(self, o: Self) -> Self::M {
+        (self.0.ne(o.0), self.1.ne(o.1))
+    }
+    #[inline(always)]
+    unsafe fn and(a: Self::M, b: Self::M) -> Self::M {
+        (V::and(a.0, b.0), V::and(a.1, b.1))
+    }
+    #[inline(always)]
+    unsafe fn any(m: Self::M) -> bool {
+        V::any(m.0) | V::any(m.1)
+    }
+    #[inline(always)]
+    unsafe fn select(m: Self::M, a: Self, b: Self) -> Self {
+        Pair(V::select(m.0, a.0, b.0), V::select(m.1, a.1, b.1))
+    }
+    #[inline(always)]
+    unsafe fn nearest_int(self) -> Self::I {
+        (self.0.nearest_int(), self.1.nearest_int())
+    }
+    #[inline(always)]
+    unsafe fn clamp_i(i: Self::I, lo: i32, hi: i32) -> Self::I {
+        (V::clamp_i(i.0, lo, hi), V::clamp_i(i.1, lo, hi))
+    }
+    #[inline(always)]
+    unsafe fn to_f(i: Self::I) -> Self {
+        Pair(V::to_f(i.0), V::to_f(i.1))
+    }
+    #[inline(always)]
+    unsafe fn load_i(p: &[i32]) -> Self::I {
+        (V::load_i(p), V::load_i(&p[V::N..]))
+    }
+    #[inline(always)]
+    unsafe fn store_i(i: Self::I, p: &mut [i32]) {
+        V::store_i(i.0, p);
+        V::store_i(i.1, &mut p[V::N..]);
+    }
+    #[inline(always)]
+    unsafe fn select_i(m: Self::M, a: Self::I, b: Self::I) -> Self::I {
+        (V::select_i(m.0, a.0, b.0), V::select_i(m.1, a.1, b.1))
+    }
+    #[inline(always)]
+    unsafe fn ne_i(a: Self::I, b: Self::I) -> Self::M {
+        (V::ne_i(a.0, b.0), V::ne_i(a.1, b.1))
+    }
+    #[inline(always)]
+    unsafe fn add_i(a: Self::I, v: i32) -> Self::I {
+        (V::add_i(a.0, v), V::add_i(a.1, v))
+    }
+}
