@@ -216,21 +216,28 @@ fn imatrix_affine(
 }
 
 /// The value of largest magnitude, the first one on ties (+0.0 when all are zero), as ggml's
-/// sequential `if (amax < fabsf(v))` scan finds it. Finite input: magnitudes order like their
-/// bit patterns, so the maximum is an integer reduction that vectorizes.
+/// sequential `if (amax < fabsf(v))` scan finds it. The signed extremes come from an integer
+/// reduction that vectorizes; only a tie between +a and -a (or a constant block) needs the
+/// sequential scan to know which came first.
 #[inline(always)]
 fn signed_absmax(xb: &[f32]) -> f32 {
-    let amax_bits = xb
-        .iter()
-        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
-    if amax_bits == 0 {
-        return 0.0;
-    }
-    // Branch-free "first index": a bit per match, then the lowest set bit.
-    let hits = xb.iter().enumerate().fold(0u32, |m, (j, v)| {
-        m | (((v.to_bits() & 0x7FFF_FFFF) == amax_bits) as u32) << j
+    let (kmin, kmax) = xb.iter().fold((u32::MAX, 0u32), |(lo, hi), &v| {
+        let k = order_key(v);
+        (lo.min(k), hi.max(k))
     });
-    xb[hits.trailing_zeros() as usize]
+    let (min, max) = (from_order_key(kmin), from_order_key(kmax));
+    let (amin, amax) = (min.abs(), max.abs());
+    if amax > amin {
+        max
+    } else if amin > amax {
+        min
+    } else if amax == 0.0 {
+        0.0
+    } else {
+        *xb.iter()
+            .find(|v| v.abs() == amax)
+            .expect("an extreme exists")
+    }
 }
 
 /// Total order key of a finite float's bits (-0.0 just below +0.0).

@@ -1,5 +1,7 @@
 //! Whole-matrix quantization: input validation, then rows in parallel with rayon.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use rayon::prelude::*;
 
 use super::{GgmlType, Isa};
@@ -51,6 +53,24 @@ pub fn validate(
     cols: usize,
     imatrix: Option<&[f32]>,
 ) -> Result<(), QuantError> {
+    validate_shape(ty, data, cols, imatrix)?;
+    let bad = data
+        .par_chunks(cols)
+        .enumerate()
+        .find_first(|(_, row)| has_non_finite(row));
+    match bad {
+        Some((row, values)) => Err(non_finite_error(row, values)),
+        None => Ok(()),
+    }
+}
+
+/// Shape and importance-weight checks: everything but the scan of the values.
+fn validate_shape(
+    ty: GgmlType,
+    data: &[f32],
+    cols: usize,
+    imatrix: Option<&[f32]>,
+) -> Result<(), QuantError> {
     let block = ty.info().block_elems;
     if cols == 0 || !cols.is_multiple_of(block) {
         return Err(QuantError::RowLength { ty, cols, block });
@@ -76,24 +96,22 @@ pub fn validate(
             return Err(QuantError::BadImportance { col, value });
         }
     }
-    let bad = data
-        .par_chunks(cols)
-        .enumerate()
-        .find_first(|(_, row)| has_non_finite(row));
-    if let Some((row, values)) = bad {
-        let (col, &value) = values
-            .iter()
-            .enumerate()
-            .find(|(_, v)| !v.is_finite())
-            .expect("found above");
-        return Err(QuantError::NonFinite { row, col, value });
-    }
     Ok(())
+}
+
+fn non_finite_error(row: usize, values: &[f32]) -> QuantError {
+    let (col, &value) = values
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+        .expect("row has a non-finite value");
+    QuantError::NonFinite { row, col, value }
 }
 
 /// Whether any value is NaN or infinite (all-ones exponent). Branch-free per chunk so that the
 /// scan vectorizes: it runs over every input value before quantizing.
-fn has_non_finite(row: &[f32]) -> bool {
+#[inline(always)]
+pub(crate) fn has_non_finite(row: &[f32]) -> bool {
     row.chunks(256).any(|chunk| {
         chunk.iter().fold(0u32, |acc, v| {
             acc | ((v.to_bits() & 0x7F80_0000) == 0x7F80_0000) as u32
@@ -134,7 +152,7 @@ pub fn quantize_into(
     opts: QuantizeOptions,
     out: &mut [u8],
 ) -> Result<(), QuantError> {
-    validate(ty, data, cols, imatrix)?;
+    validate_shape(ty, data, cols, imatrix)?;
     let info = ty.info();
     let imatrix = if info.uses_imatrix { imatrix } else { None };
     let row_bytes = info.row_bytes(cols);
@@ -148,19 +166,33 @@ pub fn quantize_into(
     }
     let quantize_row = info.quantize_row;
     let isa = opts.isa;
+    // Each row is checked for NaN/infinity just before it is quantized, while it is in cache;
+    // the lowest bad row is reported and the output is then garbage the caller never sees.
+    let first_bad = AtomicUsize::new(usize::MAX);
+    let run = |row: usize, o: &mut [u8], x: &[f32]| {
+        if super::simd::has_non_finite(isa, x) {
+            first_bad.fetch_min(row, Ordering::Relaxed);
+        } else {
+            quantize_row(x, imatrix, o, isa);
+        }
+    };
     if opts.parallel {
         // Small rows are cheap: hand rayon enough work per task to amortize scheduling.
         let min_rows = (65_536 / cols).max(1);
         out.par_chunks_mut(row_bytes)
             .zip(data.par_chunks(cols))
+            .enumerate()
             .with_min_len(min_rows)
-            .for_each(|(o, x)| quantize_row(x, imatrix, o, isa));
+            .for_each(|(row, (o, x))| run(row, o, x));
     } else {
-        for (o, x) in out.chunks_mut(row_bytes).zip(data.chunks(cols)) {
-            quantize_row(x, imatrix, o, isa);
+        for (row, (o, x)) in out.chunks_mut(row_bytes).zip(data.chunks(cols)).enumerate() {
+            run(row, o, x);
         }
     }
-    Ok(())
+    match first_bad.into_inner() {
+        usize::MAX => Ok(()),
+        row => Err(non_finite_error(row, &data[row * cols..(row + 1) * cols])),
+    }
 }
 
 /// Dequantize `bytes` holding rows of `cols` elements.

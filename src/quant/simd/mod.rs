@@ -311,6 +311,21 @@ pub fn requant(
     )
 }
 
+/// Whether a row holds NaN or infinity (checked row by row just before quantizing it).
+pub fn has_non_finite(isa: Isa, x: &[f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(x: &[f32]) -> bool {
+            super::matrix::has_non_finite(x)
+        }
+        // SAFETY: AVX2 is present whenever these instruction sets were accepted.
+        return unsafe { avx2(x) };
+    }
+    let _ = isa;
+    super::matrix::has_non_finite(x)
+}
+
 /// ggml's reference quantizers of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 for one row, compiled for
 /// AVX2 where available (the code vectorizes within each block).
 pub fn legacy_plain_row(isa: Isa, ty: super::GgmlType, x: &[f32], out: &mut [u8]) {
