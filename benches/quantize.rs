@@ -34,6 +34,8 @@ fn bench(c: &mut Criterion) {
     let isa = Isa::best();
     let mut group = c.benchmark_group("quantize");
     group.sample_size(10);
+    group.warm_up_time(std::time::Duration::from_secs(1));
+    group.measurement_time(std::time::Duration::from_secs(3));
     group.throughput(Throughput::Bytes((data.len() * 4) as u64));
     for ty in GgmlType::all().filter(|t| *t != GgmlType::F32) {
         for (threads, parallel) in [("1t", false), ("all", true)] {

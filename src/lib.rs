@@ -10,6 +10,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod cli;
+pub mod gguf;
 pub mod output;
 pub mod quant;
 pub mod source;

@@ -1,5 +1,7 @@
 //! Command-line interface: parses arguments, calls the library, prints. Exit code 2 on any error.
 
+mod convert;
+mod inspect;
 mod quantize_raw;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a Hugging Face model folder to GGUF files at one or more bit widths.
+    Quantize(convert::Args),
+    /// Describe a GGUF file or a Hugging Face model folder: architecture, parameters, per-tensor
+    /// types and bytes, bits per weight, context length, licence.
+    Inspect(inspect::Args),
     /// Quantize a raw little-endian f32 matrix to one or more GGUF block formats and report the
     /// error, size and speed of each.
     QuantizeRaw(quantize_raw::Args),
@@ -43,6 +50,8 @@ pub fn run() -> i32 {
             Ok(())
         }
         Command::QuantizeRaw(args) => quantize_raw::run(args),
+        Command::Quantize(args) => convert::run(args),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(()) => 0,

@@ -12,6 +12,7 @@ pub mod isa;
 pub mod kquants;
 pub mod legacy;
 pub mod matrix;
+pub mod rules;
 pub mod search;
 pub mod simd;
 pub mod table;

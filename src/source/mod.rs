@@ -1,3 +1,9 @@
-//! Reading inputs: raw f32 matrices now, Hugging Face model folders next.
+//! Reading inputs: Hugging Face model folders (config, safetensors weights, tokenizer, model
+//! card) and raw f32 matrices.
 
+pub mod arch;
+pub mod hf;
+pub mod pretok_hashes;
 pub mod raw;
+pub mod safetensors;
+pub mod tokenizer;

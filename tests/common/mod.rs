@@ -26,3 +26,46 @@ pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
 }
+
+/// The SmolLM2 fixture as a usable Hugging Face folder: the shared files plus the decompressed
+/// weights, made once under target/ and reused by every test.
+pub fn smollm2_dir() -> PathBuf {
+    use std::sync::OnceLock;
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = shared_dir().join("models").join("smollm2-135m");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("test-data")
+            .join("smollm2-135m");
+        let weights = dir.join("model.safetensors");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "README.md",
+        ] {
+            std::fs::copy(src.join(f), dir.join(f))
+                .unwrap_or_else(|e| panic!("{}: {e}", src.join(f).display()));
+        }
+        if !weights.exists() {
+            // Decompress to a temporary name first: a test killed midway leaves no half file.
+            let tmp = dir.join(format!("model.safetensors.partial-{}", std::process::id()));
+            let input = std::fs::File::open(src.join("model.safetensors.zst")).unwrap();
+            let mut decoder = zstd::stream::read::Decoder::new(input).unwrap();
+            decoder.window_log_max(27).unwrap();
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+            std::io::copy(&mut decoder, &mut out).unwrap();
+            drop(out);
+            std::fs::rename(&tmp, &weights).unwrap();
+        }
+        dir
+    })
+    .clone()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
+}

@@ -1,0 +1,166 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::gguf::convert::size_label;
+use crate::gguf::GgufFile;
+use crate::source::hf::ModelDir;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A GGUF file or a Hugging Face model folder.
+    path: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let doc = if args.path.is_dir() {
+        inspect_folder(&args.path)?
+    } else {
+        inspect_gguf(&args.path)?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    for key in [
+        "path",
+        "format",
+        "architecture",
+        "name",
+        "parameters",
+        "size_label",
+        "context_length",
+        "license",
+        "file_bytes",
+        "bits_per_weight",
+    ] {
+        if let Some(v) = doc.get(key).filter(|v| !v.is_null()) {
+            println!(
+                "{key:<16} {}",
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            );
+        }
+    }
+    if let Some(types) = doc.get("type_counts").and_then(|t| t.as_object()) {
+        let parts: Vec<String> = types.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        println!("{:<16} {}", "tensor types", parts.join(", "));
+    }
+    println!();
+    println!(
+        "{:<40} {:>18} {:>8} {:>12}",
+        "tensor", "shape", "type", "bytes"
+    );
+    for t in doc["tensors"].as_array().into_iter().flatten() {
+        let shape = t["shape"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x")
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<40} {:>18} {:>8} {:>12}",
+            t["name"].as_str().unwrap_or(""),
+            shape,
+            t["type"].as_str().unwrap_or(""),
+            t["bytes"]
+        );
+    }
+    Ok(())
+}
+
+fn count_types<'a>(
+    types: impl Iterator<Item = &'a str>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = std::collections::BTreeMap::<String, u64>::new();
+    for t in types {
+        *m.entry(t.to_string()).or_default() += 1;
+    }
+    m.into_iter().map(|(k, v)| (k, json!(v))).collect()
+}
+
+fn inspect_gguf(path: &std::path::Path) -> Result<serde_json::Value> {
+    let f = GgufFile::open(path)?;
+    let arch = f
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown")
+        .to_string();
+    let params: u64 = f
+        .tensors
+        .iter()
+        .map(|t| t.dims.iter().product::<u64>())
+        .sum();
+    let tensor_bytes: u64 = f.tensors.iter().map(|t| t.bytes).sum();
+    let tensors: Vec<_> = f
+        .tensors
+        .iter()
+        .map(|t| {
+            let ty =
+                t.ty.map(|t| t.name().to_string())
+                    .unwrap_or_else(|| format!("type{}", t.type_id));
+            json!({ "name": t.name, "shape": t.dims, "type": ty, "bytes": t.bytes })
+        })
+        .collect();
+    let type_names: Vec<String> = tensors
+        .iter()
+        .map(|t| t["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    Ok(json!({
+        "path": path,
+        "format": format!("GGUF v{}", f.version),
+        "architecture": arch,
+        "name": f.get("general.name").and_then(|v| v.as_str()),
+        "parameters": params,
+        "size_label": size_label(params),
+        "context_length": f.get(&format!("{arch}.context_length")).and_then(|v| v.as_u64()),
+        "license": f.get("general.license").and_then(|v| v.as_str()),
+        "file_bytes": f.file_size(),
+        "tensor_bytes": tensor_bytes,
+        "bits_per_weight": tensor_bytes as f64 * 8.0 / params.max(1) as f64,
+        "type_counts": count_types(type_names.iter().map(|s| s.as_str())),
+        "metadata": f.metadata.iter().map(|(k, v)| (k.clone(), json!(v.summary()))).collect::<serde_json::Map<_, _>>(),
+        "tensors": tensors,
+    }))
+}
+
+fn inspect_folder(path: &std::path::Path) -> Result<serde_json::Value> {
+    let m = ModelDir::open(path)?;
+    let params = m.parameter_count();
+    let mut bytes = 0u64;
+    let tensors: Vec<_> = m
+        .tensor_names
+        .iter()
+        .map(|n| {
+            let (_, t) = m.tensor(n).expect("listed");
+            bytes += (t.end - t.start) as u64;
+            json!({ "name": n, "shape": t.shape, "type": t.dtype.name(), "bytes": t.end - t.start })
+        })
+        .collect();
+    let type_names: Vec<String> = tensors
+        .iter()
+        .map(|t| t["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    Ok(json!({
+        "path": path,
+        "format": "Hugging Face safetensors",
+        "architecture": format!("{} ({})", m.arch_class, m.arch.gguf_name),
+        "name": m.display_name(),
+        "parameters": params,
+        "size_label": size_label(params),
+        "context_length": m.hparams.context_length,
+        "license": m.card.license,
+        "file_bytes": m.shards.iter().map(|s| std::fs::metadata(&s.path).map(|md| md.len()).unwrap_or(0)).sum::<u64>(),
+        "bits_per_weight": bytes as f64 * 8.0 / params.max(1) as f64,
+        "type_counts": count_types(type_names.iter().map(|s| s.as_str())),
+        "tensors": tensors,
+    }))
+}

@@ -1,0 +1,388 @@
+//! Hugging Face folder to GGUF files, one or several file types from a single read of the
+//! weights: each tensor is read, permuted where llama.cpp's layout wants it, quantized once per
+//! distinct block format and appended to every output that needs it. Memory stays at a few
+//! tensors whatever the model's size.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use super::imatrix::Imatrix;
+use super::{GgufWriter, TensorSpec, Value};
+use crate::quant::rules::{tensor_type, FileType, ModelFacts, RuleOptions};
+use crate::quant::{quantize_into, GgmlType, Isa, QuantizeOptions};
+use crate::source::arch::permute_qk_rows;
+use crate::source::hf::ModelDir;
+use crate::source::tokenizer::{read_vocab, Vocab};
+
+pub struct ConvertOptions {
+    pub types: Vec<FileType>,
+    /// A file for one type; a folder for several.
+    pub output: PathBuf,
+    pub rules: RuleOptions,
+    pub imatrix: Option<Imatrix>,
+    pub isa: Isa,
+    pub progress: bool,
+}
+
+/// One tensor of the source, as the outputs will hold it.
+#[derive(Clone, Debug)]
+pub struct PlannedTensor {
+    pub source: String,
+    pub name: String,
+    /// Innermost first.
+    pub dims: Vec<u64>,
+    pub permute_heads: Option<usize>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TensorSummary {
+    pub name: String,
+    pub shape: Vec<u64>,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OutputSummary {
+    pub path: PathBuf,
+    pub file_type: String,
+    pub file_bytes: u64,
+    pub tensor_bytes: u64,
+    pub bits_per_weight: f64,
+    pub tensors: Vec<TensorSummary>,
+}
+
+/// llama.cpp's size label ("135M", "7.2B"): two significant digits at least.
+pub fn size_label(params: u64) -> String {
+    let p = params as f64;
+    let (scaled, suffix) = if p > 1e12 {
+        (p / 1e12, "T")
+    } else if p > 1e9 {
+        (p / 1e9, "B")
+    } else if p > 1e6 {
+        (p / 1e6, "M")
+    } else {
+        (p / 1e3, "K")
+    };
+    let digits = (scaled.round() as u64)
+        .to_string()
+        .trim_start_matches('0')
+        .len();
+    let fix = 2usize.saturating_sub(digits);
+    format!("{scaled:.fix$}{suffix}")
+}
+
+/// The tensors the outputs hold, in order, with llama.cpp names and shapes.
+pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
+    let mut out = Vec::new();
+    for src in &model.tensor_names {
+        let Some(name) = model
+            .arch
+            .gguf_tensor_name(src)
+            .with_context(|| model.path.display().to_string())?
+        else {
+            continue;
+        };
+        let (_, t) = model.tensor(src).expect("listed tensors exist");
+        if t.shape.is_empty() || t.shape.len() > 2 {
+            bail!(
+                "{}: tensor {src} has shape {:?}; expected 1 or 2 dimensions",
+                model.path.display(),
+                t.shape
+            );
+        }
+        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        let h = &model.hparams;
+        let permute_heads = match (model.arch.permute_qk, name.rsplit('.').nth(1)) {
+            (true, Some("attn_q")) => Some(h.n_head as usize),
+            (true, Some("attn_k")) => Some(h.n_head_kv as usize),
+            _ => None,
+        };
+        if let Some(heads) = permute_heads {
+            let rows = t.shape[0];
+            if rows % (2 * heads) != 0 {
+                bail!(
+                    "{}: tensor {src}: {rows} rows do not split into {heads} heads of even size",
+                    model.path.display()
+                );
+            }
+        }
+        out.push(PlannedTensor {
+            source: src.clone(),
+            name,
+            dims,
+            permute_heads,
+        });
+    }
+    if !out.iter().any(|t| t.name == "token_embd.weight") {
+        bail!(
+            "{}: no model.embed_tokens.weight tensor",
+            model.path.display()
+        );
+    }
+    Ok(out)
+}
+
+pub fn model_facts(model: &ModelDir, tensors: &[PlannedTensor]) -> ModelFacts {
+    let h = &model.hparams;
+    ModelFacts {
+        n_layer: h.n_layer as u32,
+        n_head: h.n_head as u32,
+        n_head_kv: h.n_head_kv as u32,
+        is_70b: h.n_layer == 80 && h.n_head != h.n_head_kv,
+        has_output: tensors.iter().any(|t| t.name == "output.weight"),
+    }
+}
+
+fn metadata(model: &ModelDir, vocab: &Vocab, ftype: FileType, name: &str) -> Vec<(String, Value)> {
+    let h = &model.hparams;
+    let a = model.arch.gguf_name;
+    let mut kv: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        ("general.type".into(), Value::String("model".into())),
+        ("general.name".into(), Value::String(name.into())),
+        (
+            "general.size_label".into(),
+            Value::String(size_label(model.parameter_count())),
+        ),
+    ];
+    if let Some(l) = &model.card.license {
+        kv.push(("general.license".into(), Value::String(l.clone())));
+    }
+    if let Some(l) = &model.card.license_name {
+        kv.push(("general.license.name".into(), Value::String(l.clone())));
+    }
+    let u32v = |v: u64| Value::U32(v as u32);
+    kv.extend([
+        (format!("{a}.block_count"), u32v(h.n_layer)),
+        (format!("{a}.context_length"), u32v(h.context_length)),
+        (format!("{a}.embedding_length"), u32v(h.n_embd)),
+        (format!("{a}.feed_forward_length"), u32v(h.n_ff)),
+        (format!("{a}.attention.head_count"), u32v(h.n_head)),
+        (format!("{a}.attention.head_count_kv"), u32v(h.n_head_kv)),
+        (
+            format!("{a}.rope.freq_base"),
+            Value::F32(h.rope_theta as f32),
+        ),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(h.rms_eps as f32),
+        ),
+        (format!("{a}.rope.dimension_count"), u32v(h.head_dim)),
+        (format!("{a}.vocab_size"), u32v(h.vocab_size)),
+    ]);
+    if h.head_dim * h.n_head != h.n_embd {
+        kv.push((format!("{a}.attention.key_length"), u32v(h.head_dim)));
+        kv.push((format!("{a}.attention.value_length"), u32v(h.head_dim)));
+    }
+    kv.push(("general.file_type".into(), Value::U32(ftype.llama_ftype())));
+    kv.push(("general.quantization_version".into(), Value::U32(2)));
+    kv.extend([
+        (
+            "tokenizer.ggml.model".into(),
+            Value::String(vocab.model.clone()),
+        ),
+        (
+            "tokenizer.ggml.pre".into(),
+            Value::String(vocab.pre.clone()),
+        ),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(vocab.tokens.iter().cloned().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(vocab.token_types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(vocab.merges.iter().cloned().map(Value::String).collect()),
+        ),
+    ]);
+    for (kind, id) in &vocab.special_ids {
+        kv.push((format!("tokenizer.ggml.{kind}_token_id"), Value::U32(*id)));
+    }
+    for (flag, b) in &vocab.flags {
+        kv.push((format!("tokenizer.ggml.{flag}"), Value::Bool(*b)));
+    }
+    for (key, t) in &vocab.chat_templates {
+        kv.push((key.clone(), Value::String(t.clone())));
+    }
+    kv
+}
+
+/// Where each file type goes: the given file for one type, `<folder>/<name>-<TYPE>.gguf` else.
+pub fn output_paths(model_name: &str, types: &[FileType], output: &Path) -> Result<Vec<PathBuf>> {
+    if types.len() == 1 && !output.is_dir() {
+        return Ok(vec![output.to_path_buf()]);
+    }
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("{}: cannot create output folder", output.display()))?;
+    Ok(types
+        .iter()
+        .map(|t| output.join(format!("{model_name}-{}.gguf", t.name())))
+        .collect())
+}
+
+pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSummary>> {
+    if opts.types.is_empty() {
+        bail!("no output type given");
+    }
+    let tensors = plan_tensors(model)?;
+    let facts = model_facts(model, &tensors);
+    let vocab = read_vocab(&model.path, model.hparams.vocab_size, &model.config)?;
+    for w in &vocab.warnings {
+        eprintln!("warning: {w}");
+    }
+    let name = model.display_name();
+    let paths = output_paths(&name, &opts.types, &opts.output)?;
+    let mut rules = opts.rules.clone();
+    rules.has_imatrix = opts.imatrix.is_some();
+
+    // Every output's tensor types, known before any data is read.
+    let mut specs: Vec<Vec<TensorSpec>> = Vec::new();
+    for &ft in &opts.types {
+        specs.push(
+            tensors
+                .iter()
+                .map(|t| TensorSpec {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    ty: tensor_type(ft, &facts, &rules, &t.name, &t.dims),
+                })
+                .collect(),
+        );
+    }
+    if let Some(im) = &opts.imatrix {
+        for t in tensors.iter().filter(|t| t.dims.len() == 2) {
+            if let Some(w) = im.get(&t.name) {
+                if w.len() as u64 != t.dims[0] {
+                    bail!(
+                        "imatrix entry {} has {} values but the tensor's rows have {} columns",
+                        t.name,
+                        w.len(),
+                        t.dims[0]
+                    );
+                }
+            }
+        }
+    }
+    let mut writers = Vec::new();
+    for ((ft, path), s) in opts.types.iter().zip(&paths).zip(&specs) {
+        writers.push(GgufWriter::create(
+            path,
+            &metadata(model, &vocab, *ft, &name),
+            s.clone(),
+        )?);
+    }
+
+    let total_bytes: u64 = tensors
+        .iter()
+        .map(|t| t.dims.iter().product::<u64>() * 4)
+        .sum();
+    let bar = progress_bar(opts.progress, total_bytes);
+    let start = Instant::now();
+    for (i, t) in tensors.iter().enumerate() {
+        bar.set_message(t.name.clone());
+        let (file, st) = model.tensor(&t.source).expect("planned from the index");
+        let mut data = file.to_f32(st)?;
+        if let Some(heads) = t.permute_heads {
+            data = permute_qk_rows(
+                &data,
+                st.shape[0],
+                st.shape.get(1).copied().unwrap_or(1),
+                heads,
+            );
+        }
+        let cols = t.dims[0] as usize;
+        let imatrix = opts.imatrix.as_ref().and_then(|im| im.get(&t.name));
+        let mut done: HashMap<GgmlType, Vec<u8>> = HashMap::new();
+        for (w, s) in writers.iter_mut().zip(&specs) {
+            let ty = s[i].ty;
+            if !done.contains_key(&ty) {
+                let mut out = vec![0u8; s[i].bytes() as usize];
+                quantize_into(
+                    ty,
+                    &data,
+                    cols,
+                    imatrix,
+                    QuantizeOptions {
+                        isa: opts.isa,
+                        parallel: true,
+                    },
+                    &mut out,
+                )
+                .with_context(|| format!("{}: tensor {}", file.path.display(), t.source))?;
+                done.insert(ty, out);
+            }
+            w.write_tensor(&t.name, &done[&ty])?;
+        }
+        bar.inc(data.len() as u64 * 4);
+    }
+    bar.finish_and_clear();
+    let mut summaries = Vec::new();
+    for ((w, path), (ft, s)) in writers
+        .into_iter()
+        .zip(paths)
+        .zip(opts.types.iter().zip(specs))
+    {
+        let file_bytes = w.finish()?;
+        let tensor_bytes: u64 = s.iter().map(|t| t.bytes()).sum();
+        let weights: u64 = s.iter().map(|t| t.elements()).sum();
+        summaries.push(OutputSummary {
+            path,
+            file_type: ft.name().to_string(),
+            file_bytes,
+            tensor_bytes,
+            bits_per_weight: tensor_bytes as f64 * 8.0 / weights.max(1) as f64,
+            tensors: s
+                .iter()
+                .map(|t| TensorSummary {
+                    name: t.name.clone(),
+                    shape: t.dims.clone(),
+                    ty: t.ty.name().to_string(),
+                    bytes: t.bytes(),
+                })
+                .collect(),
+        });
+    }
+    if opts.progress {
+        eprintln!(
+            "converted in {:.1}s ({:.0} MB/s of f32 weights)",
+            start.elapsed().as_secs_f64(),
+            total_bytes as f64 / 1e6 / start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(summaries)
+}
+
+fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_labels_like_llama_cpp() {
+        assert_eq!(size_label(134_515_008), "135M");
+        assert_eq!(size_label(6_738_415_616), "6.7B");
+        assert_eq!(size_label(70_553_706_496), "71B");
+        assert_eq!(size_label(1_235_814_400), "1.2B");
+    }
+}

@@ -1,0 +1,553 @@
+//! llama.cpp's per-tensor type choice for a target file type ("Q4_K_M" and friends): which
+//! tensors stay F32, the output/token-embedding rules, the attn_v / ffn_down / attn_output
+//! bumps by layer, the 70B attn_v rule, and the fallbacks for rows that are not a multiple of
+//! 256. Follows `llama_tensor_get_type` in llama.cpp's src/llama-quant.cpp (0c1e57098) for the
+//! file types quantfit writes. The converter and the planner both use this one implementation,
+//! so a planned size is the converted file's size.
+
+use regex::Regex;
+
+use super::GgmlType;
+
+/// llama.cpp's file types (`llama_ftype`), by the names `llama-quantize` takes.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q6_K,
+    Q5_K_M,
+    Q5_K_S,
+    Q5_1,
+    Q5_0,
+    Q4_K_M,
+    Q4_K_S,
+    Q4_1,
+    Q4_0,
+    IQ4_XS,
+    IQ4_NL,
+    Q3_K_L,
+    Q3_K_M,
+    Q3_K_S,
+    Q2_K,
+}
+
+const ALL: [FileType; 19] = [
+    FileType::F32,
+    FileType::F16,
+    FileType::BF16,
+    FileType::Q8_0,
+    FileType::Q6_K,
+    FileType::Q5_K_M,
+    FileType::Q5_K_S,
+    FileType::Q5_1,
+    FileType::Q5_0,
+    FileType::Q4_K_M,
+    FileType::Q4_K_S,
+    FileType::Q4_1,
+    FileType::Q4_0,
+    FileType::IQ4_XS,
+    FileType::IQ4_NL,
+    FileType::Q3_K_L,
+    FileType::Q3_K_M,
+    FileType::Q3_K_S,
+    FileType::Q2_K,
+];
+
+impl FileType {
+    pub fn all() -> &'static [FileType] {
+        &ALL
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FileType::F32 => "F32",
+            FileType::F16 => "F16",
+            FileType::BF16 => "BF16",
+            FileType::Q8_0 => "Q8_0",
+            FileType::Q6_K => "Q6_K",
+            FileType::Q5_K_M => "Q5_K_M",
+            FileType::Q5_K_S => "Q5_K_S",
+            FileType::Q5_1 => "Q5_1",
+            FileType::Q5_0 => "Q5_0",
+            FileType::Q4_K_M => "Q4_K_M",
+            FileType::Q4_K_S => "Q4_K_S",
+            FileType::Q4_1 => "Q4_1",
+            FileType::Q4_0 => "Q4_0",
+            FileType::IQ4_XS => "IQ4_XS",
+            FileType::IQ4_NL => "IQ4_NL",
+            FileType::Q3_K_L => "Q3_K_L",
+            FileType::Q3_K_M => "Q3_K_M",
+            FileType::Q3_K_S => "Q3_K_S",
+            FileType::Q2_K => "Q2_K",
+        }
+    }
+
+    /// Case-insensitive; `Q4_K` and `Q5_K` mean their `_M` mixes, as in llama-quantize.
+    pub fn from_name(name: &str) -> Option<FileType> {
+        let upper = name.trim().to_ascii_uppercase();
+        let canonical = match upper.as_str() {
+            "Q4_K" => "Q4_K_M",
+            "Q5_K" => "Q5_K_M",
+            "Q3_K" => "Q3_K_M",
+            other => other,
+        };
+        ALL.iter().copied().find(|f| f.name() == canonical)
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        ALL.iter().map(|f| f.name()).collect()
+    }
+
+    /// The `general.file_type` value (`llama_ftype`).
+    pub fn llama_ftype(self) -> u32 {
+        match self {
+            FileType::F32 => 0,
+            FileType::F16 => 1,
+            FileType::Q4_0 => 2,
+            FileType::Q4_1 => 3,
+            FileType::Q8_0 => 7,
+            FileType::Q5_0 => 8,
+            FileType::Q5_1 => 9,
+            FileType::Q2_K => 10,
+            FileType::Q3_K_S => 11,
+            FileType::Q3_K_M => 12,
+            FileType::Q3_K_L => 13,
+            FileType::Q4_K_S => 14,
+            FileType::Q4_K_M => 15,
+            FileType::Q5_K_S => 16,
+            FileType::Q5_K_M => 17,
+            FileType::Q6_K => 18,
+            FileType::IQ4_NL => 25,
+            FileType::IQ4_XS => 30,
+            FileType::BF16 => 32,
+        }
+    }
+
+    /// The block format most tensors get.
+    pub fn default_type(self) -> GgmlType {
+        match self {
+            FileType::F32 => GgmlType::F32,
+            FileType::F16 => GgmlType::F16,
+            FileType::BF16 => GgmlType::BF16,
+            FileType::Q8_0 => GgmlType::Q8_0,
+            FileType::Q6_K => GgmlType::Q6_K,
+            FileType::Q5_K_M | FileType::Q5_K_S => GgmlType::Q5_K,
+            FileType::Q5_1 => GgmlType::Q5_1,
+            FileType::Q5_0 => GgmlType::Q5_0,
+            FileType::Q4_K_M | FileType::Q4_K_S => GgmlType::Q4_K,
+            FileType::Q4_1 => GgmlType::Q4_1,
+            FileType::Q4_0 => GgmlType::Q4_0,
+            FileType::IQ4_XS => GgmlType::IQ4_XS,
+            FileType::IQ4_NL => GgmlType::IQ4_NL,
+            FileType::Q3_K_L | FileType::Q3_K_M | FileType::Q3_K_S => GgmlType::Q3_K,
+            FileType::Q2_K => GgmlType::Q2_K,
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, FileType::F32 | FileType::F16 | FileType::BF16)
+    }
+}
+
+impl std::fmt::Display for FileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the rules need to know about the model.
+#[derive(Clone, Debug)]
+pub struct ModelFacts {
+    pub n_layer: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    /// llama.cpp's LLM_TYPE_70B (80 layers with grouped-query attention, for llama and qwen2).
+    pub is_70b: bool,
+    /// Whether the file has its own `output.weight` (untied embeddings).
+    pub has_output: bool,
+}
+
+impl ModelFacts {
+    pub fn n_gqa(&self) -> u32 {
+        if self.n_head_kv == 0 {
+            1
+        } else {
+            self.n_head / self.n_head_kv
+        }
+    }
+}
+
+/// Options of a conversion that change tensor types.
+#[derive(Clone, Debug, Default)]
+pub struct RuleOptions {
+    /// Every quantizable tensor gets the default type (llama-quantize `--pure`).
+    pub pure: bool,
+    /// `--tensor-type REGEX=TYPE`, first match wins.
+    pub overrides: Vec<(Regex, GgmlType)>,
+    pub has_imatrix: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Category {
+    Output,
+    TokenEmbd,
+    AttnV,
+    AttnK,
+    AttnQ,
+    AttnOutput,
+    FfnUp,
+    FfnGate,
+    FfnDown,
+    Other,
+}
+
+fn category(name: &str) -> Category {
+    if name == "output.weight" {
+        Category::Output
+    } else if name == "token_embd.weight" {
+        Category::TokenEmbd
+    } else if name.contains("attn_v.weight") {
+        Category::AttnV
+    } else if name.contains("attn_k.weight") {
+        Category::AttnK
+    } else if name.contains("attn_q.weight") {
+        Category::AttnQ
+    } else if name.contains("attn_output.weight") {
+        Category::AttnOutput
+    } else if name.contains("ffn_up") {
+        Category::FfnUp
+    } else if name.contains("ffn_gate") {
+        Category::FfnGate
+    } else if name.contains("ffn_down") {
+        Category::FfnDown
+    } else {
+        Category::Other
+    }
+}
+
+/// Whether llama.cpp quantizes this tensor at all (2-D weights except norms and the like).
+pub fn allows_quantization(name: &str, n_dims: usize) -> bool {
+    n_dims >= 2
+        && name.ends_with("weight")
+        && !name.contains("_norm.weight")
+        && !name.contains("ffn_gate_inp.weight")
+        && !name.contains("position_embd")
+        && !name.contains("token_types")
+}
+
+/// `blk.N.` layer index.
+fn layer_index(name: &str) -> Option<u32> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+fn use_more_bits(i_layer: u32, n_layers: u32) -> bool {
+    let (i, n) = (i_layer as i64, n_layers as i64);
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+/// A block format whose block does not fit the rows falls back to a smaller block; F16 when
+/// even 32 does not fit.
+pub fn fallback(ty: GgmlType, row: u64) -> GgmlType {
+    let block = ty.info().block_elems as u64;
+    if row % block == 0 {
+        return ty;
+    }
+    let next = match ty {
+        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        other => other,
+    };
+    if row % next.info().block_elems as u64 == 0 {
+        next
+    } else {
+        GgmlType::F16
+    }
+}
+
+/// The type a tensor gets in a file of type `ftype`. `dims` innermost first; 1-D tensors
+/// (norms, biases) are always F32, as llama.cpp's converter writes them.
+pub fn tensor_type(
+    ftype: FileType,
+    model: &ModelFacts,
+    opts: &RuleOptions,
+    name: &str,
+    dims: &[u64],
+) -> GgmlType {
+    if dims.len() < 2 || ftype == FileType::F32 {
+        return GgmlType::F32;
+    }
+    if !allows_quantization(name, dims.len()) {
+        // llama-quantize keeps such tensors as they come; from an F32 source that is F32.
+        return if ftype.is_quantized() {
+            GgmlType::F32
+        } else {
+            ftype.default_type()
+        };
+    }
+    let default = ftype.default_type();
+    if !ftype.is_quantized() {
+        return default;
+    }
+    let row = dims[0];
+    let manual = opts
+        .overrides
+        .iter()
+        .find(|(re, _)| re.is_match(name))
+        .map(|(_, t)| *t);
+    let chosen = match manual {
+        Some(t) => t,
+        None if opts.pure => default,
+        None => mixture_type(ftype, model, opts, name, row, default),
+    };
+    fallback(chosen, row)
+}
+
+fn mixture_type(
+    ftype: FileType,
+    model: &ModelFacts,
+    opts: &RuleOptions,
+    name: &str,
+    row: u64,
+    default: GgmlType,
+) -> GgmlType {
+    use FileType as F;
+    use GgmlType as G;
+    let cat = category(name);
+    let layer = layer_index(name).unwrap_or(0);
+    let n_layer = model.n_layer;
+    let gqa = model.n_gqa();
+    let mut t = default;
+    if cat == Category::Output || (!model.has_output && cat == Category::TokenEmbd) {
+        if row % default.info().block_elems as u64 != 0 {
+            t = G::Q8_0;
+        } else if t != G::Q8_0 {
+            t = G::Q6_K;
+        }
+        return t;
+    }
+    match cat {
+        Category::AttnV => {
+            t = match ftype {
+                F::Q2_K => {
+                    if gqa >= 4 {
+                        G::Q4_K
+                    } else {
+                        G::Q3_K
+                    }
+                }
+                F::Q3_K_M => {
+                    if layer < 2 {
+                        G::Q5_K
+                    } else {
+                        G::Q4_K
+                    }
+                }
+                F::Q3_K_L => G::Q5_K,
+                F::IQ4_NL | F::IQ4_XS if gqa >= 4 => G::Q5_K,
+                F::Q4_K_M | F::Q5_K_M if use_more_bits(layer, n_layer) => G::Q6_K,
+                F::Q4_K_S if layer < 4 => G::Q5_K,
+                _ => t,
+            };
+            if model.is_70b && matches!(t, G::Q3_K | G::Q4_K) {
+                t = G::Q5_K;
+            }
+        }
+        Category::FfnDown => {
+            t = match ftype {
+                F::Q2_K => G::Q3_K,
+                F::Q3_K_M => {
+                    if layer < n_layer / 16 {
+                        G::Q5_K
+                    } else {
+                        G::Q4_K
+                    }
+                }
+                F::Q3_K_L => G::Q5_K,
+                F::Q4_K_M if use_more_bits(layer, n_layer) => G::Q6_K,
+                F::IQ4_NL | F::IQ4_XS if layer < n_layer / 8 && !opts.has_imatrix => G::Q5_K,
+                F::Q5_K_M if use_more_bits(layer, n_layer) => G::Q6_K,
+                F::Q4_K_S if layer < n_layer / 8 => G::Q5_K,
+                F::Q4_0 if opts.has_imatrix && layer < n_layer / 8 => G::Q4_1,
+                F::Q5_0 if opts.has_imatrix && layer < n_layer / 8 => G::Q5_1,
+                _ => t,
+            };
+        }
+        Category::AttnOutput => {
+            t = match ftype {
+                F::Q2_K => G::Q3_K,
+                F::Q3_K_M => G::Q4_K,
+                F::Q3_K_L => G::Q5_K,
+                _ => t,
+            };
+        }
+        _ => {}
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(n_layer: u32, n_head: u32, n_head_kv: u32) -> ModelFacts {
+        ModelFacts {
+            n_layer,
+            n_head,
+            n_head_kv,
+            is_70b: false,
+            has_output: true,
+        }
+    }
+
+    #[test]
+    fn q4_k_m_bumps_follow_use_more_bits() {
+        let m = facts(32, 32, 32);
+        let o = RuleOptions::default();
+        let bumped: Vec<u32> = (0..32)
+            .filter(|&i| {
+                tensor_type(
+                    FileType::Q4_K_M,
+                    &m,
+                    &o,
+                    &format!("blk.{i}.ffn_down.weight"),
+                    &[11008, 4096],
+                ) == GgmlType::Q6_K
+            })
+            .collect();
+        assert_eq!(
+            bumped,
+            vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+        );
+        assert_eq!(
+            tensor_type(
+                FileType::Q4_K_M,
+                &m,
+                &o,
+                "blk.5.attn_q.weight",
+                &[4096, 4096]
+            ),
+            GgmlType::Q4_K
+        );
+        assert_eq!(
+            tensor_type(FileType::Q4_K_M, &m, &o, "output.weight", &[4096, 32000]),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            tensor_type(
+                FileType::Q4_K_M,
+                &m,
+                &o,
+                "token_embd.weight",
+                &[4096, 32000]
+            ),
+            GgmlType::Q4_K
+        );
+        assert_eq!(
+            tensor_type(FileType::Q4_K_M, &m, &o, "blk.0.attn_norm.weight", &[4096]),
+            GgmlType::F32
+        );
+    }
+
+    #[test]
+    fn fallbacks_for_rows_not_multiple_of_256() {
+        let m = ModelFacts {
+            has_output: false,
+            ..facts(30, 9, 3)
+        };
+        let o = RuleOptions::default();
+        let t = |f, name: &str, dims: &[u64]| tensor_type(f, &m, &o, name, dims);
+        assert_eq!(
+            t(FileType::Q4_K_M, "blk.3.attn_q.weight", &[576, 576]),
+            GgmlType::Q5_0
+        );
+        assert_eq!(
+            t(FileType::Q4_K_M, "blk.3.ffn_down.weight", &[1536, 576]),
+            GgmlType::Q4_K
+        );
+        assert_eq!(
+            t(FileType::Q4_K_M, "blk.0.attn_v.weight", &[576, 192]),
+            GgmlType::Q8_0
+        );
+        assert_eq!(
+            t(FileType::Q2_K, "blk.0.attn_v.weight", &[576, 192]),
+            GgmlType::Q4_0
+        );
+        assert_eq!(
+            t(FileType::Q4_0, "token_embd.weight", &[576, 49152]),
+            GgmlType::Q8_0
+        );
+        assert_eq!(
+            t(FileType::IQ4_XS, "blk.3.attn_q.weight", &[576, 576]),
+            GgmlType::IQ4_NL
+        );
+        assert_eq!(
+            t(FileType::Q4_0, "blk.3.attn_q.weight", &[40, 576]),
+            GgmlType::F16
+        );
+    }
+
+    #[test]
+    fn seventy_b_attn_v_and_overrides() {
+        let m = ModelFacts {
+            is_70b: true,
+            ..facts(80, 64, 8)
+        };
+        let o = RuleOptions::default();
+        assert_eq!(
+            tensor_type(
+                FileType::Q3_K_S,
+                &m,
+                &o,
+                "blk.40.attn_v.weight",
+                &[8192, 1024]
+            ),
+            GgmlType::Q5_K
+        );
+        assert_eq!(
+            tensor_type(
+                FileType::Q2_K,
+                &m,
+                &o,
+                "blk.40.attn_v.weight",
+                &[8192, 1024]
+            ),
+            GgmlType::Q5_K
+        );
+        let o = RuleOptions {
+            overrides: vec![(Regex::new("attn_q").unwrap(), GgmlType::Q8_0)],
+            ..Default::default()
+        };
+        assert_eq!(
+            tensor_type(
+                FileType::Q4_K_M,
+                &m,
+                &o,
+                "blk.1.attn_q.weight",
+                &[8192, 8192]
+            ),
+            GgmlType::Q8_0
+        );
+        let pure = RuleOptions {
+            pure: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            tensor_type(
+                FileType::Q4_K_M,
+                &m,
+                &pure,
+                "blk.1.attn_v.weight",
+                &[8192, 1024]
+            ),
+            GgmlType::Q4_K
+        );
+        assert_eq!(FileType::from_name("q4_k_m"), Some(FileType::Q4_K_M));
+        assert_eq!(FileType::from_name("Q4_K"), Some(FileType::Q4_K_M));
+    }
+}

@@ -1,0 +1,394 @@
+//! A Hugging Face model folder: config.json, the weights (one `model.safetensors` or the
+//! shards of `model.safetensors.index.json`), the tokenizer files and the model card. Weights
+//! are memory-mapped and read one tensor at a time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value as Json;
+
+use super::arch::{self, Architecture};
+use super::safetensors::{SafetensorsFile, StTensor};
+
+/// Hyperparameters read from config.json.
+#[derive(Clone, Debug)]
+pub struct HParams {
+    pub n_embd: u64,
+    pub n_ff: u64,
+    pub n_layer: u64,
+    pub n_head: u64,
+    pub n_head_kv: u64,
+    pub head_dim: u64,
+    pub context_length: u64,
+    pub rms_eps: f64,
+    pub rope_theta: f64,
+    pub vocab_size: u64,
+    pub tie_embeddings: bool,
+}
+
+pub struct ModelDir {
+    pub path: PathBuf,
+    pub config: Json,
+    pub arch: &'static Architecture,
+    pub arch_class: String,
+    pub hparams: HParams,
+    pub shards: Vec<SafetensorsFile>,
+    /// Tensor name to (shard, index in shard).
+    index: HashMap<String, (usize, usize)>,
+    /// Names in a stable order: model-level first, then by layer.
+    pub tensor_names: Vec<String>,
+    pub card: ModelCard,
+}
+
+/// What the model card's YAML front matter says (only the keys quantfit reports).
+#[derive(Clone, Debug, Default)]
+pub struct ModelCard {
+    pub license: Option<String>,
+    pub license_name: Option<String>,
+    pub base_model: Option<String>,
+}
+
+impl ModelCard {
+    pub fn parse(text: &str) -> ModelCard {
+        let mut card = ModelCard::default();
+        let Some(rest) = text.strip_prefix("---") else {
+            return card;
+        };
+        let Some(end) = rest.find("\n---") else {
+            return card;
+        };
+        let mut base_models = Vec::new();
+        let mut in_base_list = false;
+        for line in rest[..end].lines() {
+            let trimmed = line.trim();
+            if in_base_list {
+                if let Some(item) = trimmed.strip_prefix("- ") {
+                    base_models.push(unquote(item));
+                    continue;
+                }
+                in_base_list = false;
+            }
+            if let Some((key, value)) = line.split_once(':') {
+                let (key, value) = (key.trim(), unquote(value.trim()));
+                match key {
+                    "license" if !value.is_empty() => card.license = Some(value),
+                    "license_name" if !value.is_empty() => card.license_name = Some(value),
+                    "base_model" if value.is_empty() => in_base_list = true,
+                    "base_model" => base_models.push(value),
+                    _ => {}
+                }
+            }
+        }
+        card.base_model = base_models.into_iter().next();
+        card
+    }
+}
+
+fn unquote(s: &str) -> String {
+    s.trim().trim_matches(|c| c == '"' || c == '\'').to_string()
+}
+
+fn read_json(path: &Path) -> Result<Json> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+fn get_u64(config: &Json, path: &Path, key: &str) -> Result<u64> {
+    match config.get(key) {
+        Some(v) => v.as_u64().with_context(|| {
+            format!(
+                "{}: \"{key}\" is not a non-negative integer",
+                path.display()
+            )
+        }),
+        None => bail!("{}: missing required key \"{key}\"", path.display()),
+    }
+}
+
+impl ModelDir {
+    pub fn open(path: &Path) -> Result<ModelDir> {
+        if !path.is_dir() {
+            bail!("{}: not a model folder", path.display());
+        }
+        let config_path = path.join("config.json");
+        let config = read_json(&config_path)?;
+        let arch_class = config
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .with_context(|| {
+                format!(
+                    "{}: missing required key \"architectures\"",
+                    config_path.display()
+                )
+            })?
+            .to_string();
+        let arch = arch::find(&arch_class).with_context(|| config_path.display().to_string())?;
+        let hparams = read_hparams(&config, &config_path)?;
+
+        let shard_paths = weight_files(path)?;
+        let mut shards = Vec::with_capacity(shard_paths.len());
+        let mut index = HashMap::new();
+        for (si, sp) in shard_paths.iter().enumerate() {
+            let file = SafetensorsFile::open(sp)?;
+            for (ti, t) in file.tensors.iter().enumerate() {
+                if let Some((prev, _)) = index.insert(t.name.clone(), (si, ti)) {
+                    bail!(
+                        "{}: tensor {} is also in {}",
+                        sp.display(),
+                        t.name,
+                        shard_paths[prev].display()
+                    );
+                }
+            }
+            shards.push(file);
+        }
+        check_index_agrees(path, &index, &shard_paths)?;
+
+        let mut tensor_names: Vec<String> = index.keys().cloned().collect();
+        tensor_names.sort_by_key(|n| sort_key(n));
+        let card = std::fs::read_to_string(path.join("README.md"))
+            .map(|t| ModelCard::parse(&t))
+            .unwrap_or_default();
+        Ok(ModelDir {
+            path: path.to_path_buf(),
+            config,
+            arch,
+            arch_class,
+            hparams,
+            shards,
+            index,
+            tensor_names,
+            card,
+        })
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<(&SafetensorsFile, &StTensor)> {
+        let &(s, t) = self.index.get(name)?;
+        Some((&self.shards[s], &self.shards[s].tensors[t]))
+    }
+
+    /// Total parameters of the weights.
+    pub fn parameter_count(&self) -> u64 {
+        self.shards
+            .iter()
+            .flat_map(|s| &s.tensors)
+            .map(|t| t.elements() as u64)
+            .sum()
+    }
+
+    /// A display name: the base model's repository name, else the folder's name.
+    pub fn display_name(&self) -> String {
+        let from_card = self
+            .card
+            .base_model
+            .as_deref()
+            .and_then(|b| b.rsplit('/').next())
+            .map(str::to_string);
+        let from_config = self
+            .config
+            .get("_name_or_path")
+            .and_then(|v| v.as_str())
+            .and_then(|b| b.rsplit('/').next())
+            .map(str::to_string);
+        from_card
+            .or(from_config)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| {
+                self.path
+                    .canonicalize()
+                    .unwrap_or(self.path.clone())
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into())
+            })
+    }
+}
+
+/// Model-level tensors first, then layers in numeric order (llama.cpp's order).
+fn sort_key(name: &str) -> (u32, u32, String) {
+    match name
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split_once('.'))
+    {
+        Some((n, rest)) => (1, n.parse().unwrap_or(u32::MAX), rest.to_string()),
+        None => (
+            if name.starts_with("lm_head") || name == "model.norm.weight" {
+                2
+            } else {
+                0
+            },
+            0,
+            name.to_string(),
+        ),
+    }
+}
+
+fn read_hparams(config: &Json, path: &Path) -> Result<HParams> {
+    let n_embd = get_u64(config, path, "hidden_size")?;
+    let n_head = get_u64(config, path, "num_attention_heads")?;
+    if n_head == 0 || n_embd % n_head != 0 && config.get("head_dim").is_none() {
+        bail!(
+            "{}: hidden_size {n_embd} is not a multiple of num_attention_heads {n_head}",
+            path.display()
+        );
+    }
+    let n_head_kv = match config.get("num_key_value_heads") {
+        Some(_) => get_u64(config, path, "num_key_value_heads")?,
+        None => n_head,
+    };
+    if n_head_kv == 0 || n_head % n_head_kv != 0 {
+        bail!(
+            "{}: num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_head_kv}",
+            path.display()
+        );
+    }
+    let head_dim = match config.get("head_dim") {
+        Some(v) if !v.is_null() => get_u64(config, path, "head_dim")?,
+        _ => n_embd / n_head,
+    };
+    let float = |key: &str, default: f64| -> Result<f64> {
+        match config.get(key) {
+            None | Some(Json::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .with_context(|| format!("{}: \"{key}\" is not a number", path.display())),
+        }
+    };
+    Ok(HParams {
+        n_embd,
+        n_ff: get_u64(config, path, "intermediate_size")?,
+        n_layer: get_u64(config, path, "num_hidden_layers")?,
+        n_head,
+        n_head_kv,
+        head_dim,
+        context_length: get_u64(config, path, "max_position_embeddings")?,
+        rms_eps: float("rms_norm_eps", 1e-6)?,
+        rope_theta: float("rope_theta", 10_000.0)?,
+        vocab_size: get_u64(config, path, "vocab_size")?,
+        tie_embeddings: config
+            .get("tie_word_embeddings")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+    })
+}
+
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index_path = dir.join("model.safetensors.index.json");
+    if index_path.exists() {
+        let index = read_json(&index_path)?;
+        let map = index
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{}: missing \"weight_map\"", index_path.display()))?;
+        let mut files: Vec<String> = Vec::new();
+        for v in map.values() {
+            let f = v.as_str().with_context(|| {
+                format!(
+                    "{}: weight_map values must be file names",
+                    index_path.display()
+                )
+            })?;
+            if f.contains('/') || f.contains("..") {
+                bail!(
+                    "{}: shard name {f:?} leaves the model folder",
+                    index_path.display()
+                );
+            }
+            if !files.iter().any(|x| x == f) {
+                files.push(f.to_string());
+            }
+        }
+        files.sort();
+        return files
+            .into_iter()
+            .map(|f| {
+                let p = dir.join(&f);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    bail!("{}: shard {f} is listed but missing", index_path.display())
+                }
+            })
+            .collect();
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        bail!(
+            "{}: no model.safetensors, shard index or *.safetensors weights",
+            dir.display()
+        );
+    }
+    Ok(found)
+}
+
+fn check_index_agrees(
+    dir: &Path,
+    index: &HashMap<String, (usize, usize)>,
+    shards: &[PathBuf],
+) -> Result<()> {
+    let index_path = dir.join("model.safetensors.index.json");
+    if !index_path.exists() {
+        return Ok(());
+    }
+    let json = read_json(&index_path)?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .expect("checked when listing shards");
+    for (name, file) in map {
+        match index.get(name) {
+            None => bail!(
+                "{}: lists tensor {name} but no shard holds it",
+                index_path.display()
+            ),
+            Some(&(s, _)) if shards[s].file_name().and_then(|f| f.to_str()) != file.as_str() => {
+                bail!(
+                    "{}: lists tensor {name} in {file}, but it is in {}",
+                    index_path.display(),
+                    shards[s].display()
+                )
+            }
+            _ => {}
+        }
+    }
+    if let Some(extra) = index.keys().find(|k| !map.contains_key(*k)) {
+        bail!(
+            "{}: tensor {extra} is in a shard but not in the index",
+            index_path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_front_matter() {
+        let card = ModelCard::parse("---\nlicense: apache-2.0\nbase_model:\n- HuggingFaceTB/SmolLM2-135M\ntags: [a]\n---\n# x");
+        assert_eq!(card.license.as_deref(), Some("apache-2.0"));
+        assert_eq!(
+            card.base_model.as_deref(),
+            Some("HuggingFaceTB/SmolLM2-135M")
+        );
+        let card = ModelCard::parse(
+            "---\nlicense: other\nlicense_name: \"llama3.1\"\nbase_model: meta/x\n---\n",
+        );
+        assert_eq!(card.license_name.as_deref(), Some("llama3.1"));
+        assert_eq!(card.base_model.as_deref(), Some("meta/x"));
+        assert!(ModelCard::parse("no front matter").license.is_none());
+    }
+}

@@ -1,0 +1,259 @@
+//! GGUF tokenizer metadata from tokenizer.json and tokenizer_config.json, as llama.cpp's
+//! converter builds it for byte-level BPE vocabularies (GPT-2 style: Llama 3, Qwen2, SmolLM):
+//! tokens, token types, merges, special token ids, add_bos/add_eos and the chat template.
+//! `tokenizer.ggml.pre` is detected the way llama.cpp does: by hashing the token ids of a fixed
+//! text and looking the hash up in its table.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use super::pretok_hashes::{CHECK_TEXT, PRE_TOKENIZER_HASHES};
+
+/// llama.cpp's token types.
+pub const TOKEN_NORMAL: i32 = 1;
+pub const TOKEN_CONTROL: i32 = 3;
+pub const TOKEN_USER_DEFINED: i32 = 4;
+pub const TOKEN_UNUSED: i32 = 5;
+
+/// A vocabulary as llama.cpp's GGUF metadata describes it (`tokenizer.ggml.*`).
+#[derive(Clone, Debug, Default)]
+pub struct Vocab {
+    /// `tokenizer.ggml.model` ("gpt2" for byte-level BPE).
+    pub model: String,
+    /// `tokenizer.ggml.pre`.
+    pub pre: String,
+    pub tokens: Vec<String>,
+    pub token_types: Vec<i32>,
+    pub merges: Vec<String>,
+    /// ("bos", id), ("eos", id), ...
+    pub special_ids: Vec<(String, u32)>,
+    /// ("add_bos_token", true), ...
+    pub flags: Vec<(String, bool)>,
+    /// (metadata key, template).
+    pub chat_templates: Vec<(String, String)>,
+    pub warnings: Vec<String>,
+}
+
+fn read_json(path: &Path) -> Result<Json> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+/// Tokens that llama.cpp treats as control tokens even when not marked special.
+fn looks_special(token: &str) -> bool {
+    matches!(token, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
+        || (token.starts_with("<|") && token.ends_with("|>"))
+        || (token.starts_with("<｜") && token.ends_with("｜>"))
+        || (token.starts_with("<unused") && token.ends_with('>'))
+}
+
+/// The `tokenizer.ggml.pre` name for this tokenizer, by llama.cpp's fingerprint.
+pub fn detect_pre_tokenizer(tokenizer_json: &Path) -> Result<Option<String>> {
+    let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_json)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", tokenizer_json.display()))?;
+    let encoding = tokenizer
+        .encode(CHECK_TEXT, true)
+        .map_err(|e| anyhow::anyhow!("{}: cannot tokenize: {e}", tokenizer_json.display()))?;
+    // Python's str() of the id list, as the fingerprint was computed.
+    let rendered = format!(
+        "[{}]",
+        encoding
+            .get_ids()
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let hash = format!("{:x}", Sha256::digest(rendered.as_bytes()));
+    Ok(PRE_TOKENIZER_HASHES
+        .iter()
+        .find(|(h, _)| *h == hash)
+        .map(|(_, name)| name.to_string()))
+}
+
+pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
+    let tj_path = dir.join("tokenizer.json");
+    let tj = read_json(&tj_path)?;
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc = if tc_path.exists() {
+        read_json(&tc_path)?
+    } else {
+        Json::Null
+    };
+    let mut warnings = Vec::new();
+
+    let model = tj
+        .get("model")
+        .with_context(|| format!("{}: missing \"model\"", tj_path.display()))?;
+    let kind = model.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let byte_level = tj
+        .get("pre_tokenizer")
+        .is_some_and(|p| p.to_string().contains("\"ByteLevel\""))
+        || tj
+            .get("decoder")
+            .is_some_and(|d| d.to_string().contains("\"ByteLevel\""));
+    if kind != "BPE" || !byte_level {
+        bail!(
+            "{}: {} tokenizer{} is not supported yet (quantfit writes byte-level BPE vocabularies, as in Llama 3, Qwen2 and SmolLM)",
+            tj_path.display(),
+            if kind.is_empty() { "unknown" } else { kind },
+            if kind == "BPE" { " without byte-level pre-tokenization (SentencePiece style)" } else { "" }
+        );
+    }
+    let vocab = model
+        .get("vocab")
+        .and_then(|v| v.as_object())
+        .with_context(|| format!("{}: missing model.vocab", tj_path.display()))?;
+
+    let n = vocab_size as usize;
+    let mut tokens: Vec<Option<String>> = vec![None; n];
+    let mut types = vec![TOKEN_NORMAL; n];
+    for (tok, id) in vocab {
+        let id = id.as_u64().with_context(|| {
+            format!(
+                "{}: vocab id of {tok:?} is not an integer",
+                tj_path.display()
+            )
+        })? as usize;
+        if id >= n {
+            bail!("{}: token {tok:?} has id {id} but the model's vocab_size is {n}: tokenizer does not match the model", tj_path.display());
+        }
+        tokens[id] = Some(tok.clone());
+    }
+    let added = tj
+        .get("added_tokens")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for t in &added {
+        let (Some(id), Some(content)) = (
+            t.get("id").and_then(|i| i.as_u64()),
+            t.get("content").and_then(|c| c.as_str()),
+        ) else {
+            continue;
+        };
+        let id = id as usize;
+        if id >= n {
+            bail!(
+                "{}: added token {content:?} has id {id} beyond vocab_size {n}",
+                tj_path.display()
+            );
+        }
+        let special = t.get("special").and_then(|s| s.as_bool()).unwrap_or(false);
+        tokens[id] = Some(content.to_string());
+        types[id] = if special || looks_special(content) {
+            TOKEN_CONTROL
+        } else {
+            TOKEN_USER_DEFINED
+        };
+    }
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| match t {
+            Some(t) => t,
+            None => {
+                types[i] = TOKEN_UNUSED;
+                format!("[PAD{i}]")
+            }
+        })
+        .collect();
+
+    let merges: Vec<String> = model
+        .get("merges")
+        .and_then(|m| m.as_array())
+        .map(|m| {
+            m.iter()
+                .filter_map(|e| match e {
+                    Json::String(s) => Some(s.clone()),
+                    Json::Array(pair) if pair.len() == 2 => {
+                        Some(format!("{} {}", pair[0].as_str()?, pair[1].as_str()?))
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let pre = match detect_pre_tokenizer(&tj_path)? {
+        Some(p) => p,
+        None => {
+            warnings.push(format!(
+                "{}: pre-tokenizer not recognized by llama.cpp's fingerprint table; writing \"default\" (llama.cpp may tokenize differently)",
+                tj_path.display()
+            ));
+            "default".to_string()
+        }
+    };
+
+    let mut v = Vocab {
+        model: "gpt2".into(),
+        pre,
+        tokens,
+        token_types: types,
+        merges,
+        ..Default::default()
+    };
+
+    // Special tokens: tokenizer_config's `<kind>_token` looked up among the added tokens,
+    // else config.json's `<kind>_token_id` (gguf-py SpecialVocab).
+    for kind in ["bos", "eos", "unk", "sep", "pad", "cls", "mask"] {
+        let by_name = tc.get(format!("{kind}_token")).and_then(|v| match v {
+            Json::String(s) => Some(s.clone()),
+            Json::Object(o) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
+            _ => None,
+        });
+        let id = by_name
+            .and_then(|name| {
+                added
+                    .iter()
+                    .find(|t| t.get("content").and_then(|c| c.as_str()) == Some(name.as_str()))
+                    .and_then(|t| t.get("id").and_then(|i| i.as_u64()))
+                    .or_else(|| vocab.get(&name).and_then(|i| i.as_u64()))
+            })
+            .or_else(|| {
+                config
+                    .get(format!("{kind}_token_id"))
+                    .and_then(|v| v.as_u64())
+            });
+        if let Some(id) = id.filter(|&i| i < vocab_size) {
+            v.special_ids.push((kind.to_string(), id as u32));
+        }
+    }
+    for flag in ["add_bos_token", "add_eos_token"] {
+        if let Some(b) = tc.get(flag).and_then(|v| v.as_bool()) {
+            v.flags.push((flag.to_string(), b));
+        }
+    }
+    match tc.get("chat_template") {
+        Some(Json::String(t)) => v
+            .chat_templates
+            .push(("tokenizer.chat_template".to_string(), t.clone())),
+        Some(Json::Array(named)) => {
+            for t in named {
+                let (Some(name), Some(template)) = (
+                    t.get("name").and_then(|n| n.as_str()),
+                    t.get("template").and_then(|n| n.as_str()),
+                ) else {
+                    continue;
+                };
+                let key = if name == "default" {
+                    "tokenizer.chat_template".to_string()
+                } else {
+                    format!("tokenizer.chat_template.{name}")
+                };
+                v.chat_templates.push((key, template.to_string()));
+            }
+        }
+        _ => {}
+    }
+    v.warnings = warnings;
+    Ok(v)
+}
