@@ -1,0 +1,246 @@
+//! Broken inputs: every case gives one clear line on stderr that names the file and the
+//! problem, exit code 2, and no output file (not even a partial one).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{safetensors_bytes, tiny_llama_tensors, write_tiny_llama, FakeTensor};
+
+fn case_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-bad")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Run `quantfit quantize` on a folder into an empty output folder; check the failure.
+fn expect_failure(model: &Path, must_mention: &[&str]) {
+    let out = model.parent().unwrap().join(format!(
+        "{}-out",
+        model.file_name().unwrap().to_string_lossy()
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let target = out.join("model.gguf");
+    let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
+        .args([
+            "quantize",
+            model.to_str().unwrap(),
+            "--type",
+            "Q4_K_M",
+            "-o",
+            target.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "{}: stderr {stderr}",
+        model.display()
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{}: expected one error line, got:\n{stderr}",
+        model.display()
+    );
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for m in must_mention {
+        assert!(
+            lines[0].contains(m),
+            "{}: error should mention {m:?}: {}",
+            model.display(),
+            lines[0]
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "{}: output left behind: {left:?}",
+        model.display()
+    );
+}
+
+fn with_weights(name: &str, bytes: Vec<u8>) -> PathBuf {
+    let dir = write_tiny_llama(&case_dir(name), 2);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    dir
+}
+
+#[test]
+fn a_valid_tiny_model_converts() {
+    let dir = write_tiny_llama(&case_dir("valid"), 2);
+    let out = dir.join("ok.gguf");
+    let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
+        .args([
+            "quantize",
+            dir.to_str().unwrap(),
+            "--type",
+            "Q4_K_M",
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.exists());
+}
+
+#[test]
+fn truncated_weights() {
+    let mut bytes = safetensors_bytes(&tiny_llama_tensors(2));
+    bytes.truncate(bytes.len() - 1000);
+    expect_failure(
+        &with_weights("truncated", bytes),
+        &["model.safetensors", "outside the data section"],
+    );
+    expect_failure(
+        &with_weights("truncated_header", vec![1, 2, 3]),
+        &["model.safetensors", "truncated"],
+    );
+}
+
+#[test]
+fn header_lies() {
+    let mut bytes = safetensors_bytes(&tiny_llama_tensors(2));
+    bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    expect_failure(
+        &with_weights("header_length", bytes),
+        &["model.safetensors", "header length"],
+    );
+
+    let mut tensors = tiny_llama_tensors(2);
+    tensors[3].shape = vec![63, 64]; // says fewer elements than stored
+    expect_failure(
+        &with_weights("size_lie", safetensors_bytes(&tensors)),
+        &["model.layers.0.self_attn.k_proj.weight", "needs"],
+    );
+
+    let mut bytes = safetensors_bytes(&tiny_llama_tensors(2));
+    bytes[8] = b'['; // not an object any more
+    expect_failure(
+        &with_weights("bad_json", bytes),
+        &["model.safetensors", "JSON"],
+    );
+
+    // Two tensors claiming the same bytes.
+    let tensors = vec![
+        FakeTensor {
+            name: "a".into(),
+            dtype: "F32",
+            shape: vec![4],
+            data: vec![0; 16],
+        },
+        FakeTensor {
+            name: "b".into(),
+            dtype: "F32",
+            shape: vec![4],
+            data: vec![0; 16],
+        },
+    ];
+    let mut bytes = safetensors_bytes(&tensors);
+    let h_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + h_len].to_vec())
+        .unwrap()
+        .replace("[16,32]", "[ 8,24]");
+    assert_eq!(header.len(), h_len);
+    bytes[8..8 + h_len].copy_from_slice(header.as_bytes());
+    expect_failure(
+        &with_weights("overlap", bytes),
+        &["model.safetensors", "overlap"],
+    );
+}
+
+#[test]
+fn unknown_and_unsupported_dtypes() {
+    let mut tensors = tiny_llama_tensors(2);
+    tensors[1].dtype = "I16";
+    expect_failure(
+        &with_weights("int_dtype", safetensors_bytes(&tensors)),
+        &["unsupported dtype I16", "input_layernorm"],
+    );
+    let mut tensors = tiny_llama_tensors(2);
+    tensors[1].dtype = "Q7";
+    expect_failure(
+        &with_weights("unknown_dtype", safetensors_bytes(&tensors)),
+        &["unknown dtype", "Q7"],
+    );
+}
+
+#[test]
+fn nan_weights() {
+    let mut tensors = tiny_llama_tensors(2);
+    // BF16 NaN in row 3, column 5 of q_proj (64 columns).
+    let at = 2 * (3 * 64 + 5);
+    tensors[2].data[at..at + 2].copy_from_slice(&0x7FC0u16.to_le_bytes());
+    expect_failure(
+        &with_weights("nan", safetensors_bytes(&tensors)),
+        &["model.layers.0.self_attn.q_proj.weight", "row 3, column 5"],
+    );
+}
+
+#[test]
+fn config_problems() {
+    let dir = write_tiny_llama(&case_dir("missing_key"), 2);
+    let mut config = common::tiny_llama_config(2);
+    config.as_object_mut().unwrap().remove("hidden_size");
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    expect_failure(&dir, &["config.json", "hidden_size"]);
+
+    let dir = write_tiny_llama(&case_dir("arch"), 2);
+    let mut config = common::tiny_llama_config(2);
+    config["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    expect_failure(
+        &dir,
+        &["GPTNeoXForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM"],
+    );
+
+    let dir = write_tiny_llama(&case_dir("no_config"), 2);
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    expect_failure(&dir, &["config.json"]);
+
+    let dir = write_tiny_llama(&case_dir("vocab_mismatch"), 2);
+    let mut config = common::tiny_llama_config(2);
+    config["vocab_size"] = serde_json::json!(1000);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    expect_failure(&dir, &["tokenizer.json", "vocab_size"]);
+}
+
+#[test]
+fn unwritable_output() {
+    let dir = write_tiny_llama(&case_dir("unwritable"), 2);
+    let target = dir.join("no/such/folder/x.gguf");
+    let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
+        .args([
+            "quantize",
+            dir.to_str().unwrap(),
+            "--type",
+            "Q8_0",
+            "-o",
+            target.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.trim().lines().count() == 1 && stderr.contains("x.gguf"),
+        "{stderr}"
+    );
+    assert!(!target.exists());
+}
