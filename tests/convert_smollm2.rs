@@ -180,3 +180,51 @@ fn sharded_input_gives_identical_files() {
     );
     assert!(x == y, "sharded and single-file conversions differ");
 }
+
+/// With an importance matrix made by llama-imatrix, tensor bytes equal llama-quantize's
+/// (reference hashes recorded from llama.cpp in tests/fixtures/smollm2-imatrix).
+#[test]
+fn imatrix_conversion_matches_llama_cpp() {
+    let fixture =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2-imatrix");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap())
+            .unwrap();
+    let types: Vec<FileType> = reference["types"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| FileType::from_name(k).unwrap())
+        .collect();
+    let imatrix = quantfit::gguf::imatrix::Imatrix::load(&fixture.join("imatrix.gguf")).unwrap();
+    assert!(imatrix.entries.len() > 200 && imatrix.chunks == 8);
+    let model = ModelDir::open(&common::smollm2_dir()).unwrap();
+    let dir = out_dir("imatrix");
+    let opts = ConvertOptions {
+        types: types.clone(),
+        output: dir,
+        rules: RuleOptions {
+            has_imatrix: true,
+            ..Default::default()
+        },
+        imatrix: Some(imatrix),
+        isa: Isa::best(),
+        progress: false,
+    };
+    let outputs = convert(&model, &opts).unwrap();
+    for (ft, out) in types.iter().zip(&outputs) {
+        let got = tensor_hashes(&out.path);
+        let want = reference["types"][ft.name()].as_object().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (name, (ty, hash)) in &got {
+            assert_eq!(
+                (ty.as_str(), hash.as_str()),
+                (
+                    want[name][0].as_str().unwrap(),
+                    want[name][1].as_str().unwrap()
+                ),
+                "{ft} {name}"
+            );
+        }
+    }
+}

@@ -118,6 +118,9 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
             permute_heads,
         });
     }
+    // llama.cpp's loader order (weight_name_comparer): by layer, non-layer tensors first, then
+    // by name. llama-quantize writes in this order, so the files line up byte for byte.
+    out.sort_by(|a, b| (layer_of(&a.name), &a.name).cmp(&(layer_of(&b.name), &b.name)));
     if !out.iter().any(|t| t.name == "token_embd.weight") {
         bail!(
             "{}: no model.embed_tokens.weight tensor",
@@ -125,6 +128,13 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
         );
     }
     Ok(out)
+}
+
+fn layer_of(name: &str) -> i64 {
+    name.strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
 }
 
 pub fn model_facts(model: &ModelDir, tensors: &[PlannedTensor]) -> ModelFacts {
@@ -138,7 +148,13 @@ pub fn model_facts(model: &ModelDir, tensors: &[PlannedTensor]) -> ModelFacts {
     }
 }
 
-fn metadata(model: &ModelDir, vocab: &Vocab, ftype: FileType, name: &str) -> Vec<(String, Value)> {
+fn metadata(
+    model: &ModelDir,
+    vocab: &Vocab,
+    ftype: FileType,
+    name: &str,
+    imatrix: Option<&Imatrix>,
+) -> Vec<(String, Value)> {
     let h = &model.hparams;
     let a = model.arch.gguf_name;
     let mut kv: Vec<(String, Value)> = vec![
@@ -179,8 +195,6 @@ fn metadata(model: &ModelDir, vocab: &Vocab, ftype: FileType, name: &str) -> Vec
         kv.push((format!("{a}.attention.key_length"), u32v(h.head_dim)));
         kv.push((format!("{a}.attention.value_length"), u32v(h.head_dim)));
     }
-    kv.push(("general.file_type".into(), Value::U32(ftype.llama_ftype())));
-    kv.push(("general.quantization_version".into(), Value::U32(2)));
     kv.extend([
         (
             "tokenizer.ggml.model".into(),
@@ -211,6 +225,28 @@ fn metadata(model: &ModelDir, vocab: &Vocab, ftype: FileType, name: &str) -> Vec
     }
     for (key, t) in &vocab.chat_templates {
         kv.push((key.clone(), Value::String(t.clone())));
+    }
+    // llama-quantize re-sets these two last; writing them last too keeps our files identical
+    // to a llama-quantize run on our own F32 output.
+    kv.push(("general.quantization_version".into(), Value::U32(2)));
+    kv.push(("general.file_type".into(), Value::U32(ftype.llama_ftype())));
+    if let Some(im) = imatrix {
+        // What llama-quantize records (strings cut at 127 bytes, as it does).
+        let cut = |s: &str| s[..s.floor_char_boundary(127)].to_string();
+        kv.push(("quantize.imatrix.file".into(), Value::String(cut(&im.file))));
+        if let Some(d) = im.datasets.first() {
+            kv.push(("quantize.imatrix.dataset".into(), Value::String(cut(d))));
+        }
+        kv.push((
+            "quantize.imatrix.entries_count".into(),
+            Value::U32(im.entries.len() as u32),
+        ));
+        if im.chunks > 0 {
+            kv.push((
+                "quantize.imatrix.chunks_count".into(),
+                Value::U32(im.chunks),
+            ));
+        }
     }
     kv
 }
@@ -275,7 +311,7 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
     for ((ft, path), s) in opts.types.iter().zip(&paths).zip(&specs) {
         writers.push(GgufWriter::create(
             path,
-            &metadata(model, &vocab, *ft, &name),
+            &metadata(model, &vocab, *ft, &name, opts.imatrix.as_ref()),
             s.clone(),
         )?);
     }
@@ -290,6 +326,7 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
         bar.set_message(t.name.clone());
         let (file, st) = model.tensor(&t.source).expect("planned from the index");
         let mut data = file.to_f32(st)?;
+        file.release(st);
         if let Some(heads) = t.permute_heads {
             data = permute_qk_rows(
                 &data,
@@ -303,23 +340,26 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
         let mut done: HashMap<GgmlType, Vec<u8>> = HashMap::new();
         for (w, s) in writers.iter_mut().zip(&specs) {
             let ty = s[i].ty;
-            if !done.contains_key(&ty) {
-                let mut out = vec![0u8; s[i].bytes() as usize];
-                quantize_into(
-                    ty,
-                    &data,
-                    cols,
-                    imatrix,
-                    QuantizeOptions {
-                        isa: opts.isa,
-                        parallel: true,
-                    },
-                    &mut out,
-                )
-                .with_context(|| format!("{}: tensor {}", file.path.display(), t.source))?;
-                done.insert(ty, out);
-            }
-            w.write_tensor(&t.name, &done[&ty])?;
+            let bytes = match done.entry(ty) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let mut out = vec![0u8; s[i].bytes() as usize];
+                    quantize_into(
+                        ty,
+                        &data,
+                        cols,
+                        imatrix,
+                        QuantizeOptions {
+                            isa: opts.isa,
+                            parallel: true,
+                        },
+                        &mut out,
+                    )
+                    .with_context(|| format!("{}: tensor {}", file.path.display(), t.source))?;
+                    e.insert(out)
+                }
+            };
+            w.write_tensor(&t.name, bytes)?;
         }
         bar.inc(data.len() as u64 * 4);
     }

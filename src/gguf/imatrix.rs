@@ -14,17 +14,24 @@ use super::GgufFile;
 pub struct Imatrix {
     /// GGUF tensor name to one weight per input column.
     pub entries: HashMap<String, Vec<f32>>,
+    /// The file as given (recorded in the output's metadata, as llama-quantize does).
+    pub file: String,
+    /// Calibration text(s) named in the file.
+    pub datasets: Vec<String>,
+    /// Chunks of calibration text evaluated.
+    pub chunks: u32,
 }
 
 impl Imatrix {
     pub fn load(path: &Path) -> Result<Imatrix> {
         let head = std::fs::read(path)
             .with_context(|| format!("{}: cannot read imatrix", path.display()))?;
-        let imatrix = if head.starts_with(super::MAGIC) {
+        let mut imatrix = if head.starts_with(super::MAGIC) {
             Self::load_gguf(path)?
         } else {
             Self::load_legacy(path, &head)?
         };
+        imatrix.file = path.display().to_string();
         for (name, values) in &imatrix.entries {
             if let Some((i, v)) = values
                 .iter()
@@ -79,7 +86,23 @@ impl Imatrix {
                 .collect();
             entries.insert(name, values);
         }
-        Ok(Imatrix { entries })
+        // Optional trailer: the last call count and the dataset name.
+        let mut imatrix = Imatrix {
+            entries,
+            ..Default::default()
+        };
+        if let Ok(b) = take(&mut c, 4, "chunks") {
+            imatrix.chunks = i32::from_le_bytes(b.try_into()?).max(0) as u32;
+            if let Ok(b) = take(&mut c, 4, "dataset length") {
+                let len = i32::from_le_bytes(b.try_into()?).max(0) as usize;
+                if let Ok(name) = take(&mut c, len, "dataset") {
+                    imatrix
+                        .datasets
+                        .push(String::from_utf8_lossy(name).into_owned());
+                }
+            }
+        }
+        Ok(imatrix)
     }
 
     fn load_gguf(path: &Path) -> Result<Imatrix> {
@@ -128,7 +151,25 @@ impl Imatrix {
                 path.display()
             );
         }
-        Ok(Imatrix { entries })
+        let datasets = file
+            .get("imatrix.datasets")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let chunks = file
+            .get("imatrix.chunk_count")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as u32;
+        Ok(Imatrix {
+            entries,
+            file: String::new(),
+            datasets,
+            chunks,
+        })
     }
 
     pub fn get(&self, tensor: &str) -> Option<&[f32]> {

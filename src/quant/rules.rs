@@ -172,11 +172,7 @@ pub struct ModelFacts {
 
 impl ModelFacts {
     pub fn n_gqa(&self) -> u32 {
-        if self.n_head_kv == 0 {
-            1
-        } else {
-            self.n_head / self.n_head_kv
-        }
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(1)
     }
 }
 
@@ -252,7 +248,7 @@ fn use_more_bits(i_layer: u32, n_layers: u32) -> bool {
 /// even 32 does not fit.
 pub fn fallback(ty: GgmlType, row: u64) -> GgmlType {
     let block = ty.info().block_elems as u64;
-    if row % block == 0 {
+    if row.is_multiple_of(block) {
         return ty;
     }
     let next = match ty {
@@ -263,7 +259,7 @@ pub fn fallback(ty: GgmlType, row: u64) -> GgmlType {
         GgmlType::Q6_K => GgmlType::Q8_0,
         other => other,
     };
-    if row % next.info().block_elems as u64 == 0 {
+    if row.is_multiple_of(next.info().block_elems as u64) {
         next
     } else {
         GgmlType::F16
@@ -324,7 +320,7 @@ fn mixture_type(
     let gqa = model.n_gqa();
     let mut t = default;
     if cat == Category::Output || (!model.has_output && cat == Category::TokenEmbd) {
-        if row % default.info().block_elems as u64 != 0 {
+        if !row.is_multiple_of(default.info().block_elems as u64) {
             t = G::Q8_0;
         } else if t != G::Q8_0 {
             t = G::Q6_K;

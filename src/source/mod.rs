@@ -6,4 +6,5 @@ pub mod hf;
 pub mod pretok_hashes;
 pub mod raw;
 pub mod safetensors;
+pub mod synthetic;
 pub mod tokenizer;

@@ -160,6 +160,23 @@ impl SafetensorsFile {
         })
     }
 
+    /// Drop this tensor's pages from the process (they stay in the page cache), so that
+    /// resident memory stays at one tensor however large the model. Only a hint.
+    pub fn release(&self, t: &StTensor) {
+        #[cfg(unix)]
+        // SAFETY: the map is read-only and file-backed: dropped pages are read back from the
+        // file if touched again, so no data can change under a live reference.
+        unsafe {
+            let _ = self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                t.start,
+                t.end - t.start,
+            );
+        }
+        #[cfg(not(unix))]
+        let _ = t;
+    }
+
     pub fn bytes(&self, t: &StTensor) -> &[u8] {
         &self.map[t.start..t.end]
     }
