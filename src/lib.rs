@@ -9,8 +9,10 @@
 // the correspondence that exactness depends on.
 #![allow(clippy::needless_range_loop)]
 
+pub mod chart;
 pub mod cli;
 pub mod gguf;
 pub mod output;
+pub mod plan;
 pub mod quant;
 pub mod source;

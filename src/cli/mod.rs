@@ -2,6 +2,7 @@
 
 mod convert;
 mod inspect;
+mod plan;
 mod quantize_raw;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Size and choose: memory, speed, cost and quality of models x bit widths x hardware, with
+    /// a recommendation and optional charts.
+    Plan(plan::Args),
     /// Convert a Hugging Face model folder to GGUF files at one or more bit widths.
     Quantize(convert::Args),
     /// Describe a GGUF file or a Hugging Face model folder: architecture, parameters, per-tensor
@@ -52,6 +56,7 @@ pub fn run() -> i32 {
         Command::QuantizeRaw(args) => quantize_raw::run(args),
         Command::Quantize(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Plan(args) => plan::run(args),
     };
     match result {
         Ok(()) => 0,

@@ -205,7 +205,8 @@ fn category(name: &str) -> Category {
         Category::Output
     } else if name == "token_embd.weight" {
         Category::TokenEmbd
-    } else if name.contains("attn_v.weight") {
+    } else if name.contains("attn_v.weight") || name.contains("attn_qkv.weight") {
+        // A fused QKV tensor follows the attn_v rules in llama.cpp.
         Category::AttnV
     } else if name.contains("attn_k.weight") {
         Category::AttnK

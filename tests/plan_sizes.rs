@@ -1,0 +1,96 @@
+//! The planner's weight sizes against published llama.cpp figures and against the converter.
+
+mod common;
+
+use quantfit::plan::catalog::{self, parameter_count};
+use quantfit::plan::estimate::{kv_bytes_per_token, weight_bytes, KvType, GIB};
+use quantfit::quant::rules::FileType;
+
+/// tools/quantize/README.md (llama.cpp 0c1e57098), meta-llama/Llama-3.1-8B: bits/weight as
+/// printed (file tensor bytes x 8 / parameters).
+#[test]
+fn llama_3_1_8b_bits_per_weight_match_llama_cpp_table() {
+    let m = catalog::resolve("llama-3.1-8b").unwrap();
+    let params = parameter_count(&m) as f64;
+    assert_eq!(parameter_count(&m), 8_030_261_248);
+    let table = [
+        ("Q2_K", 3.1593),
+        ("Q3_K_S", 3.6429),
+        ("Q3_K_M", 3.9960),
+        ("Q3_K_L", 4.2979),
+        ("Q4_K_S", 4.6672),
+        ("Q4_K_M", 4.8944),
+        ("Q5_K_S", 5.5704),
+        ("Q5_K_M", 5.7036),
+        ("Q6_K", 6.5633),
+        ("Q8_0", 8.5008),
+        ("IQ4_XS", 4.4597),
+        ("IQ4_NL", 4.6818),
+        ("F16", 16.0005),
+    ];
+    for (q, want) in table {
+        let bpw = weight_bytes(&m, FileType::from_name(q).unwrap()) as f64 * 8.0 / params;
+        // llama.cpp's file also holds rope_freqs (64 f32) for Llama 3.1's RoPE scaling.
+        let bpw_with_rope =
+            (weight_bytes(&m, FileType::from_name(q).unwrap()) + 256) as f64 * 8.0 / params;
+        let printed = format!("{bpw_with_rope:.4}");
+        assert_eq!(printed, format!("{want:.4}"), "{q}: planned {bpw:.5}");
+    }
+}
+
+/// llama-bench output in llama.cpp PRs #2917 and #4766 for LLaMA / Llama-2 7B: size (GiB) and
+/// parameters as printed.
+#[test]
+fn llama_2_7b_sizes_match_llama_bench() {
+    let m = catalog::resolve("llama-2-7b").unwrap();
+    assert_eq!(format!("{:.2}", parameter_count(&m) as f64 / 1e9), "6.74");
+    for (q, gib) in [
+        ("F16", "12.55"),
+        ("Q8_0", "6.67"),
+        ("Q4_0", "3.56"),
+        ("Q4_1", "3.95"),
+    ] {
+        let got = weight_bytes(&m, FileType::from_name(q).unwrap()) as f64 / GIB;
+        assert_eq!(format!("{got:.2}"), gib, "{q}");
+    }
+}
+
+#[test]
+fn kv_cache_per_token_with_and_without_gqa() {
+    let kib = |id: &str| kv_bytes_per_token(&catalog::resolve(id).unwrap(), KvType::F16) / 1024.0;
+    assert_eq!(kib("llama-2-7b"), 512.0);
+    assert_eq!(kib("llama-2-70b"), 320.0);
+    assert_eq!(kib("llama-3.1-8b"), 128.0);
+    let q8 = kv_bytes_per_token(&catalog::resolve("llama-2-7b").unwrap(), KvType::Q8_0) / 1024.0;
+    assert_eq!(q8, 512.0 * 34.0 / 64.0);
+}
+
+/// A planned size is the converted file's tensor bytes (one implementation of the rules).
+#[test]
+fn planned_size_equals_converted_file() {
+    use quantfit::gguf::convert::{convert, ConvertOptions};
+    use quantfit::quant::rules::RuleOptions;
+    let dir = common::smollm2_dir();
+    let spec = catalog::resolve(dir.to_str().unwrap()).unwrap();
+    let model = quantfit::source::hf::ModelDir::open(&dir).unwrap();
+    let out = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/plan");
+    let _ = std::fs::remove_dir_all(&out);
+    let types = vec![
+        FileType::Q4_K_M,
+        FileType::Q2_K,
+        FileType::IQ4_XS,
+        FileType::Q8_0,
+    ];
+    let opts = ConvertOptions {
+        types: types.clone(),
+        output: out,
+        rules: RuleOptions::default(),
+        imatrix: None,
+        isa: quantfit::quant::Isa::best(),
+        progress: false,
+    };
+    let outputs = convert(&model, &opts).unwrap();
+    for (t, o) in types.iter().zip(&outputs) {
+        assert_eq!(weight_bytes(&spec, *t), o.tensor_bytes, "{t}");
+    }
+}
