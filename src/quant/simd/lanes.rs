@@ -238,7 +238,7 @@ pub unsafe fn q3<V: Lanes>(xt: &[f32], n: usize, nmax: i32, lv: &mut [i32], scal
         w.mul(x).store(&mut wx_all[i * nl..]);
     }
     for _ in 0..5 {
-        let mut changed = false;
+        let mut changed_mask = zero.lt(zero);
         for i in 0..n {
             let x = V::load(&xt[i * nl..]);
             let w = V::load(&w_all[i * nl..]);
@@ -261,13 +261,13 @@ pub unsafe fn q3<V: Lanes>(xt: &[f32], n: usize, nmax: i32, lv: &mut [i32], scal
                         .lt(slx_new.mul(slx_new).mul(suml2)),
                 ),
             );
-            if V::any(accept) {
-                V::store_i(V::select_i(accept, new_l, li), &mut lv[i * nl..]);
-                sumlx = V::select(accept, slx_new, sumlx);
-                suml2 = V::select(accept, sl2_new, suml2);
-                changed = true;
-            }
+            // Unconditional selects: a branch on "any lane accepted" mispredicts constantly.
+            V::store_i(V::select_i(accept, new_l, li), &mut lv[i * nl..]);
+            sumlx = V::select(accept, slx_new, sumlx);
+            suml2 = V::select(accept, sl2_new, suml2);
+            changed_mask = V::or(changed_mask, accept);
         }
+        let changed = V::any(changed_mask);
         if !changed {
             break;
         }

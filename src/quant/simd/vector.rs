@@ -25,6 +25,7 @@ pub trait Lanes: Copy {
     unsafe fn le(self, o: Self) -> Self::M;
     unsafe fn ne(self, o: Self) -> Self::M;
     unsafe fn and(a: Self::M, b: Self::M) -> Self::M;
+    unsafe fn or(a: Self::M, b: Self::M) -> Self::M;
     unsafe fn any(m: Self::M) -> bool;
     /// `m ? a : b` per lane.
     unsafe fn select(m: Self::M, a: Self, b: Self) -> Self;
@@ -110,6 +111,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn and(a: __m256, b: __m256) -> __m256 {
             _mm256_and_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn or(a: __m256, b: __m256) -> __m256 {
+            _mm256_or_ps(a, b)
         }
         #[inline(always)]
         unsafe fn any(m: __m256) -> bool {
@@ -227,6 +232,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn and(a: __mmask16, b: __mmask16) -> __mmask16 {
             a & b
+        }
+        #[inline(always)]
+        unsafe fn or(a: __mmask16, b: __mmask16) -> __mmask16 {
+            a | b
         }
         #[inline(always)]
         unsafe fn any(m: __mmask16) -> bool {
@@ -360,6 +369,10 @@ impl<const N: usize> Lanes for Portable<N> {
         zip(a, b, |x, y| x & y)
     }
     #[inline(always)]
+    unsafe fn or(a: [bool; N], b: [bool; N]) -> [bool; N] {
+        zip(a, b, |x, y| x | y)
+    }
+    #[inline(always)]
     unsafe fn any(m: [bool; N]) -> bool {
         m.iter().any(|&b| b)
     }
@@ -473,6 +486,10 @@ impl<V: Lanes> Lanes for Pair<V> {
     #[inline(always)]
     unsafe fn and(a: Self::M, b: Self::M) -> Self::M {
         (V::and(a.0, b.0), V::and(a.1, b.1))
+    }
+    #[inline(always)]
+    unsafe fn or(a: Self::M, b: Self::M) -> Self::M {
+        (V::or(a.0, b.0), V::or(a.1, b.1))
     }
     #[inline(always)]
     unsafe fn any(m: Self::M) -> bool {
