@@ -212,11 +212,20 @@ fn metadata(
             "tokenizer.ggml.token_type".into(),
             Value::Array(vocab.token_types.iter().map(|&t| Value::I32(t)).collect()),
         ),
-        (
+    ]);
+    if let Some(scores) = &vocab.scores {
+        kv.push((
+            "tokenizer.ggml.scores".into(),
+            Value::Array(scores.iter().map(|&s| Value::F32(s)).collect()),
+        ));
+    }
+    // Byte-level BPE vocabularies carry merges; SentencePiece ones scores instead.
+    if vocab.model == "gpt2" {
+        kv.push((
             "tokenizer.ggml.merges".into(),
             Value::Array(vocab.merges.iter().cloned().map(Value::String).collect()),
-        ),
-    ]);
+        ));
+    }
     for (kind, id) in &vocab.special_ids {
         kv.push((format!("tokenizer.ggml.{kind}_token_id"), Value::U32(*id)));
     }

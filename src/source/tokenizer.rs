@@ -27,6 +27,8 @@ pub struct Vocab {
     pub pre: String,
     pub tokens: Vec<String>,
     pub token_types: Vec<i32>,
+    /// SentencePiece scores (`tokenizer.ggml.scores`), for "llama" vocabularies.
+    pub scores: Option<Vec<f32>>,
     pub merges: Vec<String>,
     /// ("bos", id), ("eos", id), ...
     pub special_ids: Vec<(String, u32)>,
@@ -76,14 +78,24 @@ pub fn detect_pre_tokenizer(tokenizer_json: &Path) -> Result<Option<String>> {
 }
 
 pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
-    let tj_path = dir.join("tokenizer.json");
-    let tj = read_json(&tj_path)?;
     let tc_path = dir.join("tokenizer_config.json");
     let tc = if tc_path.exists() {
         read_json(&tc_path)?
     } else {
         Json::Null
     };
+    // llama.cpp's converter prefers the SentencePiece model when one ships (Llama 2, Mistral,
+    // TinyLlama): it carries the piece scores the llama tokenizer needs.
+    let sp_path = dir.join("tokenizer.model");
+    if sp_path.exists() {
+        let mut v = read_sentencepiece(&sp_path, vocab_size, dir)?;
+        let tokens = v.tokens.clone();
+        let lookup = move |name: &str| tokens.iter().position(|t| t == name).map(|i| i as u64);
+        add_specials(&mut v, &tc, config, &lookup, vocab_size);
+        return Ok(v);
+    }
+    let tj_path = dir.join("tokenizer.json");
+    let tj = read_json(&tj_path)?;
     let mut warnings = Vec::new();
 
     let model = tj
@@ -199,8 +211,27 @@ pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
         ..Default::default()
     };
 
-    // Special tokens: tokenizer_config's `<kind>_token` looked up among the added tokens,
-    // else config.json's `<kind>_token_id` (gguf-py SpecialVocab).
+    let lookup = |name: &str| -> Option<u64> {
+        added
+            .iter()
+            .find(|t| t.get("content").and_then(|c| c.as_str()) == Some(name))
+            .and_then(|t| t.get("id").and_then(|i| i.as_u64()))
+            .or_else(|| vocab.get(name).and_then(|i| i.as_u64()))
+    };
+    add_specials(&mut v, &tc, config, &lookup, vocab_size);
+    v.warnings = warnings;
+    Ok(v)
+}
+
+/// Special token ids (tokenizer_config's `<kind>_token` by name, else config.json's
+/// `<kind>_token_id`, as gguf-py's SpecialVocab), add_bos/add_eos and chat templates.
+fn add_specials(
+    v: &mut Vocab,
+    tc: &Json,
+    config: &Json,
+    lookup: &dyn Fn(&str) -> Option<u64>,
+    vocab_size: u64,
+) {
     for kind in ["bos", "eos", "unk", "sep", "pad", "cls", "mask"] {
         let by_name = tc.get(format!("{kind}_token")).and_then(|v| match v {
             Json::String(s) => Some(s.clone()),
@@ -210,19 +241,11 @@ pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
                 .map(str::to_string),
             _ => None,
         });
-        let id = by_name
-            .and_then(|name| {
-                added
-                    .iter()
-                    .find(|t| t.get("content").and_then(|c| c.as_str()) == Some(name.as_str()))
-                    .and_then(|t| t.get("id").and_then(|i| i.as_u64()))
-                    .or_else(|| vocab.get(&name).and_then(|i| i.as_u64()))
-            })
-            .or_else(|| {
-                config
-                    .get(format!("{kind}_token_id"))
-                    .and_then(|v| v.as_u64())
-            });
+        let id = by_name.and_then(|name| lookup(&name)).or_else(|| {
+            config
+                .get(format!("{kind}_token_id"))
+                .and_then(|v| v.as_u64())
+        });
         if let Some(id) = id.filter(|&i| i < vocab_size) {
             v.special_ids.push((kind.to_string(), id as u32));
         }
@@ -254,6 +277,126 @@ pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
         }
         _ => {}
     }
-    v.warnings = warnings;
-    Ok(v)
+}
+
+/// Minimal protobuf reading of a SentencePiece `ModelProto`: field 1 holds the pieces, each
+/// with its text (1), score (2) and type (3, the same numbering as llama.cpp's token types).
+fn read_sentencepiece(path: &Path, vocab_size: u64, dir: &Path) -> Result<Vocab> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bad = || {
+        anyhow::anyhow!(
+            "{}: not a SentencePiece model (malformed protobuf)",
+            path.display()
+        )
+    };
+    fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*pos)?;
+            *pos += 1;
+            v |= ((byte & 0x7F) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn skip(b: &[u8], pos: &mut usize, wire: u64) -> Option<()> {
+        match wire {
+            0 => varint(b, pos).map(|_| ()),
+            1 => (*pos + 8 <= b.len()).then(|| *pos += 8),
+            2 => {
+                let len = varint(b, pos)? as usize;
+                (*pos + len <= b.len()).then(|| *pos += len)
+            }
+            5 => (*pos + 4 <= b.len()).then(|| *pos += 4),
+            _ => None,
+        }
+    }
+    let mut tokens = Vec::new();
+    let mut scores = Vec::new();
+    let mut types = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let key = varint(&bytes, &mut pos).ok_or_else(bad)?;
+        let (field, wire) = (key >> 3, key & 7);
+        if field != 1 || wire != 2 {
+            skip(&bytes, &mut pos, wire).ok_or_else(bad)?;
+            continue;
+        }
+        let len = varint(&bytes, &mut pos).ok_or_else(bad)? as usize;
+        let end = pos
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(bad)?;
+        let (mut piece, mut score, mut ty) = (String::new(), 0.0f32, 1i32);
+        while pos < end {
+            let key = varint(&bytes, &mut pos).ok_or_else(bad)?;
+            match (key >> 3, key & 7) {
+                (1, 2) => {
+                    let l = varint(&bytes, &mut pos).ok_or_else(bad)? as usize;
+                    let s = bytes.get(pos..pos + l).ok_or_else(bad)?;
+                    piece = String::from_utf8(s.to_vec()).map_err(|_| bad())?;
+                    pos += l;
+                }
+                (2, 5) => {
+                    score = f32::from_le_bytes(
+                        bytes
+                            .get(pos..pos + 4)
+                            .ok_or_else(bad)?
+                            .try_into()
+                            .expect("4 bytes"),
+                    );
+                    pos += 4;
+                }
+                (3, 0) => ty = varint(&bytes, &mut pos).ok_or_else(bad)? as i32,
+                (_, w) => skip(&bytes, &mut pos, w).ok_or_else(bad)?,
+            }
+        }
+        tokens.push(piece);
+        scores.push(score);
+        types.push(ty);
+    }
+    if tokens.is_empty() {
+        return Err(bad());
+    }
+    if tokens.len() as u64 > vocab_size {
+        bail!("{}: {} pieces but the model's vocab_size is {vocab_size}: tokenizer does not match the model", path.display(), tokens.len());
+    }
+    // Tokens added on top of the SentencePiece model (added_tokens.json), then padding.
+    if let Ok(text) = std::fs::read_to_string(dir.join("added_tokens.json")) {
+        let added: Json = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not valid JSON",
+                dir.join("added_tokens.json").display()
+            )
+        })?;
+        let mut pairs: Vec<(u64, String)> = added
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((v.as_u64()?, k.clone())))
+            .collect();
+        pairs.sort();
+        for (id, text) in pairs {
+            if id as usize == tokens.len() && id < vocab_size {
+                tokens.push(text);
+                scores.push(-1000.0);
+                types.push(TOKEN_USER_DEFINED);
+            }
+        }
+    }
+    for i in tokens.len()..vocab_size as usize {
+        tokens.push(format!("[PAD{i}]"));
+        scores.push(-1000.0);
+        types.push(TOKEN_UNUSED);
+    }
+    Ok(Vocab {
+        model: "llama".into(),
+        pre: "default".into(),
+        tokens,
+        token_types: types,
+        scores: Some(scores),
+        ..Default::default()
+    })
 }
