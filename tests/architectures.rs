@@ -211,7 +211,7 @@ fn sentencepiece_vocabulary_from_tokenizer_model() {
         };
         convert(&m, &opts)
     });
-    let msg = format!("{:#}", err.err().expect("corrupt model must fail"));
+    let msg = format!("{:#}", err.expect_err("corrupt model must fail"));
     assert!(msg.contains("tokenizer.model"), "{msg}");
     assert!(!d.join("bad.gguf").exists());
 }
