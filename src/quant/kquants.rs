@@ -516,6 +516,35 @@ fn quantize_q45k_superblock(
     levels
 }
 
+/// Q4_K and Q5_K share their scales and layout; Q5_K adds a fifth bit per weight (`qh`).
+fn dequantize_q45k(q: &[u8], out: &mut [f32], block_bytes: usize, fifth_bit: bool) {
+    let qs_at = if fifth_bit { 48 } else { 16 };
+    for (blk, y) in q.chunks_exact(block_bytes).zip(out.chunks_exact_mut(QK_K)) {
+        let d = read_f16(blk, 0);
+        let min = read_f16(blk, 2);
+        let scales = &blk[4..16];
+        for g in 0..4 {
+            let qs = &blk[qs_at + 32 * g..qs_at + 32 * g + 32];
+            let (s1, m1) = scale_min_k4(2 * g, scales);
+            let (s2, m2) = scale_min_k4(2 * g + 1, scales);
+            let (d1, m1) = (d * s1 as f32, min * m1 as f32);
+            let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+            let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
+            for l in 0..32 {
+                let high = |mask: u8| {
+                    if fifth_bit && blk[16 + l] & mask != 0 {
+                        16
+                    } else {
+                        0
+                    }
+                };
+                y[64 * g + l] = d1 * ((qs[l] & 0xF) + high(u1)) as f32 - m1;
+                y[64 * g + 32 + l] = d2 * ((qs[l] >> 4) + high(u2)) as f32 - m2;
+            }
+        }
+    }
+}
+
 impl BlockFormat for Q4K {
     const TYPE: GgmlType = GgmlType::Q4_K;
     const BLOCK_ELEMS: usize = QK_K;
@@ -539,25 +568,7 @@ impl BlockFormat for Q4K {
     }
 
     fn dequantize_row(q: &[u8], out: &mut [f32]) {
-        for (blk, y) in q
-            .chunks_exact(Self::BLOCK_BYTES)
-            .zip(out.chunks_exact_mut(QK_K))
-        {
-            let d = read_f16(blk, 0);
-            let min = read_f16(blk, 2);
-            let scales = &blk[4..16];
-            for g in 0..4 {
-                let qs = &blk[16 + 32 * g..16 + 32 * g + 32];
-                let (s1, m1) = scale_min_k4(2 * g, scales);
-                let (s2, m2) = scale_min_k4(2 * g + 1, scales);
-                let (d1, m1) = (d * s1 as f32, min * m1 as f32);
-                let (d2, m2) = (d * s2 as f32, min * m2 as f32);
-                for l in 0..32 {
-                    y[64 * g + l] = d1 * (qs[l] & 0xF) as f32 - m1;
-                    y[64 * g + 32 + l] = d2 * (qs[l] >> 4) as f32 - m2;
-                }
-            }
-        }
+        dequantize_q45k(q, out, Self::BLOCK_BYTES, false);
     }
 }
 
@@ -590,29 +601,7 @@ impl BlockFormat for Q5K {
     }
 
     fn dequantize_row(q: &[u8], out: &mut [f32]) {
-        for (blk, y) in q
-            .chunks_exact(Self::BLOCK_BYTES)
-            .zip(out.chunks_exact_mut(QK_K))
-        {
-            let d = read_f16(blk, 0);
-            let min = read_f16(blk, 2);
-            let scales = &blk[4..16];
-            let qh = &blk[16..48];
-            for g in 0..4 {
-                let ql = &blk[48 + 32 * g..48 + 32 * g + 32];
-                let (s1, m1) = scale_min_k4(2 * g, scales);
-                let (s2, m2) = scale_min_k4(2 * g + 1, scales);
-                let (d1, m1) = (d * s1 as f32, min * m1 as f32);
-                let (d2, m2) = (d * s2 as f32, min * m2 as f32);
-                let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
-                for l in 0..32 {
-                    let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-                    let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-                    y[64 * g + l] = d1 * ((ql[l] & 0xF) + h1) as f32 - m1;
-                    y[64 * g + 32 + l] = d2 * ((ql[l] >> 4) + h2) as f32 - m2;
-                }
-            }
-        }
+        dequantize_q45k(q, out, Self::BLOCK_BYTES, true);
     }
 }
 

@@ -291,6 +291,20 @@ fn pack_nibbles(levels: impl Fn(usize) -> u8, qs: &mut [u8]) {
     }
 }
 
+/// The 32 five-bit levels of a block from its fifth bits (`qh`, element j at bit j) and nibbles.
+#[inline(always)]
+fn five_bit_levels(qh: &[u8], qs: &[u8]) -> [i32; QK] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    std::array::from_fn(|j| {
+        let nibble = if j < QK / 2 {
+            qs[j] & 0x0F
+        } else {
+            qs[j - QK / 2] >> 4
+        };
+        nibble as i32 | (((qh >> j) & 1) << 4) as i32
+    })
+}
+
 /// Fifth bits of 32 five-bit levels, element j at bit j.
 #[inline(always)]
 fn high_bits(levels: impl Fn(usize) -> u8) -> [u8; 4] {
@@ -405,13 +419,11 @@ impl BlockFormat for Q5_0 {
             .zip(out.chunks_exact_mut(QK))
         {
             let d = read_f16(blk, 0);
-            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-            for j in 0..QK / 2 {
-                let b = blk[6 + j];
-                let h0 = (((qh >> j) << 4) & 0x10) as i32;
-                let h1 = ((qh >> (j + 12)) & 0x10) as i32;
-                y[j] = (((b & 0x0F) as i32 | h0) - 16) as f32 * d;
-                y[j + QK / 2] = (((b >> 4) as i32 | h1) - 16) as f32 * d;
+            for (j, l) in five_bit_levels(&blk[2..6], &blk[6..22])
+                .into_iter()
+                .enumerate()
+            {
+                y[j] = (l - 16) as f32 * d;
             }
         }
     }
@@ -445,13 +457,11 @@ impl BlockFormat for Q5_1 {
         {
             let d = read_f16(blk, 0);
             let m = read_f16(blk, 2);
-            let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
-            for j in 0..QK / 2 {
-                let b = blk[8 + j];
-                let h0 = (((qh >> j) << 4) & 0x10) as i32;
-                let h1 = ((qh >> (j + 12)) & 0x10) as i32;
-                y[j] = ((b & 0x0F) as i32 | h0) as f32 * d + m;
-                y[j + QK / 2] = ((b >> 4) as i32 | h1) as f32 * d + m;
+            for (j, l) in five_bit_levels(&blk[4..8], &blk[8..24])
+                .into_iter()
+                .enumerate()
+            {
+                y[j] = l as f32 * d + m;
             }
         }
     }
