@@ -39,12 +39,12 @@ pub fn run(args: Args) -> Result<()> {
         "bits_per_weight",
     ] {
         if let Some(v) = doc.get(key).filter(|v| !v.is_null()) {
-            println!(
-                "{key:<16} {}",
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            );
+            let text = match v.as_str() {
+                Some(s) => s.to_string(),
+                None if v.is_f64() => format!("{:.3}", v.as_f64().unwrap_or(0.0)),
+                None => v.to_string(),
+            };
+            println!("{key:<16} {text}");
         }
     }
     if let Some(types) = doc.get("type_counts").and_then(|t| t.as_object()) {
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<()> {
             t["name"].as_str().unwrap_or(""),
             shape,
             t["type"].as_str().unwrap_or(""),
-            t["bytes"]
+            t["bytes"].as_u64().unwrap_or(0)
         );
     }
     Ok(())
