@@ -49,6 +49,7 @@ fn imatrix_weights(
 
 /// Pack 2-bit levels of a 256 super-block: byte l of each 32-byte group holds elements
 /// l, l+32, l+64, l+96 of its 128-element half.
+#[inline(always)]
 fn pack_2bit(levels: &[u8; QK_K], qs: &mut [u8]) {
     for j in (0..QK_K).step_by(128) {
         for l in 0..32 {
@@ -196,6 +197,7 @@ impl BlockFormat for Q2K {
 // ---------------------------------------------------------------- Q3_K
 // Layout: hmask[32], qs[64], scales[12] (16 six-bit scales, offset 32), d.
 
+#[inline(always)]
 fn q3k_pack_scale(scales: &mut [u8], j: usize, l: u8) {
     if j < 8 {
         scales[j] = l & 0xF;
@@ -206,6 +208,7 @@ fn q3k_pack_scale(scales: &mut [u8], j: usize, l: u8) {
 }
 
 /// Write the super-scale, requantize against the packed sub-block codes and pack the levels.
+#[inline(always)]
 fn q3k_finish(xs: &[f32], levels: &[i8; QK_K], d: f32, blk: &mut [u8], isa: Isa) {
     write_f16(blk, 108, d);
     let d = round_trip_f16(d);
@@ -225,6 +228,7 @@ fn q3k_finish(xs: &[f32], levels: &[i8; QK_K], d: f32, blk: &mut [u8], isa: Isa)
     pack_2bit(&low, &mut blk[32..96]);
 }
 
+#[inline(always)]
 fn q3k_unpack_scale(scales: &[u8], j: usize) -> i32 {
     let low = if j < 8 {
         scales[j] & 0xF
@@ -235,114 +239,127 @@ fn q3k_unpack_scale(scales: &[u8], j: usize) -> i32 {
     (low | (high << 4)) as i32 - 32
 }
 
+#[inline(always)]
+fn q3k_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+    const BLOCK_BYTES: usize = 110;
+    let Some(qw) = imatrix else {
+        // Two super-blocks per search call: twice the independent lanes in flight.
+        for (xp, op) in x.chunks(2 * QK_K).zip(out.chunks_mut(2 * BLOCK_BYTES)) {
+            let mut levels = [0i8; 2 * QK_K];
+            let mut scales = [0.0f32; 32];
+            let n = xp.len() / QK_K;
+            simd::q3_subblocks(isa, xp, &mut levels[..n * QK_K], &mut scales[..16 * n]);
+            for b in 0..n {
+                let blk = &mut op[BLOCK_BYTES * b..BLOCK_BYTES * (b + 1)];
+                let sc = &scales[16 * b..16 * b + 16];
+                let mut max_scale = 0.0f32;
+                let mut amax = 0.0f32;
+                for j in 0..16 {
+                    let a = sc[j].abs();
+                    if a > amax {
+                        amax = a;
+                        max_scale = sc[j];
+                    }
+                }
+                blk[96..108].fill(0);
+                let d = if max_scale != 0.0 {
+                    let iscale = -32.0 / max_scale;
+                    for j in 0..16 {
+                        let l = (nearest_int(iscale * sc[j]) as i8 as i32).clamp(-32, 31) + 32;
+                        q3k_pack_scale(&mut blk[96..108], j, l as u8);
+                    }
+                    1.0 / iscale
+                } else {
+                    0.0
+                };
+                let lv: &[i8; QK_K] = levels[QK_K * b..QK_K * (b + 1)]
+                    .try_into()
+                    .expect("one super-block");
+                q3k_finish(&xp[QK_K * b..QK_K * (b + 1)], lv, d, blk, isa);
+            }
+        }
+        return;
+    };
+    // With importance weights the 16 sub-block scales of each super-block get their own
+    // weighted search; sixteen super-blocks at a time, one per lane.
+    const GROUP: usize = 16;
+    for (g, (xg, og)) in x
+        .chunks(GROUP * QK_K)
+        .zip(out.chunks_mut(GROUP * BLOCK_BYTES))
+        .enumerate()
+    {
+        let n = xg.len() / QK_K;
+        let mut levels = [[0i8; QK_K]; GROUP];
+        let mut scales = [0.0f32; GROUP * 16];
+        let mut sw = [0.0f32; GROUP * 16];
+        for b in 0..n {
+            let xs = &xg[QK_K * b..QK_K * (b + 1)];
+            let sigma2 = 2.0 * sum_squares(xs) / QK_K as f32;
+            let mut weights = [0.0f32; QK_K];
+            let at = (g * GROUP + b) * QK_K;
+            imatrix_weights(
+                xs,
+                &qw[at..at + QK_K],
+                sigma2,
+                &mut weights,
+                &mut sw[16 * b..16 * b + 16],
+                16,
+            );
+            simd::qx_subblocks(
+                isa,
+                xs,
+                Some(&weights),
+                16,
+                4,
+                &mut levels[b],
+                &mut scales[16 * b..16 * b + 16],
+            );
+        }
+        let mut codes = [0i8; GROUP * 16];
+        let mut d_blocks = [0.0f32; GROUP];
+        if n == GROUP {
+            simd::qx_subblocks(isa, &scales, Some(&sw), 16, 32, &mut codes, &mut d_blocks);
+        } else {
+            for b in 0..n {
+                let r = 16 * b..16 * b + 16;
+                d_blocks[b] =
+                    make_qx_quants(&scales[r.clone()], 32, &mut codes[r.clone()], Some(&sw[r]));
+            }
+        }
+        for b in 0..n {
+            let blk = &mut og[BLOCK_BYTES * b..BLOCK_BYTES * (b + 1)];
+            blk[96..108].fill(0);
+            for j in 0..16 {
+                q3k_pack_scale(&mut blk[96..108], j, codes[16 * b + j] as u8);
+            }
+            q3k_finish(
+                &xg[QK_K * b..QK_K * (b + 1)],
+                &levels[b],
+                d_blocks[b],
+                blk,
+                isa,
+            );
+        }
+    }
+}
+
 impl BlockFormat for Q3K {
     const TYPE: GgmlType = GgmlType::Q3_K;
     const BLOCK_ELEMS: usize = QK_K;
     const BLOCK_BYTES: usize = 110;
 
     fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
-        let Some(qw) = imatrix else {
-            // Two super-blocks per search call: twice the independent lanes in flight.
-            for (xp, op) in x
-                .chunks(2 * QK_K)
-                .zip(out.chunks_mut(2 * Self::BLOCK_BYTES))
-            {
-                let mut levels = [0i8; 2 * QK_K];
-                let mut scales = [0.0f32; 32];
-                let n = xp.len() / QK_K;
-                simd::q3_subblocks(isa, xp, &mut levels[..n * QK_K], &mut scales[..16 * n]);
-                for b in 0..n {
-                    let blk = &mut op[Self::BLOCK_BYTES * b..Self::BLOCK_BYTES * (b + 1)];
-                    let sc = &scales[16 * b..16 * b + 16];
-                    let mut max_scale = 0.0f32;
-                    let mut amax = 0.0f32;
-                    for j in 0..16 {
-                        let a = sc[j].abs();
-                        if a > amax {
-                            amax = a;
-                            max_scale = sc[j];
-                        }
-                    }
-                    blk[96..108].fill(0);
-                    let d = if max_scale != 0.0 {
-                        let iscale = -32.0 / max_scale;
-                        for j in 0..16 {
-                            let l = (nearest_int(iscale * sc[j]) as i8 as i32).clamp(-32, 31) + 32;
-                            q3k_pack_scale(&mut blk[96..108], j, l as u8);
-                        }
-                        1.0 / iscale
-                    } else {
-                        0.0
-                    };
-                    let lv: &[i8; QK_K] = levels[QK_K * b..QK_K * (b + 1)]
-                        .try_into()
-                        .expect("one super-block");
-                    q3k_finish(&xp[QK_K * b..QK_K * (b + 1)], lv, d, blk, isa);
-                }
+        // The packing around the searches vectorizes when compiled for AVX2.
+        #[cfg(target_arch = "x86_64")]
+        if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
+                q3k_row(x, imatrix, out, isa)
             }
-            return;
-        };
-        // With importance weights the 16 sub-block scales of each super-block get their own
-        // weighted search; sixteen super-blocks at a time, one per lane.
-        const GROUP: usize = 16;
-        for (g, (xg, og)) in x
-            .chunks(GROUP * QK_K)
-            .zip(out.chunks_mut(GROUP * Self::BLOCK_BYTES))
-            .enumerate()
-        {
-            let n = xg.len() / QK_K;
-            let mut levels = [[0i8; QK_K]; GROUP];
-            let mut scales = [0.0f32; GROUP * 16];
-            let mut sw = [0.0f32; GROUP * 16];
-            for b in 0..n {
-                let xs = &xg[QK_K * b..QK_K * (b + 1)];
-                let sigma2 = 2.0 * sum_squares(xs) / QK_K as f32;
-                let mut weights = [0.0f32; QK_K];
-                let at = (g * GROUP + b) * QK_K;
-                imatrix_weights(
-                    xs,
-                    &qw[at..at + QK_K],
-                    sigma2,
-                    &mut weights,
-                    &mut sw[16 * b..16 * b + 16],
-                    16,
-                );
-                simd::qx_subblocks(
-                    isa,
-                    xs,
-                    Some(&weights),
-                    16,
-                    4,
-                    &mut levels[b],
-                    &mut scales[16 * b..16 * b + 16],
-                );
-            }
-            let mut codes = [0i8; GROUP * 16];
-            let mut d_blocks = [0.0f32; GROUP];
-            if n == GROUP {
-                simd::qx_subblocks(isa, &scales, Some(&sw), 16, 32, &mut codes, &mut d_blocks);
-            } else {
-                for b in 0..n {
-                    let r = 16 * b..16 * b + 16;
-                    d_blocks[b] =
-                        make_qx_quants(&scales[r.clone()], 32, &mut codes[r.clone()], Some(&sw[r]));
-                }
-            }
-            for b in 0..n {
-                let blk = &mut og[Self::BLOCK_BYTES * b..Self::BLOCK_BYTES * (b + 1)];
-                blk[96..108].fill(0);
-                for j in 0..16 {
-                    q3k_pack_scale(&mut blk[96..108], j, codes[16 * b + j] as u8);
-                }
-                q3k_finish(
-                    &xg[QK_K * b..QK_K * (b + 1)],
-                    &levels[b],
-                    d_blocks[b],
-                    blk,
-                    isa,
-                );
-            }
+            // SAFETY: AVX2 is present whenever these instruction sets were accepted.
+            return unsafe { avx2(x, imatrix, out, isa) };
         }
+        q3k_row(x, imatrix, out, isa)
     }
 
     fn dequantize_row(q: &[u8], out: &mut [f32]) {

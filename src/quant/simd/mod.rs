@@ -146,11 +146,19 @@ macro_rules! instantiate {
             $(#[target_feature(enable = $features)])?
             #[allow(clippy::too_many_arguments)]
             pub unsafe fn requant(xs: &[f32], sub: usize, d: &[f32], m: Option<&[f32]>, lo: i32, hi: i32, offset: i32, out: &mut [u8]) {
+                // Widen, overwrite the requantized sub-blocks, narrow: whole-array loops that
+                // vectorize, instead of a byte store per element.
+                let n = out.len().min(QK_K);
+                let mut wide = [0i32; QK_K];
+                for (w, &o) in wide[..n].iter_mut().zip(out.iter()) {
+                    *w = o as i32;
+                }
                 lanes::requant::<$lanes>(xs, sub, d, m, lo, hi, offset, |at, l| {
-                    for (o, &v) in out[at..at + l.len()].iter_mut().zip(l) {
-                        *o = v as u8;
-                    }
-                })
+                    wide[at..at + l.len()].copy_from_slice(l);
+                });
+                for (o, &w) in out.iter_mut().zip(wide[..n].iter()) {
+                    *o = w as u8;
+                }
             }
             $(#[target_feature(enable = $features)])?
             pub unsafe fn iq4(xs: &[f32], w: &[f32]) -> [f32; 8] {
