@@ -322,6 +322,8 @@ pub unsafe fn iq4<V: Lanes>(xt: &[f32], wt: &[f32], scale_out: &mut [f32]) {
     }
     let mut d = V::select(zero.lt(sumq2), sumqx.div(sumq2), zero);
     let mut best = d.mul(sumqx);
+    // The sums loop is written out again (not a closure): a closure is compiled without the
+    // enclosing kernel's target features, which made this kernel 30x slower when tried.
     for itry in -NTRY..=NTRY {
         id = V::splat((itry + IQ4_VALUES[0] as i32) as f32).div(max);
         let mut sqx = zero;
