@@ -55,6 +55,27 @@ fn llama_2_7b_sizes_match_llama_bench() {
     }
 }
 
+/// Sizes and parameter counts as llama-bench printed them in a public log (llama.cpp build
+/// 72272b83): Llama-2-13B (Orca-2-13B) Q4_0, Llama-3-8B Q4_0 and Llama-3-70B Q4_0 (Llama 3.1
+/// adds only rope_freqs, 256 bytes).
+#[test]
+fn llama_bench_sizes_for_13b_8b_and_70b() {
+    for (id, q, gib, params) in [
+        ("llama-2-13b", "Q4_0", "6.86", "13.02"),
+        ("llama-3.1-8b", "Q4_0", "4.33", "8.03"),
+        ("llama-3.1-70b", "Q4_0", "37.22", "70.55"),
+    ] {
+        let m = catalog::resolve(id).unwrap();
+        assert_eq!(
+            format!("{:.2}", parameter_count(&m) as f64 / 1e9),
+            params,
+            "{id}"
+        );
+        let got = weight_bytes(&m, FileType::from_name(q).unwrap()) as f64 / GIB;
+        assert_eq!(format!("{got:.2}"), gib, "{id} {q}");
+    }
+}
+
 #[test]
 fn kv_cache_per_token_with_and_without_gqa() {
     let kib = |id: &str| kv_bytes_per_token(&catalog::resolve(id).unwrap(), KvType::F16) / 1024.0;

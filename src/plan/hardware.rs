@@ -59,6 +59,7 @@ static EMBEDDED: &[(&str, &str)] = embedded!(
     "apple-m4-10c",
     "cpu-epyc-9654-12ch",
     "cpu-xeon-8480-8ch",
+    "rx-7900-xtx",
 );
 
 /// Parse and check a profile; errors name the file and the field.
