@@ -77,12 +77,12 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn count_types<'a>(
-    types: impl Iterator<Item = &'a str>,
-) -> serde_json::Map<String, serde_json::Value> {
+/// How many tensors of each type, from the rows built for the report.
+fn count_types(tensors: &[serde_json::Value]) -> serde_json::Map<String, serde_json::Value> {
     let mut m = std::collections::BTreeMap::<String, u64>::new();
-    for t in types {
-        *m.entry(t.to_string()).or_default() += 1;
+    for t in tensors {
+        *m.entry(t["type"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
     }
     m.into_iter().map(|(k, v)| (k, json!(v))).collect()
 }
@@ -110,10 +110,6 @@ fn inspect_gguf(path: &std::path::Path) -> Result<serde_json::Value> {
             json!({ "name": t.name, "shape": t.dims, "type": ty, "bytes": t.bytes })
         })
         .collect();
-    let type_names: Vec<String> = tensors
-        .iter()
-        .map(|t| t["type"].as_str().unwrap_or("").to_string())
-        .collect();
     Ok(json!({
         "path": path,
         "format": format!("GGUF v{}", f.version),
@@ -126,7 +122,7 @@ fn inspect_gguf(path: &std::path::Path) -> Result<serde_json::Value> {
         "file_bytes": f.file_size(),
         "tensor_bytes": tensor_bytes,
         "bits_per_weight": tensor_bytes as f64 * 8.0 / params.max(1) as f64,
-        "type_counts": count_types(type_names.iter().map(|s| s.as_str())),
+        "type_counts": count_types(&tensors),
         "metadata": f.metadata.iter().map(|(k, v)| (k.clone(), json!(v.summary()))).collect::<serde_json::Map<_, _>>(),
         "tensors": tensors,
     }))
@@ -145,10 +141,6 @@ fn inspect_folder(path: &std::path::Path) -> Result<serde_json::Value> {
             json!({ "name": n, "shape": t.shape, "type": t.dtype.name(), "bytes": t.end - t.start })
         })
         .collect();
-    let type_names: Vec<String> = tensors
-        .iter()
-        .map(|t| t["type"].as_str().unwrap_or("").to_string())
-        .collect();
     Ok(json!({
         "path": path,
         "format": "Hugging Face safetensors",
@@ -160,7 +152,7 @@ fn inspect_folder(path: &std::path::Path) -> Result<serde_json::Value> {
         "license": m.card.license,
         "file_bytes": m.shards.iter().map(|s| std::fs::metadata(&s.path).map(|md| md.len()).unwrap_or(0)).sum::<u64>(),
         "bits_per_weight": bytes as f64 * 8.0 / params.max(1) as f64,
-        "type_counts": count_types(type_names.iter().map(|s| s.as_str())),
+        "type_counts": count_types(&tensors),
         "tensors": tensors,
     }))
 }
