@@ -17,6 +17,22 @@ fn case_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// `quantfit quantize MODEL --type TYPE -o TARGET --json`.
+fn run_quantize(model: &Path, ty: &str, target: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_quantfit"))
+        .args([
+            "quantize",
+            model.to_str().unwrap(),
+            "--type",
+            ty,
+            "-o",
+            target.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap()
+}
+
 /// Run `quantfit quantize` on a folder into an empty output folder; check the failure.
 fn expect_failure(model: &Path, must_mention: &[&str]) {
     let out = model.parent().unwrap().join(format!(
@@ -26,18 +42,7 @@ fn expect_failure(model: &Path, must_mention: &[&str]) {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let target = out.join("model.gguf");
-    let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
-        .args([
-            "quantize",
-            model.to_str().unwrap(),
-            "--type",
-            "Q4_K_M",
-            "-o",
-            target.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let run = run_quantize(model, "Q4_K_M", &target);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(
         run.status.code(),
@@ -79,18 +84,7 @@ fn with_weights(name: &str, bytes: Vec<u8>) -> PathBuf {
 fn a_valid_tiny_model_converts() {
     let dir = write_tiny_llama(&case_dir("valid"), 2);
     let out = dir.join("ok.gguf");
-    let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
-        .args([
-            "quantize",
-            dir.to_str().unwrap(),
-            "--type",
-            "Q4_K_M",
-            "-o",
-            out.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let run = run_quantize(&dir, "Q4_K_M", &out);
     assert!(
         run.status.success(),
         "{}",
@@ -224,18 +218,7 @@ fn config_problems() {
 fn unwritable_output() {
     let dir = write_tiny_llama(&case_dir("unwritable"), 2);
     let target = dir.join("no/such/folder/x.gguf");
-    let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
-        .args([
-            "quantize",
-            dir.to_str().unwrap(),
-            "--type",
-            "Q8_0",
-            "-o",
-            target.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let run = run_quantize(&dir, "Q8_0", &target);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(
