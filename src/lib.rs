@@ -11,6 +11,7 @@
 
 pub mod chart;
 pub mod cli;
+pub mod eval;
 pub mod gguf;
 pub mod output;
 pub mod plan;

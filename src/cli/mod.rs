@@ -1,6 +1,7 @@
 //! Command-line interface: parses arguments, calls the library, prints. Exit code 2 on any error.
 
 mod convert;
+mod eval;
 mod inspect;
 mod plan;
 mod quantize_raw;
@@ -34,6 +35,11 @@ enum Command {
     /// Describe a GGUF file or a Hugging Face model folder: architecture, parameters, per-tensor
     /// types and bytes, bits per weight, context length, licence.
     Inspect(inspect::Args),
+    /// Perplexity (and with --baseline, KL divergence) of GGUF files and Hugging Face folders on
+    /// your text, computed as llama-perplexity does; appends each result to a results file.
+    Eval(eval::EvalArgs),
+    /// Prompt-processing and generation tokens/second on this machine, as llama-bench measures.
+    Bench(eval::BenchArgs),
     /// Quantize a raw little-endian f32 matrix to one or more GGUF block formats and report the
     /// error, size and speed of each.
     QuantizeRaw(quantize_raw::Args),
@@ -57,6 +63,8 @@ pub fn run() -> i32 {
         Command::Quantize(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Eval(args) => eval::run_eval(args),
+        Command::Bench(args) => eval::run_bench(args),
     };
     match result {
         Ok(()) => 0,

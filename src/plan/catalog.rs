@@ -278,12 +278,15 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
         .clone()
         .or(card.license.clone())
         .unwrap_or_else(|| "unknown (no model card licence)".into());
-    let name = folder
+    let id = folder
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
+    // The same name the converter writes as general.name, so measured results of the folder
+    // and of its GGUF files find this model.
+    let name = crate::source::hf::model_name(&card, &c, folder);
     Ok(ModelSpec {
-        id: name.clone(),
+        id,
         name,
         family: "unknown".into(),
         arch: arch.gguf_name.into(),

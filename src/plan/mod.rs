@@ -75,7 +75,9 @@ pub fn plan(
             let quality = measured
                 .iter()
                 .find(|r| {
-                    (r.model == m.id || r.model == m.name)
+                    std::iter::once(&r.model)
+                        .chain(&r.aliases)
+                        .any(|n| *n == m.id || *n == m.name)
                         && FileType::from_name(&r.quant) == Some(q)
                 })
                 .map(|r| r.quality.clone())

@@ -96,6 +96,8 @@ pub fn published(family: &str, model_name: &str, quant: &str) -> Option<Quality>
 #[derive(Clone, Debug)]
 pub struct Measured {
     pub model: String,
+    /// Other names the same model goes by in the line (`file`: the GGUF or folder name).
+    pub aliases: Vec<String>,
     pub quant: String,
     pub quality: Quality,
 }
@@ -122,6 +124,13 @@ pub fn read_results(path: &std::path::Path) -> anyhow::Result<Vec<Measured>> {
             );
         };
         let ratio = f("ppl_ratio").or_else(|| Some(f("ppl")? / f("baseline_ppl")?));
+        // `quantfit bench` lines carry speed, and an eval without --baseline (or the
+        // baseline's own line) has no ratio to express quality with: neither is an error.
+        let kind = s("kind");
+        if kind.as_deref() == Some("bench") || (kind.as_deref() == Some("eval") && ratio.is_none())
+        {
+            continue;
+        }
         let Some(ratio) = ratio else {
             anyhow::bail!(
                 "{}: line {}: needs \"ppl_ratio\" or \"ppl\" and \"baseline_ppl\"",
@@ -130,6 +139,7 @@ pub fn read_results(path: &std::path::Path) -> anyhow::Result<Vec<Measured>> {
             );
         };
         out.push(Measured {
+            aliases: s("file").into_iter().collect(),
             model,
             quant,
             quality: Quality {

@@ -181,30 +181,32 @@ impl ModelDir {
 
     /// A display name: the base model's repository name, else the folder's name.
     pub fn display_name(&self) -> String {
-        let from_card = self
-            .card
-            .base_model
-            .as_deref()
-            .and_then(|b| b.rsplit('/').next())
-            .map(str::to_string);
-        let from_config = self
-            .config
-            .get("_name_or_path")
-            .and_then(|v| v.as_str())
-            .and_then(|b| b.rsplit('/').next())
-            .map(str::to_string);
-        from_card
-            .or(from_config)
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| {
-                self.path
-                    .canonicalize()
-                    .unwrap_or(self.path.clone())
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "model".into())
-            })
+        model_name(&self.card, &self.config, &self.path)
     }
+}
+
+/// The name a folder's model goes by (GGUF `general.name`): the model card's base model, else
+/// config.json's `_name_or_path`, else the folder name.
+pub fn model_name(card: &ModelCard, config: &Json, folder: &Path) -> String {
+    let last = |b: &str| b.rsplit('/').next().map(str::to_string);
+    card.base_model
+        .as_deref()
+        .and_then(last)
+        .or_else(|| {
+            config
+                .get("_name_or_path")
+                .and_then(|v| v.as_str())
+                .and_then(last)
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            folder
+                .canonicalize()
+                .unwrap_or(folder.to_path_buf())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        })
 }
 
 /// Model-level tensors first, then layers in numeric order (llama.cpp's order).

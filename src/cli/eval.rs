@@ -1,0 +1,339 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::eval::perplexity::ChunkPlan;
+use crate::eval::run::{evaluate, BaselineStore, Compare, EvalResult};
+use crate::eval::{bench, load, results, LoadedModel};
+
+/// A public-domain excerpt (Jane Austen, Pride and Prejudice) for a first run without --text.
+const SAMPLE_TEXT: &str = include_str!("../../assets/sample-text.txt");
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Threads for the forward pass (default: all logical CPUs).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    /// Tokenizer to use instead of the one beside the model or in the GGUF metadata.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Append results to this JSON-lines file.
+    #[arg(long, default_value = "quantfit-results.jsonl")]
+    results: PathBuf,
+    /// Do not append to a results file.
+    #[arg(long)]
+    no_results: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// GGUF files and/or Hugging Face model folders.
+    #[arg(required = true)]
+    models: Vec<PathBuf>,
+    /// The text to score (UTF-8). Your own task's text is what matters.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// At most this many chunks (default: as many as the text holds).
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Compare every model's next-token distribution with this model's (KL divergence).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A GGUF file or a Hugging Face model folder.
+    model: PathBuf,
+    /// Prompt tokens processed as one batch (0 to skip).
+    #[arg(long, default_value_t = 512)]
+    pp: usize,
+    /// Tokens generated one at a time (0 to skip).
+    #[arg(long, default_value_t = 128)]
+    tg: usize,
+    /// Repetitions (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Sizes the thread pools before any work starts: rayon's for quantfit and candle's kernels,
+/// and the variable candle's matmul reads for its own thread count.
+fn set_threads(threads: Option<usize>) -> Result<usize> {
+    let n = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if n == 0 {
+        bail!("--threads must be at least 1");
+    }
+    // SAFETY: called before any other thread of this process exists.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        // candle's own worker pool spins between jobs; on few cores the spinning starves the
+        // threads doing the work (measured: generation 60 -> 77 tok/s on 2 cores).
+        if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
+        }
+    }
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    Ok(n)
+}
+
+fn read_text(path: Option<&Path>) -> Result<(String, String)> {
+    match path {
+        Some(p) => {
+            let bytes =
+                std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", p.display()))?;
+            Ok((text, p.display().to_string()))
+        }
+        None => {
+            eprintln!(
+                "note: no --text given; scoring a short built-in public-domain sample. Quality on \
+                 your own task's text is what matters: pass --text FILE."
+            );
+            Ok((SAMPLE_TEXT.to_string(), "built-in sample".into()))
+        }
+    }
+}
+
+fn m_name(m: &LoadedModel) -> String {
+    format!("{}'s tokenizer", m.name)
+}
+
+fn load_noted(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
+    let m = load(path, tokenizer)?;
+    for n in &m.notes {
+        eprintln!("note: {}: {n}", m.name);
+    }
+    Ok(m)
+}
+
+/// Runs `f` on a thread of the global pool: parallel loops started from there fork and join
+/// among workers instead of blocking the main thread on a latch for every matmul (measured:
+/// that wake-up round trip was ~30% of generation time on 2 cores).
+fn in_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.expect("the scope ran the closure")
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let threads = set_threads(args.run.threads)?;
+    in_pool(|| eval_in_pool(args, threads))
+}
+
+fn eval_in_pool(args: EvalArgs, threads: usize) -> Result<()> {
+    let (text, text_name) = read_text(args.text.as_deref())?;
+    let tok = args.run.tokenizer.as_deref();
+    let show = !args.run.json;
+    let mut rows: Vec<EvalResult> = Vec::new();
+
+    let mut store = None;
+    let mut base_tokens = None;
+    let mut plan = None;
+    if let Some(base_path) = &args.baseline {
+        let base = load_noted(base_path, tok)?;
+        let tokens = base.tokenizer.encode(&text)?;
+        let p = ChunkPlan::new(tokens.len(), args.ctx, args.chunks)
+            .with_context(|| format!("{text_name} with {}", m_name(&base)))?;
+        let mut s = BaselineStore::create(p.scored_per_chunk() * base.model.config().n_vocab)?;
+        let r = evaluate(&base, &tokens, p, Compare::Record(&mut s), show)?;
+        rows.push(r);
+        store = Some((s, base.model.config().n_vocab, base.name.clone()));
+        base_tokens = Some(tokens);
+        plan = Some(p);
+    }
+    for path in &args.models {
+        if args.baseline.as_deref() == Some(path.as_path()) {
+            continue;
+        }
+        let m = load_noted(path, tok)?;
+        let tokens = m.tokenizer.encode(&text)?;
+        let p = ChunkPlan::new(tokens.len(), args.ctx, args.chunks)
+            .with_context(|| format!("{text_name} with {}", m_name(&m)))?;
+        let compare = match (&mut store, &base_tokens) {
+            (Some((s, n_vocab, base_name)), Some(bt)) => {
+                if *bt != tokens {
+                    bail!(
+                        "{}: tokenizes the text differently from the baseline {base_name}; KL \
+                         divergence needs the same tokens",
+                        path.display()
+                    );
+                }
+                if *n_vocab != m.model.config().n_vocab {
+                    bail!(
+                        "{}: vocabulary of {} tokens, the baseline {base_name} has {n_vocab}",
+                        path.display(),
+                        m.model.config().n_vocab
+                    );
+                }
+                Compare::Against(s)
+            }
+            _ => Compare::None,
+        };
+        rows.push(evaluate(&m, &tokens, plan.unwrap_or(p), compare, show)?);
+    }
+
+    let baseline_name = store.as_ref().map(|(_, _, n)| n.clone());
+    let lines: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).expect("plain data");
+            let o = v.as_object_mut().expect("an object");
+            o.insert("kind".into(), json!("eval"));
+            o.insert("text".into(), json!(text_name));
+            o.insert("threads".into(), json!(threads));
+            o.insert("machine".into(), json!(results::machine()));
+            o.insert("time".into(), json!(results::timestamp()));
+            o.insert("quantfit".into(), json!(env!("CARGO_PKG_VERSION")));
+            if let Some(b) = &baseline_name {
+                o.insert("baseline".into(), json!(b));
+            }
+            v
+        })
+        .collect();
+    if !args.run.no_results {
+        results::append(&args.run.results, &lines)?;
+    }
+    if args.run.json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+        return Ok(());
+    }
+    print_eval_table(&rows, &text_name, threads);
+    if !args.run.no_results {
+        println!("results appended to {}", args.run.results.display());
+    }
+    Ok(())
+}
+
+fn print_eval_table(rows: &[EvalResult], text: &str, threads: usize) {
+    if let Some(r) = rows.first() {
+        println!(
+            "text: {text}  ctx {}  chunks {}  tokens scored {}  threads {threads}",
+            r.ctx, r.chunks, r.tokens_scored
+        );
+    }
+    let with_kld = rows.iter().any(|r| r.kld.is_some());
+    print!(
+        "{:<28} {:<8} {:>10} {:>6} {:>20}",
+        "file", "type", "MiB", "bpw", "PPL"
+    );
+    if with_kld {
+        print!(
+            " {:>9} {:>18} {:>9} {:>9} {:>8} {:>7}",
+            "PPL ratio", "mean KLD", "KLD p99", "KLD max", "same top", "RMS dp"
+        );
+    }
+    println!(" {:>9}", "tok/s");
+    for r in rows {
+        print!(
+            "{:<28} {:<8} {:>10.2} {:>6.3} {:>20}",
+            r.file,
+            r.quant,
+            r.file_bytes as f64 / (1u64 << 20) as f64,
+            r.bits_per_weight,
+            format!("{:.4} ± {:.5}", r.ppl, r.ppl_err)
+        );
+        if with_kld {
+            match &r.kld {
+                Some(k) => print!(
+                    " {:>9.5} {:>18} {:>9.5} {:>9.4} {:>7.2}% {:>6.3}%",
+                    k.ppl_ratio,
+                    format!("{:.6} ± {:.6}", k.kld_mean, k.kld_err),
+                    k.kld_p99,
+                    k.kld_max,
+                    k.same_top_rate * 100.0,
+                    k.rms_dp * 100.0
+                ),
+                None => print!(
+                    " {:>9} {:>18} {:>9} {:>9} {:>8} {:>7}",
+                    "baseline", "", "", "", "", ""
+                ),
+            }
+        }
+        println!(" {:>9.1}", r.eval_tokens_per_s);
+    }
+}
+
+pub fn run_bench(args: BenchArgs) -> Result<()> {
+    let threads = set_threads(args.run.threads)?;
+    in_pool(|| bench_in_pool(args, threads))
+}
+
+fn bench_in_pool(args: BenchArgs, threads: usize) -> Result<()> {
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let m = load_noted(&args.model, args.run.tokenizer.as_deref())?;
+    let mut tests = Vec::new();
+    if args.pp > 0 {
+        tests.push(bench::prompt(&m.model, args.pp, args.reps)?);
+    }
+    if args.tg > 0 {
+        tests.push(bench::generation(&m.model, args.tg, args.reps)?);
+    }
+    if tests.is_empty() {
+        bail!("nothing to measure: both --pp and --tg are 0");
+    }
+    let lines: Vec<serde_json::Value> = tests
+        .iter()
+        .map(|t| {
+            json!({
+                "kind": "bench", "model": m.model_name, "file": m.name, "path": m.path.display().to_string(),
+                "quant": m.quant, "file_bytes": m.file_bytes, "bits_per_weight": m.bits_per_weight,
+                "n_params": m.n_params, "test": t.test, "n_tokens": t.n_tokens, "reps": t.reps,
+                "tokens_per_s": t.tokens_per_s, "tokens_per_s_sd": t.tokens_per_s_sd,
+                "samples": t.samples, "threads": threads, "backend": "CPU",
+                "machine": results::machine(), "time": results::timestamp(),
+                "quantfit": env!("CARGO_PKG_VERSION"),
+            })
+        })
+        .collect();
+    if !args.run.no_results {
+        results::append(&args.run.results, &lines)?;
+    }
+    if args.run.json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+        return Ok(());
+    }
+    println!(
+        "| {:<28} | {:>10} | {:>8} | {:<7} | {:>7} | {:>6} | {:>20} |",
+        "model", "size", "params", "backend", "threads", "test", "t/s"
+    );
+    println!(
+        "| {:-<28} | {:->10} | {:->8} | {:-<7} | {:->7} | {:->6} | {:->20} |",
+        "", "", "", "", "", "", ""
+    );
+    for t in &tests {
+        println!(
+            "| {:<28} | {:>10} | {:>8} | {:<7} | {:>7} | {:>6} | {:>20} |",
+            format!("{} {}", m.name, m.quant),
+            format!("{:.2} MiB", m.file_bytes as f64 / (1u64 << 20) as f64),
+            format!("{:.2} M", m.n_params as f64 / 1e6),
+            "CPU",
+            threads,
+            t.test,
+            format!("{:.2} ± {:.2}", t.tokens_per_s, t.tokens_per_s_sd)
+        );
+    }
+    if !args.run.no_results {
+        println!("results appended to {}", args.run.results.display());
+    }
+    Ok(())
+}

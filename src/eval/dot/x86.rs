@@ -1,0 +1,169 @@
+//! AVX2 dot products for the 32-element block formats, after ggml's `ggml_vec_dot_q*_q8_0`
+//! (ggml-cpu/arch/x86/quants.c): unpack 32 weights into one register, multiply with the signed
+//! activation bytes through `maddubs` (unsigned x signed, so signed weights lend their sign to
+//! the activations first), widen to i32, scale by d_w * d_a in f32.
+
+use std::arch::x86_64::*;
+
+use super::{DotFn, Q8_0_BLOCK};
+use crate::quant::GgmlType;
+
+pub fn kernel(ty: GgmlType) -> Option<DotFn> {
+    if !(is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"))
+    {
+        return None;
+    }
+    Some(match ty {
+        GgmlType::Q4_0 => |w, a, s, b| unsafe { q4_0(w, a, s, b) },
+        GgmlType::Q4_1 => |w, a, s, b| unsafe { q4_1(w, a, s, b) },
+        GgmlType::Q5_0 => |w, a, s, b| unsafe { q5_0(w, a, s, b) },
+        GgmlType::Q5_1 => |w, a, s, b| unsafe { q5_1(w, a, s, b) },
+        GgmlType::Q8_0 => |w, a, s, b| unsafe { q8_0(w, a, s, b) },
+        _ => return None,
+    })
+}
+
+/// 16 bytes of nibbles → 32 bytes: low nibbles (elements 0..16), then high nibbles.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let tmp = _mm_loadu_si128(p as *const __m128i);
+    let both = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// 32 bits → 32 bytes, 0xFF where the bit is set.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bits(p: *const u8) -> __m256i {
+    let x = (p as *const u32).read_unaligned();
+    let shuffle = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuffle);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// Signed weights x signed activations, as 8 f32 partial sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_signed(w: __m256i, a: __m256i) -> __m256 {
+    let aw = _mm256_sign_epi8(w, w);
+    let sa = _mm256_sign_epi8(a, w);
+    dot_unsigned(aw, sa)
+}
+
+/// Unsigned weights (< 128) x signed activations.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_unsigned(w: __m256i, a: __m256i) -> __m256 {
+    let p16 = _mm256_maddubs_epi16(w, a);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// The f16 at byte `at`, converted in hardware.
+#[inline]
+#[target_feature(enable = "f16c")]
+unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
+    let h = (b.as_ptr().add(at) as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn act(a: &[u8], b: usize) -> (__m256i, f32) {
+    let p = a.as_ptr().add(b * Q8_0_BLOCK);
+    (
+        _mm256_loadu_si256(p.add(2) as *const __m256i),
+        f16_at(a, b * Q8_0_BLOCK),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..blocks {
+        let (y, da) = act(a, b);
+        let p = w.as_ptr().add(b * Q8_0_BLOCK);
+        let x = _mm256_loadu_si256(p.add(2) as *const __m256i);
+        let d = _mm256_set1_ps(f16_at(w, b * Q8_0_BLOCK) * da);
+        acc = _mm256_fmadd_ps(d, dot_signed(x, y), acc);
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..blocks {
+        let (y, da) = act(a, b);
+        let at = b * 18;
+        let x = _mm256_sub_epi8(nibbles(w.as_ptr().add(at + 2)), _mm256_set1_epi8(8));
+        let d = _mm256_set1_ps(f16_at(w, at) * da);
+        acc = _mm256_fmadd_ps(d, dot_signed(x, y), acc);
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for b in 0..blocks {
+        let (y, da) = act(a, b);
+        let at = b * 20;
+        let x = nibbles(w.as_ptr().add(at + 4));
+        let d = _mm256_set1_ps(f16_at(w, at) * da);
+        acc = _mm256_fmadd_ps(d, dot_unsigned(x, y), acc);
+        mins += f16_at(w, at + 2) * sums[b];
+    }
+    hsum(acc) + mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..blocks {
+        let (y, da) = act(a, b);
+        let at = b * 22;
+        let lo = nibbles(w.as_ptr().add(at + 6));
+        // (~h) & 0xF0 or-ed in: q + 16h - 16 as a signed byte.
+        let hi = _mm256_andnot_si256(bits(w.as_ptr().add(at + 2)), _mm256_set1_epi8(0xF0u8 as i8));
+        let x = _mm256_or_si256(lo, hi);
+        let d = _mm256_set1_ps(f16_at(w, at) * da);
+        acc = _mm256_fmadd_ps(d, dot_signed(x, y), acc);
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_1(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for b in 0..blocks {
+        let (y, da) = act(a, b);
+        let at = b * 24;
+        let lo = nibbles(w.as_ptr().add(at + 8));
+        let hi = _mm256_and_si256(bits(w.as_ptr().add(at + 4)), _mm256_set1_epi8(0x10));
+        let x = _mm256_or_si256(lo, hi);
+        let d = _mm256_set1_ps(f16_at(w, at) * da);
+        acc = _mm256_fmadd_ps(d, dot_unsigned(x, y), acc);
+        mins += f16_at(w, at + 2) * sums[b];
+    }
+    hsum(acc) + mins
+}

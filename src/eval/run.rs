@@ -1,0 +1,229 @@
+//! The evaluation loop: chunks through each model, scoring as llama-perplexity does, and with
+//! a baseline, KL divergence against the baseline's distributions. The baseline's
+//! log-probabilities are computed once and spilled to a temporary file (f32, one chunk at a
+//! time), so any number of models compare against them without holding them in memory.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+
+use super::model::KvCache;
+use super::perplexity::{
+    chunk_log_probs, summarize_divergence, token_divergence, ChunkPlan, KldSummary, NllStats,
+    TokenDivergence,
+};
+use super::LoadedModel;
+
+/// What one model scored.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EvalResult {
+    /// The model's own name (GGUF `general.name`, or the folder's model name).
+    pub model: String,
+    /// File or folder name.
+    pub file: String,
+    pub path: String,
+    pub quant: String,
+    pub file_bytes: u64,
+    pub bits_per_weight: f64,
+    pub n_params: u64,
+    pub ctx: usize,
+    pub chunks: usize,
+    pub tokens_scored: usize,
+    pub ppl: f64,
+    pub ppl_err: f64,
+    /// Tokens fed through the model (ctx x chunks) per second of the whole loop, as
+    /// llama-perplexity's timing covers.
+    pub eval_tokens_per_s: f64,
+    pub seconds: f64,
+    #[serde(flatten)]
+    pub kld: Option<KldSummary>,
+    pub notes: Vec<String>,
+}
+
+/// Baseline log-probabilities on disk, chunk after chunk.
+pub struct BaselineStore {
+    path: PathBuf,
+    file: File,
+    floats_per_chunk: usize,
+    written: usize,
+}
+
+impl BaselineStore {
+    pub fn create(floats_per_chunk: usize) -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "quantfit-baseline-{}-{nanos}.f32",
+            std::process::id()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("{}: cannot create the baseline store", path.display()))?;
+        Ok(BaselineStore {
+            path,
+            file,
+            floats_per_chunk,
+            written: 0,
+        })
+    }
+
+    fn write_chunk(&mut self, log_probs: &[f32]) -> Result<()> {
+        debug_assert_eq!(log_probs.len(), self.floats_per_chunk);
+        let mut w = BufWriter::with_capacity(1 << 20, &self.file);
+        for v in log_probs {
+            w.write_all(&v.to_le_bytes())?;
+        }
+        w.flush().with_context(|| {
+            format!(
+                "{}: cannot write baseline log-probabilities (disk full?)",
+                self.path.display()
+            )
+        })?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn read_chunk(&mut self, i: usize) -> Result<Vec<f32>> {
+        if i >= self.written {
+            bail!("baseline chunk {i} was never written");
+        }
+        let bytes_per_chunk = self.floats_per_chunk * 4;
+        self.file
+            .seek(SeekFrom::Start((i * bytes_per_chunk) as u64))?;
+        let mut bytes = vec![0u8; bytes_per_chunk];
+        self.file
+            .read_exact(&mut bytes)
+            .with_context(|| format!("{}: cannot read back", self.path.display()))?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}
+
+impl Drop for BaselineStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What to do with each chunk's log-probabilities besides scoring them.
+pub enum Compare<'a> {
+    None,
+    /// This model is the baseline: keep its log-probabilities.
+    Record(&'a mut BaselineStore),
+    /// Compare with the stored baseline.
+    Against(&'a mut BaselineStore),
+}
+
+fn progress_bar(show: bool, name: &str, chunks: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(chunks as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>24} [{bar:30}] {pos}/{len} chunks  {msg}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+    bar
+}
+
+/// Runs `m` over `tokens` cut as `plan`.
+pub fn evaluate(
+    m: &LoadedModel,
+    tokens: &[u32],
+    plan: ChunkPlan,
+    mut compare: Compare,
+    show_progress: bool,
+) -> Result<EvalResult> {
+    let n_vocab = m.model.config().n_vocab;
+    let scored = plan.scored_per_chunk();
+    let bos = if m.tokenizer.add_bos {
+        m.tokenizer.bos
+    } else {
+        None
+    };
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+        bail!(
+            "{}: token id {bad} is outside the model's vocabulary of {n_vocab}",
+            m.path.display()
+        );
+    }
+    let bar = progress_bar(show_progress, &m.name, plan.chunks);
+    let mut nll = NllStats::default();
+    let mut divergences: Vec<TokenDivergence> = Vec::new();
+    let mut cache = KvCache::default();
+    let start = Instant::now();
+    for i in 0..plan.chunks {
+        let input = plan.chunk_input(tokens, i, bos);
+        cache.clear();
+        let logits = m
+            .model
+            .forward(&input, &mut cache, plan.first)
+            .with_context(|| format!("{}: chunk {i}", m.path.display()))?;
+        let logits = logits
+            .narrow(0, 0, scored)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let log_probs = chunk_log_probs(&logits, n_vocab);
+        let targets = plan.targets(tokens, i);
+        for (row, &t) in targets.iter().enumerate() {
+            nll.add(log_probs[row * n_vocab + t as usize] as f64);
+        }
+        match &mut compare {
+            Compare::None => {}
+            Compare::Record(store) => store.write_chunk(&log_probs)?,
+            Compare::Against(store) => {
+                let base = store.read_chunk(i)?;
+                let chunk: Vec<TokenDivergence> = (0..scored)
+                    .into_par_iter()
+                    .map(|row| {
+                        let r = row * n_vocab..(row + 1) * n_vocab;
+                        token_divergence(&base[r.clone()], &log_probs[r], targets[row] as usize)
+                    })
+                    .collect();
+                divergences.extend(chunk);
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        bar.set_message(format!(
+            "{:.0} tok/s  PPL {:.4}",
+            ((i + 1) * plan.ctx) as f64 / secs,
+            nll.ppl()
+        ));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(EvalResult {
+        model: m.model_name.clone(),
+        file: m.name.clone(),
+        path: m.path.display().to_string(),
+        quant: m.quant.clone(),
+        file_bytes: m.file_bytes,
+        bits_per_weight: m.bits_per_weight,
+        n_params: m.n_params,
+        ctx: plan.ctx,
+        chunks: plan.chunks,
+        tokens_scored: nll.count,
+        ppl: nll.ppl(),
+        ppl_err: nll.ppl_err(),
+        eval_tokens_per_s: (plan.chunks * plan.ctx) as f64 / seconds,
+        seconds,
+        kld: summarize_divergence(&divergences),
+        notes: m.notes.clone(),
+    })
+}

@@ -1,0 +1,457 @@
+//! Model weights for the forward pass, from a GGUF file (kept quantized: candle's quantized
+//! matmul, which quantizes activations to Q8_0/Q8_K as ggml does) or from a Hugging Face folder
+//! (the unquantized F32 baseline, with the same Q/K row permutation the converter applies, so
+//! both sources run through one model definition).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
+
+use super::linear::Linear;
+use candle_core::{Device, Tensor};
+
+use crate::gguf::convert::plan_tensors;
+use crate::gguf::reader::GgufFile;
+use crate::gguf::Value;
+use crate::quant::GgmlType;
+use crate::source::arch::permute_qk_rows;
+use crate::source::hf::ModelDir;
+
+/// Shape and hyperparameters of a Llama-family model, as llama.cpp reads them from GGUF keys.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// GGUF architecture name ("llama", "qwen2").
+    pub arch: String,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    /// RoPE on the two halves of each head (llama.cpp's NEOX mode) rather than on adjacent
+    /// pairs: Qwen2 keeps Hugging Face's layout, Llama's converter permutes Q/K for adjacent pairs.
+    pub rope_neox: bool,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+}
+
+/// Token embedding rows, dequantized on lookup as ggml's get_rows does.
+pub enum Embedding {
+    Gguf {
+        file: Arc<GgufFile>,
+        index: usize,
+        ty: GgmlType,
+    },
+    Dense(Vec<f32>),
+}
+
+pub struct LayerWeights {
+    pub attn_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub q_bias: Option<Tensor>,
+    pub k_bias: Option<Tensor>,
+    pub v_bias: Option<Tensor>,
+    pub o: Linear,
+    pub ffn_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+pub struct ModelWeights {
+    pub config: ModelConfig,
+    pub embedding: Embedding,
+    pub layers: Vec<LayerWeights>,
+    pub output_norm: Tensor,
+    pub output: Linear,
+    /// Llama 3.1-style RoPE frequency divisors (`rope_freqs.weight`).
+    pub rope_freqs: Option<Vec<f32>>,
+    /// Tensor types that candle has no quantized matmul for and that run dequantized to F32.
+    pub dequantized_types: Vec<String>,
+}
+
+fn candle_dtype(ty: GgmlType) -> Option<GgmlDType> {
+    Some(match ty {
+        GgmlType::F32 => GgmlDType::F32,
+        GgmlType::F16 => GgmlDType::F16,
+        GgmlType::BF16 => GgmlDType::BF16,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q5_0 => GgmlDType::Q5_0,
+        GgmlType::Q5_1 => GgmlDType::Q5_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q2_K => GgmlDType::Q2K,
+        GgmlType::Q3_K => GgmlDType::Q3K,
+        GgmlType::Q4_K => GgmlDType::Q4K,
+        GgmlType::Q5_K => GgmlDType::Q5K,
+        GgmlType::Q6_K => GgmlDType::Q6K,
+        GgmlType::Q8_K => GgmlDType::Q8K,
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => return None,
+    })
+}
+
+fn meta_u64(file: &GgufFile, key: &str) -> Result<u64> {
+    file.get(key)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow!("{}: metadata key {key} is missing", file.path.display()))
+}
+
+fn meta_f64(file: &GgufFile, key: &str) -> Option<f64> {
+    file.get(key).and_then(Value::as_f64)
+}
+
+fn check_finite(data: &[f32], what: &str) -> Result<()> {
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        bail!("{what}: element {i} is {} (not a finite number)", data[i]);
+    }
+    Ok(())
+}
+
+struct GgufLoader {
+    file: Arc<GgufFile>,
+    dequantized: Vec<String>,
+}
+
+impl GgufLoader {
+    fn info(&self, name: &str) -> Result<(usize, &crate::gguf::reader::TensorInfo)> {
+        self.file
+            .tensors
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.name == name)
+            .ok_or_else(|| anyhow!("{}: tensor {name} is missing", self.file.path.display()))
+    }
+
+    fn ty(&self, name: &str) -> Result<GgmlType> {
+        let (_, t) = self.info(name)?;
+        t.ty.ok_or_else(|| {
+            anyhow!(
+                "{}: tensor {name} has GGML type id {}, which quantfit cannot read",
+                self.file.path.display(),
+                t.type_id
+            )
+        })
+    }
+
+    fn dense(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (_, t) = self.info(name)?;
+        let ty = self.ty(name)?;
+        let cols = t.dims[0] as usize;
+        let data = crate::quant::matrix::dequantize(ty, self.file.tensor_data(t), cols)
+            .with_context(|| format!("{}: tensor {name}", self.file.path.display()))?;
+        check_finite(
+            &data,
+            &format!("{}: tensor {name}", self.file.path.display()),
+        )?;
+        let shape = t.dims.iter().rev().map(|&d| d as usize).collect();
+        Ok((data, shape))
+    }
+
+    fn vector(&self, name: &str) -> Result<Tensor> {
+        let (data, _) = self.dense(name)?;
+        let n = data.len();
+        Ok(Tensor::from_vec(data, n, &Device::Cpu)?)
+    }
+
+    fn linear(&mut self, name: &str) -> Result<Linear> {
+        let (index, t) = self.info(name)?;
+        let ty = self.ty(name)?;
+        if t.dims.len() != 2 {
+            bail!(
+                "{}: tensor {name} has {} dimensions; a matrix was expected",
+                self.file.path.display(),
+                t.dims.len()
+            );
+        }
+        if ty == GgmlType::F32 {
+            let (data, shape) = self.dense(name)?;
+            return Linear::dense(Tensor::from_vec(data, shape, &Device::Cpu)?);
+        }
+        let qmatmul = match candle_dtype(ty) {
+            Some(dtype) => {
+                let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+                let q = qtensor_from_ggml(dtype, self.file.tensor_data(t), dims, &Device::Cpu)
+                    .with_context(|| format!("{}: tensor {name}", self.file.path.display()))?;
+                Some(QMatMul::from_arc(Arc::new(q))?)
+            }
+            None => {
+                if !self.dequantized.contains(&ty.name().to_string()) {
+                    self.dequantized.push(ty.name().to_string());
+                }
+                None
+            }
+        };
+        Ok(Linear::quantized(self.file.clone(), index, ty, qmatmul))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.file.tensor(name).is_some()
+    }
+}
+
+/// Config from the GGUF keys llama.cpp reads for Llama-family models.
+pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
+    let name = file.path.display();
+    let arch = file
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("{name}: metadata key general.architecture is missing"))?
+        .to_string();
+    let rope_neox = match arch.as_str() {
+        "llama" => false,
+        "qwen2" => true,
+        other => bail!(
+            "{name}: architecture {other:?} is not supported by quantfit's forward pass \
+             (llama, qwen2 are)"
+        ),
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let n_embd = meta_u64(file, &key("embedding_length"))? as usize;
+    let n_head = meta_u64(file, &key("attention.head_count"))? as usize;
+    let n_head_kv = file
+        .get(&key("attention.head_count_kv"))
+        .and_then(Value::as_u64)
+        .map(|v| v as usize)
+        .unwrap_or(n_head);
+    if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
+        bail!("{name}: {n_head} attention heads do not group over {n_head_kv} KV heads");
+    }
+    let head_dim = file
+        .get(&key("attention.key_length"))
+        .and_then(Value::as_u64)
+        .map(|v| v as usize)
+        .unwrap_or(n_embd / n_head);
+    let n_vocab = file
+        .get("tokenizer.ggml.tokens")
+        .and_then(Value::as_array)
+        .map(|a| a.len())
+        .or_else(|| {
+            file.tensor("token_embd.weight")
+                .map(|t| t.dims.get(1).copied().unwrap_or(0) as usize)
+        })
+        .unwrap_or(0);
+    Ok(ModelConfig {
+        n_embd,
+        n_layer: meta_u64(file, &key("block_count"))? as usize,
+        n_head,
+        n_head_kv,
+        head_dim,
+        n_ff: meta_u64(file, &key("feed_forward_length"))? as usize,
+        rms_eps: meta_f64(file, &key("attention.layer_norm_rms_epsilon")).ok_or_else(|| {
+            anyhow!(
+                "{name}: metadata key {} is missing",
+                key("attention.layer_norm_rms_epsilon")
+            )
+        })? as f32,
+        rope_base: meta_f64(file, &key("rope.freq_base")).unwrap_or(10000.0) as f32,
+        rope_neox,
+        n_vocab,
+        n_ctx_train: meta_u64(file, &key("context_length")).unwrap_or(4096) as usize,
+        arch,
+    })
+}
+
+pub fn load_gguf(path: &Path) -> Result<ModelWeights> {
+    let file = Arc::new(GgufFile::open(path)?);
+    let mut config = gguf_config(&file)?;
+    let mut loader = GgufLoader {
+        file: file.clone(),
+        dequantized: Vec::new(),
+    };
+    let embd_name = "token_embd.weight";
+    let (embd_index, embd_info) = loader.info(embd_name)?;
+    if embd_info.dims.len() != 2 || embd_info.dims[0] as usize != config.n_embd {
+        bail!(
+            "{}: {embd_name} has shape {:?}; expected [{}, n_vocab]",
+            path.display(),
+            embd_info.dims,
+            config.n_embd
+        );
+    }
+    config.n_vocab = embd_info.dims[1] as usize;
+    let embedding = Embedding::Gguf {
+        file: file.clone(),
+        index: embd_index,
+        ty: loader.ty(embd_name)?,
+    };
+    let mut layers = Vec::with_capacity(config.n_layer);
+    for i in 0..config.n_layer {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        let bias = |l: &GgufLoader, s: &str| -> Result<Option<Tensor>> {
+            let name = n(s);
+            if l.has(&name) {
+                Ok(Some(l.vector(&name)?))
+            } else {
+                Ok(None)
+            }
+        };
+        layers.push(LayerWeights {
+            attn_norm: loader.vector(&n("attn_norm.weight"))?,
+            q: loader.linear(&n("attn_q.weight"))?,
+            k: loader.linear(&n("attn_k.weight"))?,
+            v: loader.linear(&n("attn_v.weight"))?,
+            q_bias: bias(&loader, "attn_q.bias")?,
+            k_bias: bias(&loader, "attn_k.bias")?,
+            v_bias: bias(&loader, "attn_v.bias")?,
+            o: loader.linear(&n("attn_output.weight"))?,
+            ffn_norm: loader.vector(&n("ffn_norm.weight"))?,
+            gate: loader.linear(&n("ffn_gate.weight"))?,
+            up: loader.linear(&n("ffn_up.weight"))?,
+            down: loader.linear(&n("ffn_down.weight"))?,
+        });
+    }
+    let output = if loader.has("output.weight") {
+        loader.linear("output.weight")?
+    } else {
+        loader.linear(embd_name)?
+    };
+    let rope_freqs = if loader.has("rope_freqs.weight") {
+        Some(loader.dense("rope_freqs.weight")?.0)
+    } else {
+        None
+    };
+    Ok(ModelWeights {
+        output_norm: loader.vector("output_norm.weight")?,
+        output,
+        rope_freqs,
+        dequantized_types: loader.dequantized,
+        config,
+        embedding,
+        layers,
+    })
+}
+
+/// The Hugging Face folder as F32, tensor by tensor.
+pub fn load_hf(model: &ModelDir) -> Result<ModelWeights> {
+    let h = &model.hparams;
+    let config = ModelConfig {
+        arch: model.arch.gguf_name.to_string(),
+        n_embd: h.n_embd as usize,
+        n_layer: h.n_layer as usize,
+        n_head: h.n_head as usize,
+        n_head_kv: h.n_head_kv as usize,
+        head_dim: h.head_dim as usize,
+        n_ff: h.n_ff as usize,
+        rms_eps: h.rms_eps as f32,
+        rope_base: h.rope_theta as f32,
+        rope_neox: !model.arch.permute_qk,
+        n_vocab: h.vocab_size as usize,
+        n_ctx_train: h.context_length as usize,
+    };
+    let mut tensors = std::collections::HashMap::new();
+    for t in plan_tensors(model)? {
+        let (file, st) = model.tensor(&t.source).expect("planned tensors exist");
+        let mut data = file.to_f32(st)?;
+        file.release(st);
+        check_finite(
+            &data,
+            &format!("{}: tensor {}", file.path.display(), t.source),
+        )?;
+        if let Some(heads) = t.permute_heads {
+            let rows = t.dims[1] as usize;
+            data = permute_qk_rows(&data, rows, t.dims[0] as usize, heads);
+        }
+        let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        tensors.insert(t.name.clone(), (data, shape));
+    }
+    let path = model.path.display().to_string();
+    load_dense(config, tensors, &path)
+}
+
+fn load_dense(
+    mut config: ModelConfig,
+    mut tensors: std::collections::HashMap<String, (Vec<f32>, Vec<usize>)>,
+    path: &str,
+) -> Result<ModelWeights> {
+    let mut take = |name: &str| {
+        tensors
+            .remove(name)
+            .ok_or_else(|| anyhow!("{path}: tensor for {name} is missing"))
+    };
+    fn vector((data, _): (Vec<f32>, Vec<usize>)) -> Result<Tensor> {
+        let n = data.len();
+        Ok(Tensor::from_vec(data, n, &Device::Cpu)?)
+    }
+    fn matrix((data, shape): (Vec<f32>, Vec<usize>)) -> Result<Linear> {
+        Linear::dense(Tensor::from_vec(data, shape, &Device::Cpu)?)
+    }
+    let (embd, embd_shape) = take("token_embd.weight")?;
+    if embd_shape.len() != 2 || embd_shape[1] != config.n_embd {
+        bail!("{path}: token embedding has shape {embd_shape:?}");
+    }
+    config.n_vocab = embd_shape[0];
+    let mut layers = Vec::with_capacity(config.n_layer);
+    for i in 0..config.n_layer {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        let mut bias = |s: &str| -> Result<Option<Tensor>> {
+            match take(&n(s)) {
+                Ok(t) => Ok(Some(vector(t)?)),
+                Err(_) => Ok(None),
+            }
+        };
+        let (q_bias, k_bias, v_bias) = (
+            bias("attn_q.bias")?,
+            bias("attn_k.bias")?,
+            bias("attn_v.bias")?,
+        );
+        layers.push(LayerWeights {
+            attn_norm: vector(take(&n("attn_norm.weight"))?)?,
+            q: matrix(take(&n("attn_q.weight"))?)?,
+            k: matrix(take(&n("attn_k.weight"))?)?,
+            v: matrix(take(&n("attn_v.weight"))?)?,
+            q_bias,
+            k_bias,
+            v_bias,
+            o: matrix(take(&n("attn_output.weight"))?)?,
+            ffn_norm: vector(take(&n("ffn_norm.weight"))?)?,
+            gate: matrix(take(&n("ffn_gate.weight"))?)?,
+            up: matrix(take(&n("ffn_up.weight"))?)?,
+            down: matrix(take(&n("ffn_down.weight"))?)?,
+        });
+    }
+    let output = match take("output.weight") {
+        Ok(t) => matrix(t)?,
+        Err(_) => Linear::dense(Tensor::from_slice(&embd, embd_shape, &Device::Cpu)?)?,
+    };
+    Ok(ModelWeights {
+        output_norm: vector(take("output_norm.weight")?)?,
+        output,
+        rope_freqs: None,
+        dequantized_types: Vec::new(),
+        config,
+        embedding: Embedding::Dense(embd),
+        layers,
+    })
+}
+
+impl Embedding {
+    /// Rows `ids` as a `[ids.len(), n_embd]` tensor.
+    pub fn lookup(&self, ids: &[u32], n_embd: usize, n_vocab: usize) -> Result<Tensor> {
+        let mut out = vec![0f32; ids.len() * n_embd];
+        for (row, &id) in out.chunks_mut(n_embd).zip(ids) {
+            if id as usize >= n_vocab {
+                bail!("token id {id} is outside the vocabulary of {n_vocab}");
+            }
+            match self {
+                Embedding::Dense(data) => {
+                    let start = id as usize * n_embd;
+                    row.copy_from_slice(&data[start..start + n_embd]);
+                }
+                Embedding::Gguf { file, index, ty } => {
+                    let t = &file.tensors[*index];
+                    let row_bytes = ty.info().row_bytes(n_embd);
+                    let start = id as usize * row_bytes;
+                    let bytes = &file.tensor_data(t)[start..start + row_bytes];
+                    (ty.info().dequantize_row)(bytes, row);
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), n_embd), &Device::Cpu)?)
+    }
+}

@@ -1,0 +1,221 @@
+//! The forward pass, tokenizers and perplexity against llama.cpp on the real SmolLM2 fixture:
+//! token ids equal llama.cpp's (from tokenizer.json and from GGUF metadata), perplexity of
+//! every type in reference.json within 0.5% of llama-perplexity's figure, the Hugging Face
+//! folder within 0.5% of the F32 figure, and KL divergence that is ~0 for identical weights and
+//! grows as bits shrink.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use quantfit::eval::perplexity::ChunkPlan;
+use quantfit::eval::run::{evaluate, BaselineStore, Compare};
+use quantfit::eval::tokenize::TextTokenizer;
+use quantfit::gguf::convert::{convert, ConvertOptions};
+use quantfit::gguf::GgufFile;
+use quantfit::quant::rules::{FileType, RuleOptions};
+use quantfit::quant::Isa;
+use quantfit::source::hf::ModelDir;
+
+fn reference() -> serde_json::Value {
+    let path = common::shared_dir().join("models/smollm2-135m/reference.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn corpus() -> String {
+    std::fs::read_to_string(common::shared_dir().join("corpora/pride-and-prejudice.txt")).unwrap()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tokenize")
+        .join(name)
+}
+
+/// quantfit's own GGUF files of every reference type, converted once per test binary.
+fn reference_ggufs() -> &'static Vec<(String, PathBuf)> {
+    static FILES: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/eval");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let names: Vec<String> = reference()["types"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let types: Vec<FileType> = names
+            .iter()
+            .map(|n| FileType::from_name(n).unwrap())
+            .collect();
+        let model = ModelDir::open(&common::smollm2_dir()).unwrap();
+        let opts = ConvertOptions {
+            types,
+            output: dir,
+            rules: RuleOptions::default(),
+            imatrix: None,
+            isa: Isa::best(),
+            progress: false,
+        };
+        let outputs = convert(&model, &opts).unwrap();
+        names
+            .into_iter()
+            .zip(outputs.into_iter().map(|o| o.path))
+            .collect()
+    })
+}
+
+fn gguf_of(ty: &str) -> PathBuf {
+    reference_ggufs()
+        .iter()
+        .find(|(n, _)| n == ty)
+        .map(|(_, p)| p.clone())
+        .unwrap()
+}
+
+fn ids_hash(ids: &[u32]) -> String {
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    common::sha256_hex(&bytes)
+}
+
+fn parse_ids(path: &Path) -> Vec<u32> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect()
+}
+
+fn check_tokenizer(t: &TextTokenizer, what: &str) {
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("pride.smollm2.json")).unwrap())
+            .unwrap();
+    let ids = t.encode(&corpus()).unwrap();
+    assert_eq!(
+        ids.len() as u64,
+        want["count"].as_u64().unwrap(),
+        "{what}: token count"
+    );
+    let first: Vec<u32> = want["first"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids[..first.len()], first[..], "{what}: first ids");
+    assert_eq!(
+        ids_hash(&ids),
+        want["sha256_u32le"].as_str().unwrap(),
+        "{what}: ids"
+    );
+
+    let sample = std::fs::read_to_string(fixture("sample.txt")).unwrap();
+    assert_eq!(
+        t.encode(&sample).unwrap(),
+        parse_ids(&fixture("sample.smollm2.ids")),
+        "{what}: sample with digits, accents, CJK, emoji, chat markup"
+    );
+}
+
+#[test]
+fn tokenizer_json_gives_llama_cpp_ids() {
+    let dir = common::smollm2_dir();
+    let t =
+        TextTokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), Some(1), false).unwrap();
+    check_tokenizer(&t, "tokenizer.json");
+}
+
+#[test]
+fn gguf_metadata_gives_llama_cpp_ids() {
+    let file = GgufFile::open(&gguf_of("Q8_0")).unwrap();
+    let t = TextTokenizer::from_gguf(&file).unwrap();
+    assert!(!t.add_bos, "SmolLM2 does not add BOS");
+    check_tokenizer(&t, "GGUF metadata");
+}
+
+#[test]
+fn perplexity_and_kld_match_llama_cpp() {
+    let reference = reference();
+    let text = corpus();
+    let (ctx, chunks) = (
+        reference["ctx"].as_u64().unwrap() as usize,
+        reference["chunks"].as_u64().unwrap() as usize,
+    );
+
+    // The Hugging Face folder, run directly, is the baseline.
+    let base = quantfit::eval::load(&common::smollm2_dir(), None).unwrap();
+    let tokens = base.tokenizer.encode(&text).unwrap();
+    let plan = ChunkPlan::new(tokens.len(), ctx, Some(chunks)).unwrap();
+    let n_vocab = base.model.config().n_vocab;
+    let mut store = BaselineStore::create(plan.scored_per_chunk() * n_vocab).unwrap();
+    let base_result = evaluate(&base, &tokens, plan, Compare::Record(&mut store), false).unwrap();
+    drop(base);
+    assert_eq!(base_result.tokens_scored, chunks * (ctx - 1 - ctx / 2));
+
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    let want_f32 = reference["types"]["F32"]["ppl"].as_f64().unwrap();
+    let rel = base_result.ppl / want_f32 - 1.0;
+    report.push(format!(
+        "HF folder: {:.4} vs F32 {want_f32} ({:+.3}%)",
+        base_result.ppl,
+        rel * 100.0
+    ));
+    if rel.abs() > 0.005 {
+        failures.push("HF folder".to_string());
+    }
+
+    let mut kld = std::collections::BTreeMap::new();
+    for (ty, path) in reference_ggufs() {
+        let m = quantfit::eval::load(path, None).unwrap();
+        assert_eq!(m.quant, *ty);
+        let r = evaluate(&m, &tokens, plan, Compare::Against(&mut store), false).unwrap();
+        let want = reference["types"][ty]["ppl"].as_f64().unwrap();
+        let rel = r.ppl / want - 1.0;
+        let k = r.kld.as_ref().unwrap();
+        report.push(format!(
+            "{ty}: PPL {:.4} ± {:.5} vs llama.cpp {want} ({:+.3}%), KLD {:.6}, same top {:.3}",
+            r.ppl,
+            r.ppl_err,
+            rel * 100.0,
+            k.kld_mean,
+            k.same_top_rate
+        ));
+        if rel.abs() > 0.005 {
+            failures.push(ty.clone());
+        }
+        // The error bar is llama.cpp's too (same tokens, nearly the same NLL spread).
+        let want_err = reference["types"][ty]["ppl_err"].as_f64().unwrap();
+        assert!(
+            (r.ppl_err / want_err - 1.0).abs() < 0.02,
+            "{ty}: error {}",
+            r.ppl_err
+        );
+        assert!((k.baseline_ppl / base_result.ppl - 1.0).abs() < 1e-6);
+        kld.insert(ty.clone(), k.kld_mean);
+    }
+    println!("{}", report.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "off by more than 0.5%: {failures:?}\n{}",
+        report.join("\n")
+    );
+
+    // Same weights (F32 GGUF vs the folder in F32): no divergence beyond float noise.
+    assert!(kld["F32"] < 1e-5, "{}", report.join("\n"));
+    // Fewer bits, more divergence.
+    let order = ["F32", "Q8_0", "Q6_K", "Q4_K_M", "Q2_K"];
+    for w in order.windows(2) {
+        assert!(
+            kld[w[0]] < kld[w[1]],
+            "KLD {} !< {}\n{}",
+            w[0],
+            w[1],
+            report.join("\n")
+        );
+    }
+}
