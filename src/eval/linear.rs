@@ -98,6 +98,9 @@ impl Linear {
                     return Ok(q.forward(x)?);
                 }
                 let mut input = x.flatten_all()?.to_vec1::<f32>()?;
+                if let Some(out) = super::gemm::matmul(*ty, data, self.rows, self.cols, &input) {
+                    return Ok(Tensor::from_vec(out, shape, &Device::Cpu)?);
+                }
                 round_like_ggml_activations(&mut input, self.cols, *ty);
                 let out = self.panel_gemm(&input, m, data, *ty);
                 Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)

@@ -3,11 +3,13 @@
 
 pub mod bench;
 pub mod dot;
+pub mod gemm;
 pub mod linear;
 pub mod model;
 pub mod perplexity;
 pub mod results;
 pub mod run;
+pub mod softmax;
 pub mod spm;
 pub mod tokenize;
 pub mod weights;

@@ -60,10 +60,9 @@ impl Model {
         }
         let offset = cache.len;
         let (cos, sin) = self.rope_tables(offset, t)?;
-        let mask = causal_mask(t, offset)?;
         let mut x = self.weights.embedding.lookup(tokens, c.n_embd, c.n_vocab)?;
         for (layer, slot) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.block(layer, &x, slot, &cos, &sin, mask.as_ref())?;
+            x = self.block(layer, &x, slot, &cos, &sin)?;
         }
         cache.len += t;
         let x = if logits_from > 0 {
@@ -111,7 +110,6 @@ impl Model {
         cache: &mut Option<(Tensor, Tensor)>,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let c = &self.weights.config;
         let (t, _) = x.dims2()?;
@@ -155,16 +153,11 @@ impl Model {
         // Query heads that share a KV head are stacked, so one batched matmul per KV head
         // serves the whole group without copying keys and values.
         let q = q.reshape((hkv, group * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores
-                .reshape((hkv, group, t, tk))?
-                .broadcast_add(m)?
-                .reshape((hkv, group * t, tk))?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let scores = q.matmul(&k.t()?)?;
+        let mut data = scores.flatten_all()?.to_vec1::<f32>()?;
+        super::softmax::causal_softmax(&mut data, tk, t, tk - t, scale);
+        let probs = Tensor::from_vec(data, (hkv, group * t, tk), &Device::Cpu)?;
         let attn = probs
             .matmul(&v)?
             .reshape((h, t, hd))?
@@ -173,32 +166,15 @@ impl Model {
         let x = (x + w.o.forward(&attn)?)?;
 
         let xn = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps)?;
-        let gate = candle_nn::ops::silu(&w.gate.forward(&xn)?)?;
-        let ff = w.down.forward(&(gate * w.up.forward(&xn)?)?)?;
+        let gate = w.gate.forward(&xn)?;
+        let up = w.up.forward(&xn)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut act = gate.flatten_all()?.to_vec1::<f32>()?;
+        super::softmax::swiglu(&mut act, &up);
+        let ff = w
+            .down
+            .forward(&Tensor::from_vec(act, gate.shape(), &Device::Cpu)?)?;
         Ok((x + ff)?)
     }
-}
-
-/// `[t, offset + t]`: 0 where query `i` (at position offset + i) may see key `j`, -inf after.
-fn causal_mask(t: usize, offset: usize) -> Result<Option<Tensor>> {
-    if t == 1 {
-        return Ok(None);
-    }
-    let tk = offset + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..tk).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Some(
-        Tensor::from_vec(mask, (t, tk), &Device::Cpu)?.to_dtype(DType::F32)?,
-    ))
 }
 
 /// Convenience: the last dimension's arg-max of a `[n, vocab]` logits tensor.

@@ -67,12 +67,23 @@ impl ChunkPlan {
 
 /// Log-softmax of one row in llama.cpp's precision: f32 max and exponentials, f64 sum.
 pub fn log_softmax_row(logits: &[f32], out: &mut [f32]) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
+    let (max, sum) = super::softmax::max_and_sum_exp(logits);
     let log_sum = sum.ln() as f32;
     for (o, &l) in out.iter_mut().zip(logits) {
         *o = l - max - log_sum;
     }
+}
+
+/// ln p(target) of each row, without materializing the log-probabilities.
+pub fn target_log_probs(logits: &[f32], n_vocab: usize, targets: &[u32]) -> Vec<f64> {
+    logits
+        .par_chunks(n_vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            let (max, sum) = super::softmax::max_and_sum_exp(row);
+            (row[t as usize] - max) as f64 - sum.ln()
+        })
+        .collect()
 }
 
 /// Running negative log-likelihood sums (f64, as llama.cpp).

@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use super::model::KvCache;
 use super::perplexity::{
-    chunk_log_probs, summarize_divergence, token_divergence, ChunkPlan, KldSummary, NllStats,
-    TokenDivergence,
+    chunk_log_probs, summarize_divergence, target_log_probs, token_divergence, ChunkPlan,
+    KldSummary, NllStats, TokenDivergence,
 };
 use super::LoadedModel;
 
@@ -178,24 +178,30 @@ pub fn evaluate(
             .narrow(0, 0, scored)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let log_probs = chunk_log_probs(&logits, n_vocab);
         let targets = plan.targets(tokens, i);
-        for (row, &t) in targets.iter().enumerate() {
-            nll.add(log_probs[row * n_vocab + t as usize] as f64);
-        }
-        match &mut compare {
-            Compare::None => {}
-            Compare::Record(store) => store.write_chunk(&log_probs)?,
-            Compare::Against(store) => {
-                let base = store.read_chunk(i)?;
-                let chunk: Vec<TokenDivergence> = (0..scored)
-                    .into_par_iter()
-                    .map(|row| {
-                        let r = row * n_vocab..(row + 1) * n_vocab;
-                        token_divergence(&base[r.clone()], &log_probs[r], targets[row] as usize)
-                    })
-                    .collect();
-                divergences.extend(chunk);
+        if matches!(compare, Compare::None) {
+            for lp in target_log_probs(&logits, n_vocab, targets) {
+                nll.add(lp);
+            }
+        } else {
+            let log_probs = chunk_log_probs(&logits, n_vocab);
+            for (row, &t) in targets.iter().enumerate() {
+                nll.add(log_probs[row * n_vocab + t as usize] as f64);
+            }
+            match &mut compare {
+                Compare::None => {}
+                Compare::Record(store) => store.write_chunk(&log_probs)?,
+                Compare::Against(store) => {
+                    let base = store.read_chunk(i)?;
+                    let chunk: Vec<TokenDivergence> = (0..scored)
+                        .into_par_iter()
+                        .map(|row| {
+                            let r = row * n_vocab..(row + 1) * n_vocab;
+                            token_divergence(&base[r.clone()], &log_probs[r], targets[row] as usize)
+                        })
+                        .collect();
+                    divergences.extend(chunk);
+                }
             }
         }
         let secs = start.elapsed().as_secs_f64();

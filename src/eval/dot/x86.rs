@@ -15,19 +15,24 @@ pub fn kernel(ty: GgmlType) -> Option<DotFn> {
     {
         return None;
     }
-    Some(match ty {
-        GgmlType::Q4_0 => |w, a, s, b| unsafe { q4_0(w, a, s, b) },
-        GgmlType::Q4_1 => |w, a, s, b| unsafe { q4_1(w, a, s, b) },
-        GgmlType::Q5_0 => |w, a, s, b| unsafe { q5_0(w, a, s, b) },
-        GgmlType::Q5_1 => |w, a, s, b| unsafe { q5_1(w, a, s, b) },
-        GgmlType::Q8_0 => |w, a, s, b| unsafe { q8_0(w, a, s, b) },
+    let vnni = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+    Some(match (ty, vnni) {
+        (GgmlType::Q4_0, false) => |w, a, s, b| unsafe { avx2::q4_0(w, a, s, b) },
+        (GgmlType::Q4_1, false) => |w, a, s, b| unsafe { avx2::q4_1(w, a, s, b) },
+        (GgmlType::Q5_0, false) => |w, a, s, b| unsafe { avx2::q5_0(w, a, s, b) },
+        (GgmlType::Q5_1, false) => |w, a, s, b| unsafe { avx2::q5_1(w, a, s, b) },
+        (GgmlType::Q8_0, false) => |w, a, s, b| unsafe { avx2::q8_0(w, a, s, b) },
+        (GgmlType::Q4_0, true) => |w, a, s, b| unsafe { vnni::q4_0(w, a, s, b) },
+        (GgmlType::Q4_1, true) => |w, a, s, b| unsafe { vnni::q4_1(w, a, s, b) },
+        (GgmlType::Q5_0, true) => |w, a, s, b| unsafe { vnni::q5_0(w, a, s, b) },
+        (GgmlType::Q5_1, true) => |w, a, s, b| unsafe { vnni::q5_1(w, a, s, b) },
+        (GgmlType::Q8_0, true) => |w, a, s, b| unsafe { vnni::q8_0(w, a, s, b) },
         _ => return None,
     })
 }
 
 /// 16 bytes of nibbles → 32 bytes: low nibbles (elements 0..16), then high nibbles.
-#[inline]
-#[target_feature(enable = "avx2")]
+#[inline(always)]
 unsafe fn nibbles(p: *const u8) -> __m256i {
     let tmp = _mm_loadu_si128(p as *const __m128i);
     let both = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
@@ -35,8 +40,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 }
 
 /// 32 bits → 32 bytes, 0xFF where the bit is set.
-#[inline]
-#[target_feature(enable = "avx2")]
+#[inline(always)]
 unsafe fn bits(p: *const u8) -> __m256i {
     let x = (p as *const u32).read_unaligned();
     let shuffle = _mm256_set_epi64x(
@@ -51,24 +55,43 @@ unsafe fn bits(p: *const u8) -> __m256i {
 }
 
 /// Signed weights x signed activations, as 8 f32 partial sums.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_signed(w: __m256i, a: __m256i) -> __m256 {
+#[inline(always)]
+unsafe fn dot_signed<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256 {
     let aw = _mm256_sign_epi8(w, w);
     let sa = _mm256_sign_epi8(a, w);
-    dot_unsigned(aw, sa)
+    dot_unsigned::<VNNI>(aw, sa)
 }
 
-/// Unsigned weights (< 128) x signed activations.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_unsigned(w: __m256i, a: __m256i) -> __m256 {
-    let p16 = _mm256_maddubs_epi16(w, a);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+/// Unsigned weights (< 128) x signed activations; VNNI does the multiply-add in one step.
+#[inline(always)]
+unsafe fn dot_unsigned<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256 {
+    if VNNI {
+        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a))
+    } else {
+        let p16 = _mm256_maddubs_epi16(w, a);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
 }
 
-#[inline]
-#[target_feature(enable = "avx2")]
+/// The kernels compiled for one instruction set: the bodies are generic and inlined, so the
+/// intrinsics inline into these entry points with their target features.
+macro_rules! entry_points {
+    ($module:ident, $features:literal, $vnni:literal) => {
+        mod $module {
+            entry_points!(@fns $features, $vnni, q4_0, q4_1, q5_0, q5_1, q8_0);
+        }
+    };
+    (@fns $features:literal, $vnni:literal, $($name:ident),*) => {$(
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(w: &[u8], a: &[u8], s: &[f32], b: usize) -> f32 {
+            super::$name::<$vnni>(w, a, s, b)
+        }
+    )*};
+}
+entry_points!(avx2, "avx2,fma,f16c", false);
+entry_points!(vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", true);
+
+#[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -77,15 +100,13 @@ unsafe fn hsum(v: __m256) -> f32 {
 }
 
 /// The f16 at byte `at`, converted in hardware.
-#[inline]
-#[target_feature(enable = "f16c")]
+#[inline(always)]
 unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
     let h = (b.as_ptr().add(at) as *const u16).read_unaligned();
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
 }
 
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
+#[inline(always)]
 unsafe fn act(a: &[u8], b: usize) -> (__m256i, f32) {
     let p = a.as_ptr().add(b * Q8_0_BLOCK);
     (
@@ -94,34 +115,34 @@ unsafe fn act(a: &[u8], b: usize) -> (__m256i, f32) {
     )
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
+#[inline(always)]
+unsafe fn q8_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for b in 0..blocks {
         let (y, da) = act(a, b);
         let p = w.as_ptr().add(b * Q8_0_BLOCK);
         let x = _mm256_loadu_si256(p.add(2) as *const __m256i);
         let d = _mm256_set1_ps(f16_at(w, b * Q8_0_BLOCK) * da);
-        acc = _mm256_fmadd_ps(d, dot_signed(x, y), acc);
+        acc = _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc);
     }
     hsum(acc)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
+#[inline(always)]
+unsafe fn q4_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for b in 0..blocks {
         let (y, da) = act(a, b);
         let at = b * 18;
         let x = _mm256_sub_epi8(nibbles(w.as_ptr().add(at + 2)), _mm256_set1_epi8(8));
         let d = _mm256_set1_ps(f16_at(w, at) * da);
-        acc = _mm256_fmadd_ps(d, dot_signed(x, y), acc);
+        acc = _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc);
     }
     hsum(acc)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
+#[inline(always)]
+unsafe fn q4_1<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for b in 0..blocks {
@@ -129,14 +150,14 @@ unsafe fn q4_1(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
         let at = b * 20;
         let x = nibbles(w.as_ptr().add(at + 4));
         let d = _mm256_set1_ps(f16_at(w, at) * da);
-        acc = _mm256_fmadd_ps(d, dot_unsigned(x, y), acc);
+        acc = _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc);
         mins += f16_at(w, at + 2) * sums[b];
     }
     hsum(acc) + mins
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
+#[inline(always)]
+unsafe fn q5_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for b in 0..blocks {
         let (y, da) = act(a, b);
@@ -146,13 +167,13 @@ unsafe fn q5_0(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
         let hi = _mm256_andnot_si256(bits(w.as_ptr().add(at + 2)), _mm256_set1_epi8(0xF0u8 as i8));
         let x = _mm256_or_si256(lo, hi);
         let d = _mm256_set1_ps(f16_at(w, at) * da);
-        acc = _mm256_fmadd_ps(d, dot_signed(x, y), acc);
+        acc = _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc);
     }
     hsum(acc)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_1(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
+#[inline(always)]
+unsafe fn q5_1<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for b in 0..blocks {
@@ -162,7 +183,7 @@ unsafe fn q5_1(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
         let hi = _mm256_and_si256(bits(w.as_ptr().add(at + 4)), _mm256_set1_epi8(0x10));
         let x = _mm256_or_si256(lo, hi);
         let d = _mm256_set1_ps(f16_at(w, at) * da);
-        acc = _mm256_fmadd_ps(d, dot_unsigned(x, y), acc);
+        acc = _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc);
         mins += f16_at(w, at + 2) * sums[b];
     }
     hsum(acc) + mins

@@ -1,0 +1,416 @@
+//! Integer GEMM for prompt processing: weights in the 32-element-block formats times
+//! activations quantized to the weight type's ggml `vec_dot_type` (Q8_0 or Q8_K), with the
+//! block dot products done in 8-bit integers exactly as ggml's kernels do, then scaled in f32.
+//!
+//! Each weight block unpacks to 32 small integers q, a scale s and an offset o (w = s*q + o);
+//! each activation block to 32 int8 a and a scale t. Then
+//! `y = sum_b t_b * s_b * (q_b . a_b) + o_b * t_b * sum(a_b)`.
+//! Weights are repacked one panel of 32 rows at a time (reused by every activation row); the
+//! x86 kernel (`x86.rs`, AVX-512 VNNI) multiplies 4 activation rows by the 32 rows of a panel
+//! per step. Machines without VNNI use the f32 GEMM path in `linear.rs`.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use rayon::prelude::*;
+
+use crate::quant::fp16::f16_bits_to_f32;
+use crate::quant::iq4::IQ4_VALUES;
+use crate::quant::kquants::scale_min_k4;
+use crate::quant::GgmlType;
+
+/// Weight rows per packed panel (two 16-lane registers).
+pub const PANEL: usize = 32;
+
+pub fn supported(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::IQ4_NL
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::IQ4_XS
+    )
+}
+
+fn activation_type(ty: GgmlType) -> GgmlType {
+    match ty {
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::IQ4_XS => GgmlType::Q8_K,
+        _ => GgmlType::Q8_0,
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16_bits_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// Block `b` (32 elements) of a weight row: integers, scale, offset (w = scale * q + offset),
+/// with the float operations of ggml's dequantizers so that scale * q + offset reproduces them.
+pub fn unpack_block(ty: GgmlType, row: &[u8], b: usize, q: &mut [i8; 32]) -> (f32, f32) {
+    let legacy = |bytes: usize, qs: usize, qh: Option<usize>, offset: i8| {
+        let blk = &row[b * bytes..(b + 1) * bytes];
+        let h = qh.map_or(0u32, |at| {
+            u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]])
+        });
+        let mut q = [0i8; 32];
+        for j in 0..16 {
+            let v = blk[qs + j];
+            q[j] = ((v & 0xF) | ((((h >> j) & 1) as u8) << 4)) as i8 + offset;
+            q[j + 16] = ((v >> 4) | ((((h >> (j + 16)) & 1) as u8) << 4)) as i8 + offset;
+        }
+        (q, blk)
+    };
+    match ty {
+        GgmlType::Q4_0 => {
+            let (v, blk) = legacy(18, 2, None, -8);
+            *q = v;
+            (f16_at(blk, 0), 0.0)
+        }
+        GgmlType::Q4_1 => {
+            let (v, blk) = legacy(20, 4, None, 0);
+            *q = v;
+            (f16_at(blk, 0), f16_at(blk, 2))
+        }
+        GgmlType::Q5_0 => {
+            let (v, blk) = legacy(22, 6, Some(2), -16);
+            *q = v;
+            (f16_at(blk, 0), 0.0)
+        }
+        GgmlType::Q5_1 => {
+            let (v, blk) = legacy(24, 8, Some(4), 0);
+            *q = v;
+            (f16_at(blk, 0), f16_at(blk, 2))
+        }
+        GgmlType::Q8_0 => {
+            let blk = &row[b * 34..(b + 1) * 34];
+            for j in 0..32 {
+                q[j] = blk[2 + j] as i8;
+            }
+            (f16_at(blk, 0), 0.0)
+        }
+        GgmlType::IQ4_NL => {
+            let blk = &row[b * 18..(b + 1) * 18];
+            for j in 0..16 {
+                q[j] = IQ4_VALUES[(blk[2 + j] & 0xF) as usize];
+                q[j + 16] = IQ4_VALUES[(blk[2 + j] >> 4) as usize];
+            }
+            (f16_at(blk, 0), 0.0)
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let five = ty == GgmlType::Q5_K;
+            let bytes = if five { 176 } else { 144 };
+            let blk = &row[(b / 8) * bytes..(b / 8 + 1) * bytes];
+            let sub = b % 8;
+            let (g, upper) = (sub / 2, sub % 2 == 1);
+            let qs_at = if five { 48 } else { 16 };
+            let (sc, mn) = scale_min_k4(sub, &blk[4..16]);
+            let mask = if upper {
+                2u8 << (2 * g)
+            } else {
+                1u8 << (2 * g)
+            };
+            for l in 0..32 {
+                let v = blk[qs_at + 32 * g + l];
+                let low = if upper { v >> 4 } else { v & 0xF };
+                let high = if five && blk[16 + l] & mask != 0 {
+                    16
+                } else {
+                    0
+                };
+                q[l] = (low + high) as i8;
+            }
+            (f16_at(blk, 0) * sc as f32, -(f16_at(blk, 2) * mn as f32))
+        }
+        GgmlType::IQ4_XS => {
+            let blk = &row[(b / 8) * 136..(b / 8 + 1) * 136];
+            let ib = b % 8;
+            let scales_h = u16::from_le_bytes([blk[2], blk[3]]);
+            let low = (blk[4 + ib / 2] >> (4 * (ib % 2))) & 0xF;
+            let high = ((scales_h >> (2 * ib)) & 3) as u8;
+            let qs = &blk[8 + 16 * ib..8 + 16 * ib + 16];
+            for j in 0..16 {
+                q[j] = IQ4_VALUES[(qs[j] & 0xF) as usize];
+                q[j + 16] = IQ4_VALUES[(qs[j] >> 4) as usize];
+            }
+            (
+                f16_at(blk, 0) * ((low | (high << 4)) as i32 - 32) as f32,
+                0.0,
+            )
+        }
+        other => panic!("no integer GEMM for {other:?}"),
+    }
+}
+
+/// Quantized activations, one row per input row, unpacked for the kernels.
+pub struct Activations {
+    pub k: usize,
+    /// int8 values, `[m][k]`.
+    pub q: Vec<i8>,
+    /// Scale of each 32-element block, `[m][k / 32]`.
+    pub scale: Vec<f32>,
+    /// scale * sum of the block's integers (for weight offsets).
+    pub scaled_sum: Vec<f32>,
+    /// 128 * sum of the block's integers (the kernels' unsigned-weight correction).
+    pub bias: Vec<i32>,
+}
+
+impl Activations {
+    pub fn quantize(x: &[f32], k: usize, ty: GgmlType) -> Activations {
+        let m = x.len() / k;
+        let nb = k / 32;
+        let via = activation_type(ty);
+        let info = via.info();
+        let mut a = Activations {
+            k,
+            q: vec![0; m * k],
+            scale: vec![0.0; m * nb],
+            scaled_sum: vec![0.0; m * nb],
+            bias: vec![0; m * nb],
+        };
+        let isa = crate::quant::Isa::best();
+        a.q.par_chunks_mut(k)
+            .zip(a.scale.par_chunks_mut(nb))
+            .zip(a.scaled_sum.par_chunks_mut(nb))
+            .zip(a.bias.par_chunks_mut(nb))
+            .zip(x.par_chunks(k))
+            .for_each(|((((q, scale), ssum), bias), x)| {
+                let mut bytes = vec![0u8; info.row_bytes(k)];
+                (info.quantize_row)(x, None, &mut bytes, isa);
+                for b in 0..nb {
+                    let (d, vals) = match via {
+                        // block_q8_K: f32 d, int8 qs[256], int16 bsums[16]
+                        GgmlType::Q8_K => {
+                            let sb = &bytes[(b / 8) * 292..];
+                            let d = f32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
+                            (d, &sb[4 + 32 * (b % 8)..4 + 32 * (b % 8) + 32])
+                        }
+                        _ => (f16_at(&bytes, b * 34), &bytes[b * 34 + 2..b * 34 + 34]),
+                    };
+                    let mut sum = 0i32;
+                    for (j, &v) in vals.iter().enumerate() {
+                        q[b * 32 + j] = v as i8;
+                        sum += v as i8 as i32;
+                    }
+                    scale[b] = d;
+                    ssum[b] = d * sum as f32;
+                    bias[b] = 128 * sum;
+                }
+            });
+        a
+    }
+
+    pub fn rows(&self) -> usize {
+        self.q.len() / self.k
+    }
+}
+
+/// One panel of up to 32 weight rows, repacked: for each block and each group of 4 columns,
+/// 32 lanes x 4 bytes (q + 128, unsigned), then the per-block scales and offsets per lane.
+pub struct Panel {
+    pub bytes: Vec<u8>,
+    pub scale: Vec<f32>,
+    pub offset: Vec<f32>,
+    pub has_offset: bool,
+}
+
+pub fn pack_panel(ty: GgmlType, rows: &[&[u8]], k: usize) -> Panel {
+    let nb = k / 32;
+    let mut p = Panel {
+        bytes: vec![128u8; nb * 8 * PANEL * 4],
+        scale: vec![0.0; nb * PANEL],
+        offset: vec![0.0; nb * PANEL],
+        has_offset: false,
+    };
+    let mut q = [0i8; 32];
+    for (lane, row) in rows.iter().enumerate() {
+        for b in 0..nb {
+            let (s, o) = unpack_block(ty, row, b, &mut q);
+            p.scale[b * PANEL + lane] = s;
+            p.offset[b * PANEL + lane] = o;
+            p.has_offset |= o != 0.0;
+            for k4 in 0..8 {
+                let at = ((b * 8 + k4) * PANEL + lane) * 4;
+                for t in 0..4 {
+                    p.bytes[at + t] = (q[4 * k4 + t] as i16 + 128) as u8;
+                }
+            }
+        }
+    }
+    p
+}
+
+/// Scalar reference of the panel kernel: `out[r * stride + lane]` for every activation row.
+pub fn panel_scalar(a: &Activations, p: &Panel, lanes: usize, out: &mut [f32], stride: usize) {
+    let nb = a.k / 32;
+    for r in 0..a.rows() {
+        for lane in 0..lanes {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let mut dot = 0i32;
+                for k4 in 0..8 {
+                    let at = ((b * 8 + k4) * PANEL + lane) * 4;
+                    for t in 0..4 {
+                        dot += p.bytes[at + t] as i32 * a.q[r * a.k + b * 32 + 4 * k4 + t] as i32;
+                    }
+                }
+                let dot = dot - a.bias[r * nb + b];
+                acc += dot as f32 * (p.scale[b * PANEL + lane] * a.scale[r * nb + b]);
+                acc += p.offset[b * PANEL + lane] * a.scaled_sum[r * nb + b];
+            }
+            out[r * stride + lane] = acc;
+        }
+    }
+}
+
+/// Whether this machine runs the integer GEMM.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `x [m, k]` times the transposed weight `[n, k]`; None when this machine or type has no
+/// integer kernel.
+pub fn matmul(ty: GgmlType, weight: &[u8], n: usize, k: usize, x: &[f32]) -> Option<Vec<f32>> {
+    if !supported(ty) || !available() || !k.is_multiple_of(ty.info().block_elems) {
+        return None;
+    }
+    let m = x.len() / k;
+    let acts = Activations::quantize(x, k, ty);
+    let row_bytes = ty.info().row_bytes(k);
+    let mut out = vec![0f32; m * n];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let ptr = &ptr;
+    (0..n.div_ceil(PANEL)).into_par_iter().for_each(|panel| {
+        let first = panel * PANEL;
+        let lanes = PANEL.min(n - first);
+        let rows: Vec<&[u8]> = (first..first + lanes)
+            .map(|j| &weight[j * row_bytes..(j + 1) * row_bytes])
+            .collect();
+        let packed = pack_panel(ty, &rows, k);
+        // SAFETY: panels write disjoint columns first..first + lanes of every output row.
+        unsafe {
+            let dst = ptr.0.add(first);
+            #[cfg(target_arch = "x86_64")]
+            x86::panel(&acts, &packed, lanes, dst, n);
+        }
+    });
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    const TYPES: [GgmlType; 9] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::IQ4_NL,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::IQ4_XS,
+    ];
+
+    #[test]
+    fn unpacked_blocks_reproduce_the_dequantizers() {
+        let k = 512;
+        let w = lcg(3 * k, 5);
+        for ty in TYPES {
+            let q = crate::quant::quantize(ty, &w, k, None).unwrap();
+            let want = crate::quant::dequantize(ty, &q, k).unwrap();
+            let row_bytes = ty.info().row_bytes(k);
+            for r in 0..3 {
+                let row = &q[r * row_bytes..(r + 1) * row_bytes];
+                let mut ints = [0i8; 32];
+                for b in 0..k / 32 {
+                    let (s, o) = unpack_block(ty, row, b, &mut ints);
+                    for j in 0..32 {
+                        let got = s * ints[j] as f32 + o;
+                        let w = want[r * k + b * 32 + j];
+                        assert!(
+                            (got - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                            "{ty:?} {got} {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kernel and scalar reference against f64 products of the dequantized weights and the
+    /// rounded activations, for row counts that exercise the 4-row tiles and the tail.
+    #[test]
+    fn integer_gemm_matches_dequantized_products() {
+        let (n, k) = (45, 512);
+        let w = lcg(n * k, 9);
+        for m in [1usize, 4, 7] {
+            let x = lcg(m * k, 13 + m as u32);
+            for ty in TYPES {
+                let q = crate::quant::quantize(ty, &w, k, None).unwrap();
+                let wd = crate::quant::dequantize(ty, &q, k).unwrap();
+                let acts = Activations::quantize(&x, k, ty);
+                let xd: Vec<f64> = (0..m * k)
+                    .map(|i| (acts.scale[i / 32] * acts.q[i] as f32) as f64)
+                    .collect();
+                let want: Vec<f64> = (0..m * n)
+                    .map(|i| {
+                        let (r, j) = (i / n, i % n);
+                        (0..k).map(|c| wd[j * k + c] as f64 * xd[r * k + c]).sum()
+                    })
+                    .collect();
+                let row_bytes = ty.info().row_bytes(k);
+                let mut scalar = vec![0f32; m * n];
+                for first in (0..n).step_by(PANEL) {
+                    let lanes = PANEL.min(n - first);
+                    let rows: Vec<&[u8]> = (first..first + lanes)
+                        .map(|j| &q[j * row_bytes..(j + 1) * row_bytes])
+                        .collect();
+                    let p = pack_panel(ty, &rows, k);
+                    panel_scalar(&acts, &p, lanes, &mut scalar[first..], n);
+                }
+                let fast = matmul(ty, &q, n, k, &x);
+                for i in 0..m * n {
+                    let tol = 1e-4 * want[i].abs().max(1.0);
+                    assert!(
+                        (scalar[i] as f64 - want[i]).abs() < tol,
+                        "{ty:?} m={m} scalar"
+                    );
+                    if let Some(f) = &fast {
+                        assert!(
+                            (f[i] as f64 - want[i]).abs() < tol,
+                            "{ty:?} m={m} kernel {} {}",
+                            f[i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
