@@ -230,8 +230,9 @@ fn print_eval_table(rows: &[EvalResult], text: &str, threads: usize) {
         );
     }
     let with_kld = rows.iter().any(|r| r.kld.is_some());
+    let w = rows.iter().map(|r| r.file.len()).max().unwrap_or(4).max(4);
     print!(
-        "{:<28} {:<8} {:>10} {:>6} {:>20}",
+        "{:<w$} {:<8} {:>10} {:>6} {:>20}",
         "file", "type", "MiB", "bpw", "PPL"
     );
     if with_kld {
@@ -243,7 +244,7 @@ fn print_eval_table(rows: &[EvalResult], text: &str, threads: usize) {
     println!(" {:>9}", "tok/s");
     for r in rows {
         print!(
-            "{:<28} {:<8} {:>10.2} {:>6.3} {:>20}",
+            "{:<w$} {:<8} {:>10.2} {:>6.3} {:>20}",
             r.file,
             r.quant,
             r.file_bytes as f64 / (1u64 << 20) as f64,

@@ -108,6 +108,41 @@ impl Linear {
         }
     }
 
+    /// Several linears on the same input: one fused pass for single tokens when every weight
+    /// has a fused dot kernel, else one product each.
+    pub fn forward_many(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let cols = linears[0].cols;
+        let m = x.elem_count() / cols;
+        let parts: Option<Vec<super::dot::Part>> = linears
+            .iter()
+            .map(|l| match &l.kind {
+                Kind::Quantized {
+                    file, index, ty, ..
+                } if l.cols == cols && super::dot::supported(*ty) => Some(super::dot::Part {
+                    ty: *ty,
+                    weight: file.tensor_data(&file.tensors[*index]),
+                    n: l.rows,
+                }),
+                _ => None,
+            })
+            .collect();
+        match parts {
+            Some(parts) if m < BATCH_ROWS => {
+                let input = x.flatten_all()?.to_vec1::<f32>()?;
+                super::dot::matmul_many(&parts, cols, &input, m)
+                    .into_iter()
+                    .zip(linears)
+                    .map(|(out, l)| {
+                        let mut shape = x.dims().to_vec();
+                        *shape.last_mut().expect("at least one dimension") = l.rows;
+                        Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
+                    })
+                    .collect()
+            }
+            _ => linears.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+
     /// The GGML type of the weight, None for dense F32.
     pub fn ggml_type(&self) -> Option<GgmlType> {
         match &self.kind {

@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+use super::linear::Linear;
 use super::weights::{LayerWeights, ModelConfig, ModelWeights};
 
 /// Keys and values of the positions processed so far, per layer, as `[n_head_kv, len, head_dim]`.
@@ -117,16 +118,23 @@ impl Model {
         let group = h / hkv;
 
         let xn = candle_nn::ops::rms_norm(x, &w.attn_norm, c.rms_eps)?;
-        let project = |m: &super::linear::Linear, b: &Option<Tensor>| -> Result<Tensor> {
-            let y = m.forward(&xn)?;
+        let bias = |y: Tensor, b: &Option<Tensor>| -> Result<Tensor> {
             Ok(match b {
                 Some(b) => y.broadcast_add(b)?,
                 None => y,
             })
         };
-        let q = project(&w.q, &w.q_bias)?;
-        let k = project(&w.k, &w.k_bias)?;
-        let v = project(&w.v, &w.v_bias)?;
+        let mut qkv = Linear::forward_many(&[&w.q, &w.k, &w.v], &xn)?.into_iter();
+        let (q, k, v) = (
+            qkv.next().expect("three outputs"),
+            qkv.next().expect("three outputs"),
+            qkv.next().expect("three outputs"),
+        );
+        let (q, k, v) = (
+            bias(q, &w.q_bias)?,
+            bias(k, &w.k_bias)?,
+            bias(v, &w.v_bias)?,
+        );
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
@@ -166,8 +174,13 @@ impl Model {
         let x = (x + w.o.forward(&attn)?)?;
 
         let xn = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps)?;
-        let gate = w.gate.forward(&xn)?;
-        let up = w.up.forward(&xn)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut gate_up = Linear::forward_many(&[&w.gate, &w.up], &xn)?.into_iter();
+        let gate = gate_up.next().expect("two outputs");
+        let up = gate_up
+            .next()
+            .expect("two outputs")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut act = gate.flatten_all()?.to_vec1::<f32>()?;
         super::softmax::swiglu(&mut act, &up);
         let ff = w

@@ -67,6 +67,13 @@ pub fn max_and_sum_exp(row: &[f32]) -> (f32, f64) {
 /// exponentials of masked keys.
 pub fn causal_softmax(scores: &mut [f32], keys: usize, queries: usize, offset: usize, scale: f32) {
     use rayon::prelude::*;
+    if scores.len() < 1 << 14 {
+        // One token's attention: forking would cost more than the work.
+        for (r, row) in scores.chunks_mut(keys).enumerate() {
+            causal_row(row, (offset + r % queries + 1).min(keys), scale);
+        }
+        return;
+    }
     scores
         .par_chunks_mut(keys)
         .enumerate()
@@ -114,6 +121,9 @@ fn causal_row(row: &mut [f32], seen: usize, scale: f32) {
 /// `silu(gate) * up`, element by element, into `gate`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     use rayon::prelude::*;
+    if gate.len() <= 4096 {
+        return swiglu_chunk(gate, up);
+    }
     gate.par_chunks_mut(4096)
         .zip(up.par_chunks(4096))
         .for_each(|(g, u)| swiglu_chunk(g, u));

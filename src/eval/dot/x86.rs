@@ -115,76 +115,155 @@ unsafe fn act(a: &[u8], b: usize) -> (__m256i, f32) {
     )
 }
 
-#[inline(always)]
-unsafe fn q8_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..blocks {
-        let (y, da) = act(a, b);
-        let p = w.as_ptr().add(b * Q8_0_BLOCK);
-        let x = _mm256_loadu_si256(p.add(2) as *const __m256i);
-        let d = _mm256_set1_ps(f16_at(w, b * Q8_0_BLOCK) * da);
-        acc = _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc);
-    }
-    hsum(acc)
+/// Two independent accumulators over the blocks, so consecutive blocks' multiply-adds do not
+/// wait on each other (the fmadd latency otherwise bounds the loop).
+macro_rules! two_accumulators {
+    ($step:ident, $w:expr, $a:expr, $blocks:expr) => {{
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut b = 0;
+        while b + 1 < $blocks {
+            acc0 = $step::<VNNI>($w, $a, b, acc0);
+            acc1 = $step::<VNNI>($w, $a, b + 1, acc1);
+            b += 2;
+        }
+        if b < $blocks {
+            acc0 = $step::<VNNI>($w, $a, b, acc0);
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }};
 }
 
 #[inline(always)]
-unsafe fn q4_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..blocks {
-        let (y, da) = act(a, b);
-        let at = b * 18;
-        let x = _mm256_sub_epi8(nibbles(w.as_ptr().add(at + 2)), _mm256_set1_epi8(8));
-        let d = _mm256_set1_ps(f16_at(w, at) * da);
-        acc = _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc);
+unsafe fn q8_0_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
+    let (y, da) = act(a, b);
+    let p = w.as_ptr().add(b * Q8_0_BLOCK);
+    let x = _mm256_loadu_si256(p.add(2) as *const __m256i);
+    let d = _mm256_set1_ps(f16_at(w, b * Q8_0_BLOCK) * da);
+    _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc)
+}
+
+#[inline(always)]
+unsafe fn q4_0_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
+    let (y, da) = act(a, b);
+    let at = b * 18;
+    let x = _mm256_sub_epi8(nibbles(w.as_ptr().add(at + 2)), _mm256_set1_epi8(8));
+    let d = _mm256_set1_ps(f16_at(w, at) * da);
+    _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc)
+}
+
+#[inline(always)]
+unsafe fn q4_1_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
+    let (y, da) = act(a, b);
+    let at = b * 20;
+    let x = nibbles(w.as_ptr().add(at + 4));
+    let d = _mm256_set1_ps(f16_at(w, at) * da);
+    _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
+}
+
+#[inline(always)]
+unsafe fn q5_0_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
+    let (y, da) = act(a, b);
+    let at = b * 22;
+    let lo = nibbles(w.as_ptr().add(at + 6));
+    // (~h) & 0xF0 or-ed in: q + 16h - 16 as a signed byte.
+    let hi = _mm256_andnot_si256(bits(w.as_ptr().add(at + 2)), _mm256_set1_epi8(0xF0u8 as i8));
+    let x = _mm256_or_si256(lo, hi);
+    let d = _mm256_set1_ps(f16_at(w, at) * da);
+    _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc)
+}
+
+#[inline(always)]
+unsafe fn q5_1_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
+    let (y, da) = act(a, b);
+    let at = b * 24;
+    let lo = nibbles(w.as_ptr().add(at + 8));
+    let hi = _mm256_and_si256(bits(w.as_ptr().add(at + 4)), _mm256_set1_epi8(0x10));
+    let x = _mm256_or_si256(lo, hi);
+    let d = _mm256_set1_ps(f16_at(w, at) * da);
+    _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
+}
+
+/// The offsets of Q4_1/Q5_1 blocks times the activation block sums.
+#[inline(always)]
+unsafe fn offsets(w: &[u8], block_bytes: usize, sums: &[f32], blocks: usize) -> f32 {
+    (0..blocks)
+        .map(|b| f16_at(w, b * block_bytes + 2) * sums[b])
+        .sum()
+}
+
+#[inline(always)]
+unsafe fn q8_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
+    two_accumulators!(q8_0_step, w, a, blocks)
+}
+
+#[inline(always)]
+unsafe fn q4_0<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
+    if VNNI {
+        // Unsigned levels (q, not q - 8) skip the sign juggling; the -8 comes back through
+        // the activation block sums.
+        two_accumulators!(q4_0_unsigned_step, w, a, blocks) - 8.0 * scaled_sums(w, 18, sums, blocks)
+    } else {
+        two_accumulators!(q4_0_step, w, a, blocks)
     }
-    hsum(acc)
+}
+
+#[inline(always)]
+unsafe fn q4_0_unsigned_step<const VNNI: bool>(
+    w: &[u8],
+    a: &[u8],
+    b: usize,
+    acc: __m256,
+) -> __m256 {
+    let (y, da) = act(a, b);
+    let at = b * 18;
+    let x = nibbles(w.as_ptr().add(at + 2));
+    let d = _mm256_set1_ps(f16_at(w, at) * da);
+    _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
+}
+
+/// sum over blocks of d_w x (d_a x sum of the activation block).
+#[inline(always)]
+unsafe fn scaled_sums(w: &[u8], block_bytes: usize, sums: &[f32], blocks: usize) -> f32 {
+    let mut total = 0f32;
+    for b in 0..blocks {
+        total += f16_at(w, b * block_bytes) * sums[b];
+    }
+    total
 }
 
 #[inline(always)]
 unsafe fn q4_1<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for b in 0..blocks {
-        let (y, da) = act(a, b);
-        let at = b * 20;
-        let x = nibbles(w.as_ptr().add(at + 4));
-        let d = _mm256_set1_ps(f16_at(w, at) * da);
-        acc = _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc);
-        mins += f16_at(w, at + 2) * sums[b];
-    }
-    hsum(acc) + mins
+    two_accumulators!(q4_1_step, w, a, blocks) + offsets(w, 20, sums, blocks)
 }
 
 #[inline(always)]
-unsafe fn q5_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..blocks {
-        let (y, da) = act(a, b);
-        let at = b * 22;
-        let lo = nibbles(w.as_ptr().add(at + 6));
-        // (~h) & 0xF0 or-ed in: q + 16h - 16 as a signed byte.
-        let hi = _mm256_andnot_si256(bits(w.as_ptr().add(at + 2)), _mm256_set1_epi8(0xF0u8 as i8));
-        let x = _mm256_or_si256(lo, hi);
-        let d = _mm256_set1_ps(f16_at(w, at) * da);
-        acc = _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc);
+unsafe fn q5_0<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
+    if VNNI {
+        // Unsigned levels (q + 16h, not minus 16), as in q4_0.
+        two_accumulators!(q5_0_unsigned_step, w, a, blocks)
+            - 16.0 * scaled_sums(w, 22, sums, blocks)
+    } else {
+        two_accumulators!(q5_0_step, w, a, blocks)
     }
-    hsum(acc)
+}
+
+#[inline(always)]
+unsafe fn q5_0_unsigned_step<const VNNI: bool>(
+    w: &[u8],
+    a: &[u8],
+    b: usize,
+    acc: __m256,
+) -> __m256 {
+    let (y, da) = act(a, b);
+    let at = b * 22;
+    let lo = nibbles(w.as_ptr().add(at + 6));
+    let hi = _mm256_and_si256(bits(w.as_ptr().add(at + 2)), _mm256_set1_epi8(0x10));
+    let x = _mm256_or_si256(lo, hi);
+    let d = _mm256_set1_ps(f16_at(w, at) * da);
+    _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
 }
 
 #[inline(always)]
 unsafe fn q5_1<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for b in 0..blocks {
-        let (y, da) = act(a, b);
-        let at = b * 24;
-        let lo = nibbles(w.as_ptr().add(at + 8));
-        let hi = _mm256_and_si256(bits(w.as_ptr().add(at + 4)), _mm256_set1_epi8(0x10));
-        let x = _mm256_or_si256(lo, hi);
-        let d = _mm256_set1_ps(f16_at(w, at) * da);
-        acc = _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc);
-        mins += f16_at(w, at + 2) * sums[b];
-    }
-    hsum(acc) + mins
+    two_accumulators!(q5_1_step, w, a, blocks) + offsets(w, 24, sums, blocks)
 }
