@@ -249,6 +249,35 @@ fn eval_without_text_uses_the_sample_and_says_so() {
     );
 }
 
+/// The f32 GEMM path (CPUs without AVX-512 VNNI) and the integer GEMM agree: both round the
+/// activations as ggml does and only summation order differs (products agree to ~1e-5, see
+/// the gemm unit tests); over 126 scored tokens that moves PPL by a few tenths of a percent,
+/// a broken path by far more.
+#[test]
+fn integer_and_f32_prompt_paths_agree() {
+    let (_, q4) = ggufs();
+    let run = |gemm: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_quantfit"))
+            .args([
+                "eval",
+                s(q4),
+                "--text",
+                &corpus(),
+                "--ctx",
+                "128",
+                "--chunks",
+                "2",
+            ])
+            .args(["-t", "2", "--json", "--no-results"])
+            .env("QUANTFIT_EVAL_GEMM", gemm)
+            .output()
+            .unwrap();
+        ok(&out)[0]["ppl"].as_f64().unwrap()
+    };
+    let (int, f32) = (run("auto"), run("f32"));
+    assert!((int / f32 - 1.0).abs() < 1e-2, "integer {int} vs f32 {f32}");
+}
+
 /// One `error:` line on stderr naming `what`, exit code 2.
 fn expect_error(out: Output, what: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);

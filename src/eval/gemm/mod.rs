@@ -266,8 +266,12 @@ pub fn panel_scalar(a: &Activations, p: &Panel, lanes: usize, out: &mut [f32], s
     }
 }
 
-/// Whether this machine runs the integer GEMM.
+/// Whether this machine runs the integer GEMM. `QUANTFIT_EVAL_GEMM=f32` turns it off, so the
+/// f32 path that CPUs without VNNI take can be run and compared anywhere.
 pub fn available() -> bool {
+    if std::env::var("QUANTFIT_EVAL_GEMM").is_ok_and(|v| v == "f32") {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         x86::available()
