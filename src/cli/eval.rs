@@ -93,6 +93,18 @@ fn set_threads(threads: Option<usize>) -> Result<usize> {
     Ok(n)
 }
 
+/// Appends `lines` to the results file unless told not to, and prints them when --json asks;
+/// returns whether they were printed (and the table should not be).
+fn emit(run: &RunArgs, lines: &[serde_json::Value]) -> Result<bool> {
+    if !run.no_results {
+        results::append(&run.results, lines)?;
+    }
+    if run.json {
+        println!("{}", serde_json::to_string_pretty(lines)?);
+    }
+    Ok(run.json)
+}
+
 fn read_text(path: Option<&Path>) -> Result<(String, String)> {
     match path {
         Some(p) => {
@@ -208,11 +220,7 @@ fn eval_in_pool(args: EvalArgs, threads: usize) -> Result<()> {
             v
         })
         .collect();
-    if !args.run.no_results {
-        results::append(&args.run.results, &lines)?;
-    }
-    if args.run.json {
-        println!("{}", serde_json::to_string_pretty(&lines)?);
+    if emit(&args.run, &lines)? {
         return Ok(());
     }
     print_eval_table(&rows, &text_name, threads);
@@ -306,11 +314,7 @@ fn bench_in_pool(args: BenchArgs, threads: usize) -> Result<()> {
             })
         })
         .collect();
-    if !args.run.no_results {
-        results::append(&args.run.results, &lines)?;
-    }
-    if args.run.json {
-        println!("{}", serde_json::to_string_pretty(&lines)?);
+    if emit(&args.run, &lines)? {
         return Ok(());
     }
     println!(

@@ -25,6 +25,18 @@ use crate::source::hf::ModelDir;
 use model::Model;
 use tokenize::TextTokenizer;
 
+/// Deterministic test values in [-0.5, 0.5) (an LCG), shared by the kernel tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 /// A model ready to run, with what reports say about it.
 pub struct LoadedModel {
     pub path: PathBuf,

@@ -182,15 +182,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 mod tests {
     use super::*;
 
-    fn lcg(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::eval::test_values as lcg;
 
     /// Every kernel against the dequantized weights times the Q8_0-rounded activations.
     #[test]
@@ -236,6 +228,31 @@ mod tests {
                     let g = got[r * n + j] as f64;
                     assert!((g - want).abs() < 1e-4, "{ty:?} ({r},{j}): {g} vs {want}");
                     let Some(scalar) = scalar else { continue };
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        let wr = &q[j * info.row_bytes(k)..(j + 1) * info.row_bytes(k)];
+                        let mut xq8 = vec![0u8; q8.row_bytes(k)];
+                        (q8.quantize_row)(
+                            &x[r * k..(r + 1) * k],
+                            None,
+                            &mut xq8,
+                            crate::quant::Isa::Scalar,
+                        );
+                        let sums: Vec<f32> = xq8
+                            .chunks(Q8_0_BLOCK)
+                            .map(|blk| {
+                                f16_at(blk, 0)
+                                    * blk[2..].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32
+                            })
+                            .collect();
+                        for f in x86::variants(ty) {
+                            let v = f(wr, &xq8, &sums, k / 32) as f64;
+                            assert!(
+                                (v - want).abs() < 1e-4,
+                                "{ty:?} x86 variant ({r},{j}): {v} vs {want}"
+                            );
+                        }
+                    }
                     xq.fill(0);
                     (q8.quantize_row)(
                         &x[r * k..(r + 1) * k],

@@ -31,6 +31,27 @@ pub fn kernel(ty: GgmlType) -> Option<DotFn> {
     })
 }
 
+/// Both instruction-set variants this machine can run, for tests.
+#[cfg(test)]
+pub fn variants(ty: GgmlType) -> Vec<DotFn> {
+    let mut out = Vec::new();
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        let f: DotFn = match ty {
+            GgmlType::Q4_0 => |w, a, s, b| unsafe { avx2::q4_0(w, a, s, b) },
+            GgmlType::Q4_1 => |w, a, s, b| unsafe { avx2::q4_1(w, a, s, b) },
+            GgmlType::Q5_0 => |w, a, s, b| unsafe { avx2::q5_0(w, a, s, b) },
+            GgmlType::Q5_1 => |w, a, s, b| unsafe { avx2::q5_1(w, a, s, b) },
+            _ => |w, a, s, b| unsafe { avx2::q8_0(w, a, s, b) },
+        };
+        out.push(f);
+    }
+    out.extend(kernel(ty));
+    out
+}
+
 /// 16 bytes of nibbles → 32 bytes: low nibbles (elements 0..16), then high nibbles.
 #[inline(always)]
 unsafe fn nibbles(p: *const u8) -> __m256i {
@@ -143,33 +164,12 @@ unsafe fn q8_0_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256)
 }
 
 #[inline(always)]
-unsafe fn q4_0_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
-    let (y, da) = act(a, b);
-    let at = b * 18;
-    let x = _mm256_sub_epi8(nibbles(w.as_ptr().add(at + 2)), _mm256_set1_epi8(8));
-    let d = _mm256_set1_ps(f16_at(w, at) * da);
-    _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc)
-}
-
-#[inline(always)]
 unsafe fn q4_1_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
     let (y, da) = act(a, b);
     let at = b * 20;
     let x = nibbles(w.as_ptr().add(at + 4));
     let d = _mm256_set1_ps(f16_at(w, at) * da);
     _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
-}
-
-#[inline(always)]
-unsafe fn q5_0_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
-    let (y, da) = act(a, b);
-    let at = b * 22;
-    let lo = nibbles(w.as_ptr().add(at + 6));
-    // (~h) & 0xF0 or-ed in: q + 16h - 16 as a signed byte.
-    let hi = _mm256_andnot_si256(bits(w.as_ptr().add(at + 2)), _mm256_set1_epi8(0xF0u8 as i8));
-    let x = _mm256_or_si256(lo, hi);
-    let d = _mm256_set1_ps(f16_at(w, at) * da);
-    _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc)
 }
 
 #[inline(always)]
@@ -198,13 +198,9 @@ unsafe fn q8_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usiz
 
 #[inline(always)]
 unsafe fn q4_0<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    if VNNI {
-        // Unsigned levels (q, not q - 8) skip the sign juggling; the -8 comes back through
-        // the activation block sums.
-        two_accumulators!(q4_0_unsigned_step, w, a, blocks) - 8.0 * scaled_sums(w, 18, sums, blocks)
-    } else {
-        two_accumulators!(q4_0_step, w, a, blocks)
-    }
+    // Unsigned levels (q, not q - 8) skip the sign juggling of ggml's kernel; the -8 comes
+    // back through the activation block sums.
+    two_accumulators!(q4_0_unsigned_step, w, a, blocks) - 8.0 * scaled_sums(w, 18, sums, blocks)
 }
 
 #[inline(always)]
@@ -238,13 +234,8 @@ unsafe fn q4_1<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize
 
 #[inline(always)]
 unsafe fn q5_0<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    if VNNI {
-        // Unsigned levels (q + 16h, not minus 16), as in q4_0.
-        two_accumulators!(q5_0_unsigned_step, w, a, blocks)
-            - 16.0 * scaled_sums(w, 22, sums, blocks)
-    } else {
-        two_accumulators!(q5_0_step, w, a, blocks)
-    }
+    // Unsigned levels (q + 16h, not minus 16), as in q4_0.
+    two_accumulators!(q5_0_unsigned_step, w, a, blocks) - 16.0 * scaled_sums(w, 22, sums, blocks)
 }
 
 #[inline(always)]

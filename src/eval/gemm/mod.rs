@@ -319,15 +319,7 @@ pub fn matmul(ty: GgmlType, weight: &[u8], n: usize, k: usize, x: &[f32]) -> Opt
 mod tests {
     use super::*;
 
-    fn lcg(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::eval::test_values as lcg;
 
     const TYPES: [GgmlType; 9] = [
         GgmlType::Q4_0,
