@@ -219,3 +219,57 @@ fn perplexity_and_kld_match_llama_cpp() {
         );
     }
 }
+
+/// The KV cache: feeding tokens one at a time (the generation path) gives the logits of
+/// feeding them as one batch (the prompt path). In F32 the two differ by summation order only;
+/// quantized models round every activation to 8 bits, so order-level differences flip a few
+/// roundings and grow through the layers (a few percent of the logit range, as between
+/// llama.cpp's own batch and token-by-token runs), while a cache or kernel error would make
+/// the rows unrelated.
+#[test]
+fn incremental_decoding_matches_the_batch() {
+    use quantfit::eval::model::KvCache;
+    let text = corpus();
+    for (path, tolerance) in [
+        (common::smollm2_dir(), 0.002),
+        (gguf_of("Q8_0"), 0.15),
+        (gguf_of("Q4_K_M"), 0.15),
+    ] {
+        let m = quantfit::eval::load(&path, None).unwrap();
+        let head: String = text.chars().take(2000).collect();
+        let tokens = m.tokenizer.encode(&head).unwrap();
+        let tokens = &tokens[..40];
+        let n_vocab = m.model.config().n_vocab;
+        let mut cache = KvCache::default();
+        let batch = m.model.forward(tokens, &mut cache, 0).unwrap();
+        let batch = batch.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut cache = KvCache::default();
+        m.model.forward(&tokens[..32], &mut cache, 31).unwrap();
+        for (i, &t) in tokens.iter().enumerate().skip(32) {
+            let step = m.model.forward(&[t], &mut cache, 0).unwrap();
+            let step = step.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let row = &batch[i * n_vocab..(i + 1) * n_vocab];
+            let scale = row.iter().fold(0f32, |a, &b| a.max(b.abs()));
+            let worst = row
+                .iter()
+                .zip(&step)
+                .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+            assert!(
+                worst < tolerance * scale,
+                "{}: position {i}: logits differ by {worst} (scale {scale})",
+                path.display()
+            );
+            // The same next token, unless the batch's top two are closer than the difference.
+            let mut sorted: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+            sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let best_step = step
+                .iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (j, &v)| if v > b.1 { (j, v) } else { b })
+                .0;
+            if sorted[0].1 - sorted[1].1 > 2.0 * worst {
+                assert_eq!(sorted[0].0, best_step, "{}: position {i}", path.display());
+            }
+        }
+    }
+}

@@ -8,11 +8,62 @@ use candle_core::{DType, Device, Tensor, D};
 use super::linear::Linear;
 use super::weights::{LayerWeights, ModelConfig, ModelWeights};
 
-/// Keys and values of the positions processed so far, per layer, as `[n_head_kv, len, head_dim]`.
+/// Keys and values of the positions processed so far, per layer, each head's rows contiguous
+/// (`[n_head_kv][capacity][head_dim]`), grown by doubling so that a generated token appends
+/// in place instead of copying the whole cache.
 #[derive(Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<LayerKv>,
     len: usize,
+}
+
+#[derive(Default)]
+struct LayerKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    capacity: usize,
+}
+
+impl LayerKv {
+    /// Appends `t` positions (`[heads][t][dim]` each) after the first `len`.
+    fn append(&mut self, k: &[f32], v: &[f32], heads: usize, dim: usize, len: usize, t: usize) {
+        if len + t > self.capacity {
+            let capacity = (len + t).next_power_of_two().max(64);
+            for buf in [&mut self.k, &mut self.v] {
+                let mut grown = vec![0f32; heads * capacity * dim];
+                for h in 0..heads {
+                    let old = h * self.capacity * dim;
+                    grown[h * capacity * dim..][..len * dim]
+                        .copy_from_slice(&buf[old..old + len * dim]);
+                }
+                *buf = grown;
+            }
+            self.capacity = capacity;
+        }
+        for h in 0..heads {
+            let dst = (h * self.capacity + len) * dim;
+            self.k[dst..dst + t * dim].copy_from_slice(&k[h * t * dim..(h + 1) * t * dim]);
+            self.v[dst..dst + t * dim].copy_from_slice(&v[h * t * dim..(h + 1) * t * dim]);
+        }
+    }
+
+    /// Rows `0..len` of head `h`.
+    fn rows<'a>(&self, buf: &'a [f32], h: usize, len: usize, dim: usize) -> &'a [f32] {
+        &buf[h * self.capacity * dim..][..len * dim]
+    }
+
+    /// `[heads, len, dim]` copies for the batched matmuls.
+    fn tensors(&self, heads: usize, len: usize, dim: usize) -> Result<(Tensor, Tensor)> {
+        let gather = |buf: &[f32]| -> Vec<f32> {
+            (0..heads)
+                .flat_map(|h| self.rows(buf, h, len, dim).iter().copied())
+                .collect()
+        };
+        Ok((
+            Tensor::from_vec(gather(&self.k), (heads, len, dim), &Device::Cpu)?,
+            Tensor::from_vec(gather(&self.v), (heads, len, dim), &Device::Cpu)?,
+        ))
+    }
 }
 
 impl KvCache {
@@ -57,13 +108,13 @@ impl Model {
             bail!("forward needs at least one token whose logits are wanted");
         }
         if cache.layers.len() != c.n_layer {
-            cache.layers = (0..c.n_layer).map(|_| None).collect();
+            cache.layers = (0..c.n_layer).map(|_| LayerKv::default()).collect();
         }
         let offset = cache.len;
         let (cos, sin) = self.rope_tables(offset, t)?;
         let mut x = self.weights.embedding.lookup(tokens, c.n_embd, c.n_vocab)?;
         for (layer, slot) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.block(layer, &x, slot, &cos, &sin)?;
+            x = self.block(layer, &x, slot, offset, &cos, &sin)?;
         }
         cache.len += t;
         let x = if logits_from > 0 {
@@ -108,7 +159,8 @@ impl Model {
         &self,
         w: &LayerWeights,
         x: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut LayerKv,
+        offset: usize,
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
@@ -151,26 +203,51 @@ impl Model {
         let q = f16(rope(heads(q, h)?)?)?;
         let k = f16(rope(heads(k, hkv)?)?.squeeze(0)?)?;
         let v = f16(heads(v, hkv)?.squeeze(0)?)?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
-        let tk = k.dim(1)?;
-
-        // Query heads that share a KV head are stacked, so one batched matmul per KV head
-        // serves the whole group without copying keys and values.
-        let q = q.reshape((hkv, group * t, hd))?;
+        let k_rows = k.flatten_all()?.to_vec1::<f32>()?;
+        let v_rows = v.flatten_all()?.to_vec1::<f32>()?;
+        cache.append(&k_rows, &v_rows, hkv, hd, offset, t);
+        let tk = offset + t;
         let scale = 1.0 / (hd as f32).sqrt();
-        let scores = q.matmul(&k.t()?)?;
-        let mut data = scores.flatten_all()?.to_vec1::<f32>()?;
-        super::softmax::causal_softmax(&mut data, tk, t, tk - t, scale);
-        let probs = Tensor::from_vec(data, (hkv, group * t, tk), &Device::Cpu)?;
-        let attn = probs
-            .matmul(&v)?
-            .reshape((h, t, hd))?
-            .transpose(0, 1)?
-            .reshape((t, h * hd))?;
+
+        let attn = if t == 1 {
+            // One new token: a few dot products per head, cheaper by hand than as tensors.
+            let q = q.flatten_all()?.to_vec1::<f32>()?;
+            let mut out = vec![0f32; h * hd];
+            let mut p = vec![0f32; tk];
+            for head in 0..h {
+                let kv = head / group;
+                let qh = &q[head * hd..(head + 1) * hd];
+                let keys = cache.rows(&cache.k, kv, tk, hd);
+                for (pj, key) in p.iter_mut().zip(keys.chunks_exact(hd)) {
+                    *pj = qh.iter().zip(key).map(|(a, b)| a * b).sum();
+                }
+                super::softmax::causal_softmax(&mut p, tk, 1, tk - 1, scale);
+                let o = &mut out[head * hd..(head + 1) * hd];
+                for (pj, val) in p
+                    .iter()
+                    .zip(cache.rows(&cache.v, kv, tk, hd).chunks_exact(hd))
+                {
+                    for (oi, vi) in o.iter_mut().zip(val) {
+                        *oi += pj * vi;
+                    }
+                }
+            }
+            Tensor::from_vec(out, (1, h * hd), &Device::Cpu)?
+        } else {
+            let (k, v) = cache.tensors(hkv, tk, hd)?;
+            // Query heads that share a KV head are stacked, so one batched matmul per KV head
+            // serves the whole group without copying keys and values.
+            let q = q.reshape((hkv, group * t, hd))?;
+            let scores = q.matmul(&k.t()?)?;
+            let mut data = scores.flatten_all()?.to_vec1::<f32>()?;
+            super::softmax::causal_softmax(&mut data, tk, t, tk - t, scale);
+            let probs = Tensor::from_vec(data, (hkv, group * t, tk), &Device::Cpu)?;
+            probs
+                .matmul(&v)?
+                .reshape((h, t, hd))?
+                .transpose(0, 1)?
+                .reshape((t, h * hd))?
+        };
         let x = (x + w.o.forward(&attn)?)?;
 
         let xn = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps)?;
