@@ -139,16 +139,16 @@ unsafe fn act(a: &[u8], b: usize) -> (__m256i, f32) {
 /// Two independent accumulators over the blocks, so consecutive blocks' multiply-adds do not
 /// wait on each other (the fmadd latency otherwise bounds the loop).
 macro_rules! two_accumulators {
-    ($step:ident, $w:expr, $a:expr, $blocks:expr) => {{
+    ($step:ident $(<$($c:literal),*>)?, $w:expr, $a:expr, $blocks:expr) => {{
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut b = 0;
         while b + 1 < $blocks {
-            acc0 = $step::<VNNI>($w, $a, b, acc0);
-            acc1 = $step::<VNNI>($w, $a, b + 1, acc1);
+            acc0 = $step::<VNNI $($(, $c)*)?>($w, $a, b, acc0);
+            acc1 = $step::<VNNI $($(, $c)*)?>($w, $a, b + 1, acc1);
             b += 2;
         }
         if b < $blocks {
-            acc0 = $step::<VNNI>($w, $a, b, acc0);
+            acc0 = $step::<VNNI $($(, $c)*)?>($w, $a, b, acc0);
         }
         hsum(_mm256_add_ps(acc0, acc1))
     }};
@@ -163,32 +163,55 @@ unsafe fn q8_0_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256)
     _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc)
 }
 
+/// A block of unsigned 4-bit levels (0..15): `BYTES` per block, f16 scale first, nibbles at
+/// byte `QS`.
 #[inline(always)]
-unsafe fn q4_1_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
+unsafe fn nibble_step<const VNNI: bool, const BYTES: usize, const QS: usize>(
+    w: &[u8],
+    a: &[u8],
+    b: usize,
+    acc: __m256,
+) -> __m256 {
     let (y, da) = act(a, b);
-    let at = b * 20;
-    let x = nibbles(w.as_ptr().add(at + 4));
+    let at = b * BYTES;
+    let x = nibbles(w.as_ptr().add(at + QS));
     let d = _mm256_set1_ps(f16_at(w, at) * da);
     _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
 }
 
+/// A block of unsigned 5-bit levels (0..31): fifth bits at byte `QH`, nibbles at `QS`.
 #[inline(always)]
-unsafe fn q5_1_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
+unsafe fn five_bit_step<const VNNI: bool, const BYTES: usize, const QH: usize, const QS: usize>(
+    w: &[u8],
+    a: &[u8],
+    b: usize,
+    acc: __m256,
+) -> __m256 {
     let (y, da) = act(a, b);
-    let at = b * 24;
-    let lo = nibbles(w.as_ptr().add(at + 8));
-    let hi = _mm256_and_si256(bits(w.as_ptr().add(at + 4)), _mm256_set1_epi8(0x10));
+    let at = b * BYTES;
+    let lo = nibbles(w.as_ptr().add(at + QS));
+    let hi = _mm256_and_si256(bits(w.as_ptr().add(at + QH)), _mm256_set1_epi8(0x10));
     let x = _mm256_or_si256(lo, hi);
     let d = _mm256_set1_ps(f16_at(w, at) * da);
     _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
 }
 
-/// The offsets of Q4_1/Q5_1 blocks times the activation block sums.
+/// Sum over blocks of the f16 at byte `at` of each block (its scale or its offset) times
+/// d_a x the activation block's sum: the part of a block's dot product that does not depend
+/// on the levels.
 #[inline(always)]
-unsafe fn offsets(w: &[u8], block_bytes: usize, sums: &[f32], blocks: usize) -> f32 {
-    (0..blocks)
-        .map(|b| f16_at(w, b * block_bytes + 2) * sums[b])
-        .sum()
+unsafe fn per_block_times_sums(
+    w: &[u8],
+    block_bytes: usize,
+    at: usize,
+    sums: &[f32],
+    blocks: usize,
+) -> f32 {
+    let mut total = 0f32;
+    for b in 0..blocks {
+        total += f16_at(w, b * block_bytes + at) * sums[b];
+    }
+    total
 }
 
 #[inline(always)]
@@ -196,65 +219,29 @@ unsafe fn q8_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usiz
     two_accumulators!(q8_0_step, w, a, blocks)
 }
 
+// Q4_0 and Q5_0 use unsigned levels (q, not q - 8; q + 16h, not minus 16), which skips the
+// sign juggling of ggml's kernels; the constant comes back through the activation sums.
+
 #[inline(always)]
 unsafe fn q4_0<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    // Unsigned levels (q, not q - 8) skip the sign juggling of ggml's kernel; the -8 comes
-    // back through the activation block sums.
-    two_accumulators!(q4_0_unsigned_step, w, a, blocks) - 8.0 * scaled_sums(w, 18, sums, blocks)
-}
-
-#[inline(always)]
-unsafe fn q4_0_unsigned_step<const VNNI: bool>(
-    w: &[u8],
-    a: &[u8],
-    b: usize,
-    acc: __m256,
-) -> __m256 {
-    let (y, da) = act(a, b);
-    let at = b * 18;
-    let x = nibbles(w.as_ptr().add(at + 2));
-    let d = _mm256_set1_ps(f16_at(w, at) * da);
-    _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
-}
-
-/// sum over blocks of d_w x (d_a x sum of the activation block).
-#[inline(always)]
-unsafe fn scaled_sums(w: &[u8], block_bytes: usize, sums: &[f32], blocks: usize) -> f32 {
-    let mut total = 0f32;
-    for b in 0..blocks {
-        total += f16_at(w, b * block_bytes) * sums[b];
-    }
-    total
+    two_accumulators!(nibble_step<18, 2>, w, a, blocks)
+        - 8.0 * per_block_times_sums(w, 18, 0, sums, blocks)
 }
 
 #[inline(always)]
 unsafe fn q4_1<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    two_accumulators!(q4_1_step, w, a, blocks) + offsets(w, 20, sums, blocks)
+    two_accumulators!(nibble_step<20, 4>, w, a, blocks)
+        + per_block_times_sums(w, 20, 2, sums, blocks)
 }
 
 #[inline(always)]
 unsafe fn q5_0<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    // Unsigned levels (q + 16h, not minus 16), as in q4_0.
-    two_accumulators!(q5_0_unsigned_step, w, a, blocks) - 16.0 * scaled_sums(w, 22, sums, blocks)
-}
-
-#[inline(always)]
-unsafe fn q5_0_unsigned_step<const VNNI: bool>(
-    w: &[u8],
-    a: &[u8],
-    b: usize,
-    acc: __m256,
-) -> __m256 {
-    let (y, da) = act(a, b);
-    let at = b * 22;
-    let lo = nibbles(w.as_ptr().add(at + 6));
-    let hi = _mm256_and_si256(bits(w.as_ptr().add(at + 2)), _mm256_set1_epi8(0x10));
-    let x = _mm256_or_si256(lo, hi);
-    let d = _mm256_set1_ps(f16_at(w, at) * da);
-    _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
+    two_accumulators!(five_bit_step<22, 2, 6>, w, a, blocks)
+        - 16.0 * per_block_times_sums(w, 22, 0, sums, blocks)
 }
 
 #[inline(always)]
 unsafe fn q5_1<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    two_accumulators!(q5_1_step, w, a, blocks) + offsets(w, 24, sums, blocks)
+    two_accumulators!(five_bit_step<24, 4, 8>, w, a, blocks)
+        + per_block_times_sums(w, 24, 2, sums, blocks)
 }
