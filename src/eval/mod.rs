@@ -76,16 +76,10 @@ pub fn load(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
 }
 
 fn load_gguf(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
-    let weights = weights::load_gguf(path)?;
-    let file = GgufFile::open(path)?;
+    let file = std::sync::Arc::new(GgufFile::open(path)?);
+    let weights = weights::load_gguf(file.clone())?;
     let beside = path.parent().map(|p| p.join("tokenizer.json"));
-    let (bos, add_bos) = {
-        let meta = TextTokenizer::from_gguf(&file);
-        match &meta {
-            Ok(t) => (t.bos, t.add_bos),
-            Err(_) => (None, false),
-        }
-    };
+    let (bos, add_bos) = tokenize::gguf_bos(&file);
     let tokenizer = match (tokenizer, beside.filter(|p| p.is_file())) {
         (Some(t), _) => TextTokenizer::from_tokenizer_json(t, bos, add_bos)?,
         (None, Some(t)) => TextTokenizer::from_tokenizer_json(&t, bos, add_bos)?,

@@ -111,16 +111,7 @@ impl TextTokenizer {
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("{name}: no tokenizer.ggml.model in the metadata"))?;
         let tokens = string_array(file, "tokenizer.ggml.tokens")?;
-        let bos = file
-            .get("tokenizer.ggml.bos_token_id")
-            .and_then(Value::as_u64)
-            .map(|v| v as u32);
-        let add_bos_key = file
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(|v| match v {
-                Value::Bool(b) => Some(*b),
-                _ => None,
-            });
+        let (bos, add_bos) = gguf_bos(file);
         let engine = match model {
             "gpt2" => {
                 let pre = file
@@ -157,9 +148,6 @@ impl TextTokenizer {
                  SentencePiece \"llama\" are); pass --tokenizer tokenizer.json"
             ),
         };
-        // llama.cpp's defaults when the key is absent: SentencePiece vocabularies add BOS,
-        // byte-level BPE ones do not.
-        let add_bos = add_bos_key.unwrap_or(matches!(engine, Engine::Spm(_)));
         Ok(TextTokenizer {
             engine,
             bos,
@@ -188,6 +176,21 @@ impl TextTokenizer {
         }
         Ok(ids)
     }
+}
+
+/// The BOS id and whether the vocabulary adds it, from a GGUF's metadata; without the
+/// `add_bos_token` key, llama.cpp's default: SentencePiece ("llama") vocabularies add BOS,
+/// byte-level BPE ones do not.
+pub fn gguf_bos(file: &GgufFile) -> (Option<u32>, bool) {
+    let bos = file
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(Value::as_u64)
+        .map(|v| v as u32);
+    let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
+        Some(Value::Bool(b)) => *b,
+        _ => file.get("tokenizer.ggml.model").and_then(Value::as_str) == Some("llama"),
+    };
+    (bos, add_bos)
 }
 
 fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>> {

@@ -3,7 +3,6 @@
 //! (the unquantized F32 baseline, with the same Q/K row permutation the converter applies, so
 //! both sources run through one model definition).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -257,8 +256,8 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
     })
 }
 
-pub fn load_gguf(path: &Path) -> Result<ModelWeights> {
-    let file = Arc::new(GgufFile::open(path)?);
+pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
+    let path = file.path.clone();
     let mut config = gguf_config(&file)?;
     let mut loader = GgufLoader {
         file: file.clone(),

@@ -99,8 +99,10 @@ pub fn matmul_many(parts: &[Part], k: usize, x: &[f32], m: usize) -> Vec<Vec<f32
     let q8 = GgmlType::Q8_0.info();
     let act_bytes = q8.row_bytes(k);
     let blocks = k / 32;
-    let mut acts = vec![0u8; m * act_bytes];
-    let mut sums = vec![0f32; m * blocks];
+    // Q8_0 activations for the 32-element formats, Q8_K for the k-quants: each only if used.
+    let legacy = parts.iter().any(|p| !is_kquant(p.ty));
+    let mut acts = vec![0u8; if legacy { m * act_bytes } else { 0 }];
+    let mut sums = vec![0f32; if legacy { m * blocks } else { 0 }];
     for ((dst, src), s) in acts
         .chunks_mut(act_bytes)
         .zip(x.chunks(k))
