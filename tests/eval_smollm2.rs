@@ -273,3 +273,56 @@ fn incremental_decoding_matches_the_batch() {
         }
     }
 }
+
+/// The decoding team computes what the candle graph computes for one token (the same kernels,
+/// roundings and norm arithmetic); and since every row and head is computed the same way
+/// whichever member takes it, teams of any size give identical logits.
+#[test]
+fn decoding_team_matches_the_graph_and_its_own_sizes() {
+    use quantfit::eval::decode::Decoder;
+    use quantfit::eval::model::KvCache;
+    let text = corpus();
+    // F32 weights: f32 GEMM and dot products sum in different orders (a few F16 roundings of
+    // Q/K/V flip). Quantized weights: the same kernels on the same roundings, so equal.
+    for (path, tolerance) in [
+        (common::smollm2_dir(), 2e-3),
+        (gguf_of("Q8_0"), 1e-6),
+        (gguf_of("Q4_K_M"), 1e-6),
+    ] {
+        let m = quantfit::eval::load(&path, None).unwrap();
+        let head: String = text.chars().take(500).collect();
+        let tokens = m.tokenizer.encode(&head).unwrap();
+        let tokens = &tokens[..24];
+        let mut graph_cache = KvCache::default();
+        let mut teams: Vec<(Decoder, KvCache)> = [1, 2, 3]
+            .into_iter()
+            .map(|n| (Decoder::new(&m.model, n).unwrap(), KvCache::default()))
+            .collect();
+        for (i, &t) in tokens.iter().enumerate() {
+            let graph = m.model.forward_graph(&[t], &mut graph_cache, 0).unwrap();
+            let graph = graph.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let outs: Vec<Vec<f32>> = teams
+                .iter_mut()
+                .map(|(d, cache)| d.decode(&m.model, t, cache).unwrap())
+                .collect();
+            for (out, (d, _)) in outs.iter().zip(&teams).skip(1) {
+                assert!(
+                    out == &outs[0],
+                    "{}: position {i}: a team of {} differs from a team of 1",
+                    path.display(),
+                    d.threads()
+                );
+            }
+            let scale = graph.iter().fold(0f32, |a, &b| a.max(b.abs()));
+            let worst = graph
+                .iter()
+                .zip(&outs[0])
+                .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+            assert!(
+                worst <= tolerance * scale,
+                "{}: position {i}: team and graph differ by {worst} (scale {scale})",
+                path.display()
+            );
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! Matrix products with weights that stay quantized in memory.
 //!
-//! One or a few rows (generation) go through candle's quantized matmul: activations are
-//! quantized to Q8_0/Q8_K and dotted with the weight blocks, reading each weight byte once, as
-//! ggml's CPU backend does. Many rows (prompt processing, perplexity) go through an f32 GEMM
+//! One or a few rows go through the fused dot kernels of `dot` (or candle's quantized matmul
+//! for the formats without one): activations are quantized to Q8_0/Q8_K and dotted with the
+//! weight blocks, reading each weight byte once, as ggml's CPU backend does. (Generation of
+//! single tokens bypasses this module's products: see `decode`.) Many rows (prompt processing, perplexity) go through an f32 GEMM
 //! on weights dequantized one panel of rows at a time: the dequantization is paid once per
 //! panel and shared by every activation row, the panel stays in cache, and the arithmetic runs
 //! at f32 GEMM speed. This is the strategy of llama.cpp's CUDA backend for large batches
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use candle_core::quantized::QMatMul;
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Module, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
 use crate::gguf::reader::GgufFile;
@@ -143,6 +144,27 @@ impl Linear {
         }
     }
 
+    /// The weight held for the row kernels of `dot` (single-token decoding).
+    pub fn guard(&self) -> WeightGuard<'_> {
+        match &self.kind {
+            Kind::Dense(w) => {
+                let (storage, layout) = w.storage_and_layout();
+                WeightGuard::Dense {
+                    storage,
+                    contiguous: layout.is_contiguous(),
+                    offset: layout.start_offset(),
+                    len: self.rows * self.cols,
+                }
+            }
+            Kind::Quantized {
+                file, index, ty, ..
+            } => WeightGuard::Quantized {
+                ty: *ty,
+                bytes: file.tensor_data(&file.tensors[*index]),
+            },
+        }
+    }
+
     /// The GGML type of the weight, None for dense F32.
     pub fn ggml_type(&self) -> Option<GgmlType> {
         match &self.kind {
@@ -199,42 +221,46 @@ impl Linear {
     }
 }
 
-/// ggml's CPU backend multiplies a quantized weight by activations first quantized to the
-/// weight type's `vec_dot_type` (ggml-cpu.c type_traits_cpu): Q8_0 for the 32-element formats
-/// (Q8_1 for Q4_1/Q5_1, the same values), Q8_K for the k-quants and IQ4_XS, F16 for F16
-/// weights. Rounding the activations the same way here keeps perplexity on llama.cpp's figures
-/// (without it, every quantized type scores ~0.2-0.6% lower than llama-perplexity).
-fn round_like_ggml_activations(x: &mut [f32], cols: usize, weight: GgmlType) {
-    let via = match weight {
-        GgmlType::F32 => return,
-        GgmlType::F16 => {
-            x.par_iter_mut().for_each(|v| {
-                *v = crate::quant::fp16::f16_bits_to_f32(crate::quant::fp16::f32_to_f16_bits(*v))
-            });
-            return;
-        }
-        GgmlType::BF16 => {
-            x.par_iter_mut().for_each(|v| {
-                *v = crate::quant::fp16::bf16_bits_to_f32(crate::quant::fp16::f32_to_bf16_bits(*v))
-            });
-            return;
-        }
-        GgmlType::Q4_0
-        | GgmlType::Q4_1
-        | GgmlType::Q5_0
-        | GgmlType::Q5_1
-        | GgmlType::Q8_0
-        | GgmlType::IQ4_NL => GgmlType::Q8_0,
-        _ => GgmlType::Q8_K,
-    };
-    let info = via.info();
-    if !cols.is_multiple_of(info.block_elems) {
-        return;
+/// A weight as the row kernels read it: quantized bytes from the mapping, or a dense
+/// tensor's storage, read-locked while the guard lives.
+pub enum WeightGuard<'a> {
+    Quantized {
+        ty: GgmlType,
+        bytes: &'a [u8],
+    },
+    Dense {
+        storage: StorageRef<'a>,
+        contiguous: bool,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl WeightGuard<'_> {
+    pub fn view(&self) -> Result<super::dot::WeightView<'_>> {
+        use super::dot::WeightView;
+        Ok(match self {
+            WeightGuard::Quantized { ty, bytes } => WeightView::Quantized { ty: *ty, bytes },
+            WeightGuard::Dense {
+                storage,
+                contiguous,
+                offset,
+                len,
+            } => match &**storage {
+                Storage::Cpu(cpu) if *contiguous => {
+                    WeightView::Dense(&cpu.as_slice::<f32>()?[*offset..*offset + *len])
+                }
+                _ => anyhow::bail!("a dense weight must be a contiguous f32 tensor in memory"),
+            },
+        })
     }
-    let isa = crate::quant::Isa::best();
-    x.par_chunks_mut(cols).for_each(|row| {
-        let mut q = vec![0u8; info.row_bytes(cols)];
-        (info.quantize_row)(row, None, &mut q, isa);
-        (info.dequantize_row)(&q, row);
-    });
+}
+
+/// ggml's CPU backend multiplies a quantized weight by activations first rounded to the
+/// weight type's `vec_dot_type` (see `dot::Rounding`). Rounding the activations the same way
+/// here keeps perplexity on llama.cpp's figures (without it, every quantized type scores
+/// ~0.2-0.6% lower than llama-perplexity).
+fn round_like_ggml_activations(x: &mut [f32], cols: usize, weight: GgmlType) {
+    let rounding = super::dot::Rounding::for_weight(weight);
+    x.par_chunks_mut(cols).for_each(|row| rounding.apply(row));
 }

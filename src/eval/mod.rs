@@ -2,6 +2,7 @@
 //! (`quantfit eval`), and prompt/generation speed (`quantfit bench`).
 
 pub mod bench;
+pub mod decode;
 pub mod dot;
 pub mod gemm;
 pub mod linear;
@@ -11,6 +12,7 @@ pub mod results;
 pub mod run;
 pub mod softmax;
 pub mod spm;
+pub mod team;
 pub mod tokenize;
 pub mod weights;
 

@@ -5,6 +5,9 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+use std::sync::Mutex;
+
+use super::decode::Decoder;
 use super::linear::Linear;
 use super::weights::{LayerWeights, ModelConfig, ModelWeights};
 
@@ -25,8 +28,8 @@ struct LayerKv {
 }
 
 impl LayerKv {
-    /// Appends `t` positions (`[heads][t][dim]` each) after the first `len`.
-    fn append(&mut self, k: &[f32], v: &[f32], heads: usize, dim: usize, len: usize, t: usize) {
+    /// Makes room for `t` positions after the first `len`.
+    fn reserve(&mut self, heads: usize, dim: usize, len: usize, t: usize) {
         if len + t > self.capacity {
             let capacity = (len + t).next_power_of_two().max(64);
             for buf in [&mut self.k, &mut self.v] {
@@ -40,6 +43,11 @@ impl LayerKv {
             }
             self.capacity = capacity;
         }
+    }
+
+    /// Appends `t` positions (`[heads][t][dim]` each) after the first `len`.
+    fn append(&mut self, k: &[f32], v: &[f32], heads: usize, dim: usize, len: usize, t: usize) {
+        self.reserve(heads, dim, len, t);
         for h in 0..heads {
             let dst = (h * self.capacity + len) * dim;
             self.k[dst..dst + t * dim].copy_from_slice(&k[h * t * dim..(h + 1) * t * dim]);
@@ -79,15 +87,54 @@ impl KvCache {
         self.layers.clear();
         self.len = 0;
     }
+
+    /// Room for one more position in every layer, and where each layer keeps its rows, for
+    /// the single-token decoder (which writes position `len()` and reads the ones before).
+    pub(super) fn reserve_one(&mut self, n_layer: usize, heads: usize, dim: usize) -> Vec<RawKv> {
+        if self.layers.len() != n_layer {
+            self.layers = (0..n_layer).map(|_| LayerKv::default()).collect();
+            self.len = 0;
+        }
+        let len = self.len;
+        self.layers
+            .iter_mut()
+            .map(|layer| {
+                layer.reserve(heads, dim, len, 1);
+                RawKv {
+                    k: layer.k.as_mut_ptr(),
+                    v: layer.v.as_mut_ptr(),
+                    capacity: layer.capacity,
+                }
+            })
+            .collect()
+    }
+
+    /// Counts the position written through `reserve_one`'s pointers.
+    pub(super) fn advance_one(&mut self) {
+        self.len += 1;
+    }
+}
+
+/// One layer's cache buffers, `[heads][capacity][dim]` each.
+pub(super) struct RawKv {
+    pub k: *mut f32,
+    pub v: *mut f32,
+    pub capacity: usize,
 }
 
 pub struct Model {
     pub weights: ModelWeights,
+    /// The single-token path, started on first use with the thread count of the rayon pool
+    /// it is first called from.
+    decoder: Mutex<Option<Decoder>>,
 }
 
 impl Model {
     pub fn new(weights: ModelWeights) -> Self {
-        Model { weights }
+        Model {
+            weights,
+            decoder: Mutex::new(None),
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -95,8 +142,26 @@ impl Model {
     }
 
     /// Runs `tokens` after the cached positions and returns the logits of positions
-    /// `logits_from..tokens.len()` (relative to `tokens`) as `[n, n_vocab]`.
+    /// `logits_from..tokens.len()` (relative to `tokens`) as `[n, n_vocab]`. A single token
+    /// goes through the decoding team (`decode.rs`), anything else through `forward_graph`.
     pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits_from: usize,
+    ) -> Result<Tensor> {
+        let t = tokens.len();
+        if t == 0 || logits_from >= t {
+            bail!("forward needs at least one token whose logits are wanted");
+        }
+        if t == 1 && logits_from == 0 && std::env::var_os("QUANTFIT_EVAL_DECODE").is_none() {
+            return self.decode(tokens[0], cache);
+        }
+        self.forward_graph(tokens, cache, logits_from)
+    }
+
+    /// `forward` on candle tensors and rayon for every batch size, single tokens included.
+    pub fn forward_graph(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
@@ -122,13 +187,26 @@ impl Model {
         } else {
             x
         };
-        let x = candle_nn::ops::rms_norm(&x, &self.weights.output_norm, c.rms_eps)?;
+        let x = rms_norm(&x, &self.weights.output_norm, c.rms_eps)?;
         self.weights.output.forward(&x)
+    }
+
+    /// One token on the decoding team (`decode.rs`). Setting `QUANTFIT_EVAL_DECODE` (to any
+    /// value) sends single tokens through the batch graph instead, for comparisons.
+    fn decode(&self, token: u32, cache: &mut KvCache) -> Result<Tensor> {
+        let mut slot = self.decoder.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(Decoder::new(self, rayon::current_num_threads())?);
+        }
+        let decoder = slot.as_mut().expect("just set");
+        let logits = decoder.decode(self, token, cache)?;
+        let n = logits.len();
+        Ok(Tensor::from_vec(logits, (1, n), &Device::Cpu)?)
     }
 
     /// cos/sin of each position and frequency, `[t, head_dim / 2]`, computed as ggml's
     /// rope does (theta_scale = base^(-2/n_dims), multiplied up one frequency at a time).
-    fn rope_tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
+    pub(super) fn rope_angles(&self, offset: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
         let c = &self.weights.config;
         let half = c.head_dim / 2;
         let theta_scale = c.rope_base.powf(-2.0 / c.head_dim as f32);
@@ -149,6 +227,12 @@ impl Model {
                 theta *= theta_scale;
             }
         }
+        (cos, sin)
+    }
+
+    fn rope_tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.weights.config.head_dim / 2;
+        let (cos, sin) = self.rope_angles(offset, t);
         Ok((
             Tensor::from_vec(cos, (t, half), &Device::Cpu)?,
             Tensor::from_vec(sin, (t, half), &Device::Cpu)?,
@@ -169,7 +253,7 @@ impl Model {
         let (h, hkv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
         let group = h / hkv;
 
-        let xn = candle_nn::ops::rms_norm(x, &w.attn_norm, c.rms_eps)?;
+        let xn = rms_norm(x, &w.attn_norm, c.rms_eps)?;
         let bias = |y: Tensor, b: &Option<Tensor>| -> Result<Tensor> {
             Ok(match b {
                 Some(b) => y.broadcast_add(b)?,
@@ -219,7 +303,7 @@ impl Model {
                 let qh = &q[head * hd..(head + 1) * hd];
                 let keys = cache.rows(&cache.k, kv, tk, hd);
                 for (pj, key) in p.iter_mut().zip(keys.chunks_exact(hd)) {
-                    *pj = qh.iter().zip(key).map(|(a, b)| a * b).sum();
+                    *pj = super::dot::dot_f32(qh, key);
                 }
                 super::softmax::causal_softmax(&mut p, tk, 1, tk - 1, scale);
                 let o = &mut out[head * hd..(head + 1) * hd];
@@ -250,7 +334,7 @@ impl Model {
         };
         let x = (x + w.o.forward(&attn)?)?;
 
-        let xn = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps)?;
+        let xn = rms_norm(&x, &w.ffn_norm, c.rms_eps)?;
         let mut gate_up = Linear::forward_many(&[&w.gate, &w.up], &xn)?.into_iter();
         let gate = gate_up.next().expect("two outputs");
         let up = gate_up
@@ -265,6 +349,33 @@ impl Model {
             .forward(&Tensor::from_vec(act, gate.shape(), &Device::Cpu)?)?;
         Ok((x + ff)?)
     }
+}
+
+/// RMSNorm as ggml computes it (ggml_compute_forward_rms_norm_f32, then the multiply by the
+/// weight): the mean square summed in double, x * (1 / sqrt(mean + eps)) * weight. The
+/// single-token decoder uses the same function, so both paths round alike.
+pub(super) fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * g;
+    }
+}
+
+/// `rms_norm_row` over each row of `[t, n]`.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (t, n) = x.dims2()?;
+    let data = x.flatten_all()?.to_vec1::<f32>()?;
+    let weight = weight.to_vec1::<f32>()?;
+    let mut out = vec![0f32; t * n];
+    let row = |(src, dst): (&[f32], &mut [f32])| rms_norm_row(src, &weight, eps, dst);
+    if t > 32 {
+        data.par_chunks(n).zip(out.par_chunks_mut(n)).for_each(row);
+    } else {
+        data.chunks(n).zip(out.chunks_mut(n)).for_each(row);
+    }
+    Ok(Tensor::from_vec(out, (t, n), &Device::Cpu)?)
 }
 
 /// Convenience: the last dimension's arg-max of a `[n, vocab]` logits tensor.

@@ -109,7 +109,7 @@ unsafe fn causal_row_avx2(row: &mut [f32], seen: usize, scale: f32) {
     causal_row_body(row, seen, scale)
 }
 
-fn causal_row(row: &mut [f32], seen: usize, scale: f32) {
+pub(super) fn causal_row(row: &mut [f32], seen: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
@@ -150,7 +150,7 @@ unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
     swiglu_body(gate, up)
 }
 
-fn swiglu_chunk(gate: &mut [f32], up: &[f32]) {
+pub(super) fn swiglu_chunk(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.

@@ -2,7 +2,11 @@
 //! (one or a few activation rows): each weight byte is read once, straight from the GGUF
 //! mapping, as ggml's `vec_dot_*_q8_0` kernels do (ggml-cpu/arch/x86/quants.c). A scalar
 //! reference first; x86 AVX2 versions (runtime-selected) in `x86.rs` give the same integer
-//! block sums and differ only in float summation order.
+//! block sums and differ only in float summation order. k-quants use candle's kernels on
+//! Q8_K activations; other formats are dequantized a row at a time and dotted in f32 with
+//! activations rounded as ggml rounds them. `Prepared` quantizes one activation row once for
+//! all the weights it meets; `Prepared::dot_rows` is what both the rayon products here and
+//! the single-token decoding team (`eval::decode`) call.
 
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -92,38 +96,249 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// How ggml rounds activations before they meet a weight: to the weight type's
+/// `vec_dot_type` (ggml-cpu.c type_traits_cpu): Q8_0 for the 32-element formats (Q8_1 for
+/// Q4_1/Q5_1, the same values), Q8_K for the k-quants and IQ4_XS, F16/BF16 for those
+/// weights, nothing for F32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    None,
+    F16,
+    BF16,
+    Q8_0,
+    Q8K,
+}
+
+impl Rounding {
+    pub fn for_weight(weight: GgmlType) -> Rounding {
+        match weight {
+            GgmlType::F32 => Rounding::None,
+            GgmlType::F16 => Rounding::F16,
+            GgmlType::BF16 => Rounding::BF16,
+            GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::IQ4_NL => Rounding::Q8_0,
+            _ => Rounding::Q8K,
+        }
+    }
+
+    /// Rounds one activation row in place.
+    pub fn apply(self, row: &mut [f32]) {
+        use crate::quant::fp16::*;
+        let via = match self {
+            Rounding::None => return,
+            Rounding::F16 => {
+                row.iter_mut()
+                    .for_each(|v| *v = f16_bits_to_f32(f32_to_f16_bits(*v)));
+                return;
+            }
+            Rounding::BF16 => {
+                row.iter_mut()
+                    .for_each(|v| *v = bf16_bits_to_f32(f32_to_bf16_bits(*v)));
+                return;
+            }
+            Rounding::Q8_0 => GgmlType::Q8_0,
+            Rounding::Q8K => GgmlType::Q8_K,
+        };
+        let info = via.info();
+        if !row.len().is_multiple_of(info.block_elems) {
+            return;
+        }
+        let mut q = vec![0u8; info.row_bytes(row.len())];
+        (info.quantize_row)(row, None, &mut q, crate::quant::Isa::best());
+        (info.dequantize_row)(&q, row);
+    }
+}
+
+/// How a weight row meets the activations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// A fused kernel on Q8_0 activations.
+    Legacy,
+    /// candle's k-quant kernel on Q8_K activations.
+    KQuant,
+    /// The row dequantized to f32, dotted with activations rounded as ggml rounds them.
+    Dequantized(Rounding),
+}
+
+fn path(ty: GgmlType, k: usize) -> Path {
+    if is_kquant(ty) && k.is_multiple_of(crate::quant::QK_K) {
+        Path::KQuant
+    } else if supported(ty) && !is_kquant(ty) {
+        Path::Legacy
+    } else {
+        Path::Dequantized(Rounding::for_weight(ty))
+    }
+}
+
+/// A weight matrix `[rows, cols]` as the row kernels read it.
+#[derive(Clone, Copy)]
+pub enum WeightView<'a> {
+    Quantized { ty: GgmlType, bytes: &'a [u8] },
+    Dense(&'a [f32]),
+}
+
+/// One activation row in every form that the weights it meets need, computed once and
+/// shared by all of their rows.
+#[derive(Default)]
+pub struct Prepared {
+    k: usize,
+    q8_0: Vec<u8>,
+    /// d_a x the sum of each Q8_0 block.
+    sums: Vec<f32>,
+    q8k: Vec<BlockQ8K>,
+    plain: Vec<f32>,
+    rounded: Vec<(Rounding, Vec<f32>)>,
+}
+
+impl Prepared {
+    /// Prepares `x` for weights of the given views (of `x.len()` columns).
+    pub fn prepare(&mut self, x: &[f32], weights: &[WeightView]) {
+        let k = x.len();
+        self.k = k;
+        self.rounded.clear();
+        self.plain.clear();
+        let mut legacy = false;
+        let mut kquant = false;
+        for w in weights {
+            match *w {
+                WeightView::Dense(_) => {
+                    if self.plain.is_empty() {
+                        self.plain.extend_from_slice(x);
+                    }
+                }
+                WeightView::Quantized { ty, .. } => match path(ty, k) {
+                    Path::Legacy => legacy = true,
+                    Path::KQuant => kquant = true,
+                    Path::Dequantized(r) => {
+                        if !self.rounded.iter().any(|(have, _)| *have == r) {
+                            let mut v = x.to_vec();
+                            r.apply(&mut v);
+                            self.rounded.push((r, v));
+                        }
+                    }
+                },
+            }
+        }
+        if legacy {
+            let q8 = GgmlType::Q8_0.info();
+            self.q8_0.resize(q8.row_bytes(k), 0);
+            (q8.quantize_row)(x, None, &mut self.q8_0, crate::quant::Isa::best());
+            self.sums.clear();
+            self.sums.extend(self.q8_0.chunks(Q8_0_BLOCK).map(|block| {
+                let total: i32 = block[2..].iter().map(|&v| v as i8 as i32).sum();
+                f16_at(block, 0) * total as f32
+            }));
+        }
+        if kquant {
+            let blocks = k / crate::quant::QK_K;
+            self.q8k.resize_with(blocks, BlockQ8K::zeros);
+            BlockQ8K::from_float(x, &mut self.q8k);
+        }
+    }
+
+    /// Rows `first..first + out.len()` of `w` dotted with the prepared activations;
+    /// `scratch` holds a dequantized row where the format has no fused kernel.
+    pub fn dot_rows(&self, w: WeightView, first: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
+        let k = self.k;
+        let rows = first..first + out.len();
+        match w {
+            WeightView::Dense(data) => {
+                for (o, j) in out.iter_mut().zip(rows) {
+                    *o = dot_f32(&data[j * k..(j + 1) * k], &self.plain);
+                }
+            }
+            WeightView::Quantized { ty, bytes } => {
+                let row_bytes = ty.info().row_bytes(k);
+                let weight_rows = bytes[first * row_bytes..rows.end * row_bytes].chunks(row_bytes);
+                match path(ty, k) {
+                    Path::Legacy => {
+                        let dot = kernel(ty);
+                        for (o, row) in out.iter_mut().zip(weight_rows) {
+                            *o = dot(row, &self.q8_0, &self.sums, k / 32);
+                        }
+                    }
+                    Path::KQuant => {
+                        for (o, row) in out.iter_mut().zip(weight_rows) {
+                            *o = kquant_dot(ty, row, &self.q8k, k);
+                        }
+                    }
+                    Path::Dequantized(r) => {
+                        let (_, x) = self
+                            .rounded
+                            .iter()
+                            .find(|(have, _)| *have == r)
+                            .expect("prepared for this weight");
+                        scratch.resize(k, 0.0);
+                        let dequantize = ty.info().dequantize_row;
+                        for (o, row) in out.iter_mut().zip(weight_rows) {
+                            dequantize(row, scratch);
+                            *o = dot_f32(scratch, x);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An f32 dot product in 16 independent lanes, which the compiler vectorizes.
+#[inline(always)]
+fn dot_f32_body(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32_body(a, b)
+}
+
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { dot_f32_avx2(a, b) };
+    }
+    dot_f32_body(a, b)
+}
+
 /// Several weights applied to the same activations (Q, K and V; gate and up) in one parallel
-/// pass: the activations are quantized once and the threads fork and join once, which for
-/// a single token costs as much as the arithmetic.
+/// pass: the activations are prepared once and the threads fork and join once.
 pub fn matmul_many(parts: &[Part], k: usize, x: &[f32], m: usize) -> Vec<Vec<f32>> {
-    let q8 = GgmlType::Q8_0.info();
-    let act_bytes = q8.row_bytes(k);
-    let blocks = k / 32;
-    // Q8_0 activations for the 32-element formats, Q8_K for the k-quants: each only if used.
-    let legacy = parts.iter().any(|p| !is_kquant(p.ty));
-    let mut acts = vec![0u8; if legacy { m * act_bytes } else { 0 }];
-    let mut sums = vec![0f32; if legacy { m * blocks } else { 0 }];
-    for ((dst, src), s) in acts
-        .chunks_mut(act_bytes)
-        .zip(x.chunks(k))
-        .zip(sums.chunks_mut(blocks))
-    {
-        (q8.quantize_row)(src, None, dst, crate::quant::Isa::best());
-        for (b, sb) in s.iter_mut().enumerate() {
-            let block = &dst[b * Q8_0_BLOCK..(b + 1) * Q8_0_BLOCK];
-            let total: i32 = block[2..].iter().map(|&v| v as i8 as i32).sum();
-            *sb = f16_at(block, 0) * total as f32;
-        }
-    }
-    let kblocks = k / crate::quant::QK_K;
-    let mut acts_k: Vec<BlockQ8K> = Vec::new();
-    if parts.iter().any(|p| is_kquant(p.ty)) && k.is_multiple_of(crate::quant::QK_K) {
-        acts_k = (0..m * kblocks).map(|_| BlockQ8K::zeros()).collect();
-        for (dst, src) in acts_k.chunks_mut(kblocks).zip(x.chunks(k)) {
-            BlockQ8K::from_float(src, dst);
-        }
-    }
-    // Outputs stored weight-row-major ([n][m]); every task owns whole rows of one part.
+    let views: Vec<WeightView> = parts
+        .iter()
+        .map(|p| WeightView::Quantized {
+            ty: p.ty,
+            bytes: p.weight,
+        })
+        .collect();
+    let prepared: Vec<Prepared> = x
+        .chunks(k)
+        .map(|row| {
+            let mut p = Prepared::default();
+            p.prepare(row, &views);
+            p
+        })
+        .collect();
+    // Outputs stored activation-row-major ([m][n]); every task owns whole rows of one part.
     let mut outs: Vec<Vec<f32>> = parts.iter().map(|p| vec![0f32; p.n * m]).collect();
     const ROWS: usize = 16;
     let mut tasks = Vec::new();
@@ -132,47 +347,20 @@ pub fn matmul_many(parts: &[Part], k: usize, x: &[f32], m: usize) -> Vec<Vec<f32
             tasks.push((pi, first, ROWS.min(p.n - first)));
         }
     }
-    let kernels: Vec<Option<DotFn>> = parts
-        .iter()
-        .map(|p| (!is_kquant(p.ty)).then(|| kernel(p.ty)))
-        .collect();
     let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
-    let (acts, sums, ptrs, acts_k) = (&acts, &sums, &ptrs, &acts_k);
+    let (ptrs, prepared, views) = (&ptrs, &prepared, &views);
     tasks.par_iter().for_each(|&(pi, first, rows)| {
-        let p = &parts[pi];
-        let row_bytes = p.ty.info().row_bytes(k);
-        for j in first..first + rows {
-            let w = &p.weight[j * row_bytes..(j + 1) * row_bytes];
-            for r in 0..m {
-                let v = match kernels[pi] {
-                    Some(dot) => dot(
-                        w,
-                        &acts[r * act_bytes..(r + 1) * act_bytes],
-                        &sums[r * blocks..(r + 1) * blocks],
-                        blocks,
-                    ),
-                    None => kquant_dot(p.ty, w, &acts_k[r * kblocks..(r + 1) * kblocks], k),
-                };
-                // SAFETY: tasks cover disjoint weight rows, so disjoint [j][r] slots.
-                unsafe { *ptrs[pi].0.add(j * m + r) = v };
-            }
+        let mut scratch = Vec::new();
+        for (r, acts) in prepared.iter().enumerate() {
+            // SAFETY: tasks cover disjoint weight rows, so disjoint [r][first..first + rows]
+            // slices of part `pi`'s output.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(ptrs[pi].0.add(r * parts[pi].n + first), rows)
+            };
+            acts.dot_rows(views[pi], first, out, &mut scratch);
         }
     });
-    if m == 1 {
-        return outs;
-    }
-    outs.into_iter()
-        .zip(parts)
-        .map(|(o, p)| {
-            let mut out = vec![0f32; m * p.n];
-            for j in 0..p.n {
-                for r in 0..m {
-                    out[r * p.n + j] = o[j * m + r];
-                }
-            }
-            out
-        })
-        .collect()
+    outs
 }
 
 #[inline]
