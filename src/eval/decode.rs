@@ -13,11 +13,11 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 
-use super::dot::{dot_f32, Prepared, WeightView};
+use super::attention;
+use super::dot::{Prepared, WeightView};
 use super::linear::{Linear, WeightGuard};
 use super::model::{Model, RawKv};
 use super::team::{Barrier, Padded, Team};
-use crate::quant::fp16::round_trip_f16;
 
 /// Chunks per member and product: enough for a member that falls behind to hand work to the
 /// others, few enough that the shared counter stays cold.
@@ -299,23 +299,30 @@ impl Step<'_> {
     fn queries_keys_values(&self, qkv: &[f32], vectors: &LayerVectors, s: &mut Scratch) {
         let c = &self.model.weights.config;
         let (nq, nkv) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let take = |dst: &mut Vec<f32>, src: &[f32], bias: &Option<Vec<f32>>| {
+        for (dst, src) in [
+            (&mut s.q, &qkv[..nq]),
+            (&mut s.k, &qkv[nq..nq + nkv]),
+            (&mut s.v, &qkv[nq + nkv..nq + 2 * nkv]),
+        ] {
             dst.clear();
             dst.extend_from_slice(src);
-            if let Some(bias) = bias {
-                add_into(dst, bias);
-            }
-        };
-        take(&mut s.q, &qkv[..nq], &vectors.q_bias);
-        take(&mut s.k, &qkv[nq..nq + nkv], &vectors.k_bias);
-        take(&mut s.v, &qkv[nq + nkv..nq + 2 * nkv], &vectors.v_bias);
-        for y in [&mut s.q, &mut s.k] {
-            for head in y.chunks_mut(c.head_dim) {
-                rope(head, self.cos, self.sin, c.rope_neox);
-            }
         }
-        for y in [&mut s.q, &mut s.k, &mut s.v] {
-            y.iter_mut().for_each(|v| *v = round_trip_f16(*v));
+        attention::prepare_position(
+            [&mut s.q, &mut s.k, &mut s.v],
+            [&vectors.q_bias, &vectors.k_bias, &vectors.v_bias].map(|b| b.as_deref()),
+            self.cos,
+            self.sin,
+            self.shape(),
+        );
+    }
+
+    fn shape(&self) -> attention::Shape {
+        let c = &self.model.weights.config;
+        attention::Shape {
+            heads: c.n_head,
+            kv_heads: c.n_head_kv,
+            head_dim: c.head_dim,
+            neox: c.rope_neox,
         }
     }
 
@@ -332,15 +339,13 @@ impl Step<'_> {
         }
     }
 
-    /// The heads handed to this member: scores against the cached keys and the new one,
-    /// softmax, weighted sum of the values.
+    /// The heads handed to this member, against the cached positions and the new one.
     fn attention(&self, counter: &AtomicUsize, rows: &RawKv, s: &mut Scratch) {
         let c = &self.model.weights.config;
         let dim = c.head_dim;
         let group = c.n_head / c.n_head_kv;
         let past = self.position;
         let scale = 1.0 / (dim as f32).sqrt();
-        s.scores.resize(past + 1, 0.0);
         loop {
             let head = counter.fetch_add(1, Ordering::Relaxed);
             if head >= c.n_head {
@@ -356,16 +361,6 @@ impl Step<'_> {
                     std::slice::from_raw_parts(rows.v.add(at), past * dim),
                 )
             };
-            let q = &s.q[head * dim..(head + 1) * dim];
-            let (new_key, new_value) = (
-                &s.k[kv * dim..(kv + 1) * dim],
-                &s.v[kv * dim..(kv + 1) * dim],
-            );
-            for (p, key) in s.scores.iter_mut().zip(keys.chunks_exact(dim)) {
-                *p = dot_f32(q, key);
-            }
-            s.scores[past] = dot_f32(q, new_key);
-            super::softmax::causal_row(&mut s.scores, past + 1, scale);
             // SAFETY: each head's output range belongs to the member that took the head.
             let out = unsafe {
                 self.decoder
@@ -373,16 +368,17 @@ impl Step<'_> {
                     .attn
                     .write(head * dim..(head + 1) * dim)
             };
-            out.fill(0.0);
-            for (&p, value) in s
-                .scores
-                .iter()
-                .zip(values.chunks_exact(dim).chain([new_value]))
-            {
-                for (o, &v) in out.iter_mut().zip(value) {
-                    *o += p * v;
-                }
-            }
+            let kv_rows = kv * dim..(kv + 1) * dim;
+            attention::single_query(
+                &s.q[head * dim..(head + 1) * dim],
+                keys,
+                values,
+                &s.k[kv_rows.clone()],
+                &s.v[kv_rows],
+                scale,
+                &mut s.scores,
+                out,
+            );
         }
     }
 }
@@ -425,20 +421,4 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
 
 fn add_into(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
-}
-
-/// Rotates one head's pairs: adjacent elements (llama.cpp's "norm" mode) or the two halves
-/// (NeoX mode, Qwen2).
-fn rope(head: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
-    let half = head.len() / 2;
-    for i in 0..half {
-        let (a, b) = if neox {
-            (i, i + half)
-        } else {
-            (2 * i, 2 * i + 1)
-        };
-        let (x0, x1) = (head[a], head[b]);
-        head[a] = x0 * cos[i] - x1 * sin[i];
-        head[b] = x0 * sin[i] + x1 * cos[i];
-    }
 }

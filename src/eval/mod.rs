@@ -1,6 +1,7 @@
 //! Measuring models: the forward pass, perplexity and KL divergence on the user's text
 //! (`quantfit eval`), and prompt/generation speed (`quantfit bench`).
 
+pub mod attention;
 pub mod bench;
 pub mod decode;
 pub mod dot;

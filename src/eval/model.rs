@@ -3,10 +3,11 @@
 //! causal mask, SwiGLU feed-forward, optional Q/K/V biases, tied or separate output matrix.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 
 use std::sync::Mutex;
 
+use super::attention;
 use super::decode::Decoder;
 use super::linear::Linear;
 use super::weights::{LayerWeights, ModelConfig, ModelWeights};
@@ -45,32 +46,22 @@ impl LayerKv {
         }
     }
 
-    /// Appends `t` positions (`[heads][t][dim]` each) after the first `len`.
+    /// Appends `t` positions (`[t][heads * dim]` each) after the first `len`.
     fn append(&mut self, k: &[f32], v: &[f32], heads: usize, dim: usize, len: usize, t: usize) {
         self.reserve(heads, dim, len, t);
-        for h in 0..heads {
-            let dst = (h * self.capacity + len) * dim;
-            self.k[dst..dst + t * dim].copy_from_slice(&k[h * t * dim..(h + 1) * t * dim]);
-            self.v[dst..dst + t * dim].copy_from_slice(&v[h * t * dim..(h + 1) * t * dim]);
+        for p in 0..t {
+            for h in 0..heads {
+                let src = (p * heads + h) * dim;
+                let dst = (h * self.capacity + len + p) * dim;
+                self.k[dst..dst + dim].copy_from_slice(&k[src..src + dim]);
+                self.v[dst..dst + dim].copy_from_slice(&v[src..src + dim]);
+            }
         }
     }
 
     /// Rows `0..len` of head `h`.
     fn rows<'a>(&self, buf: &'a [f32], h: usize, len: usize, dim: usize) -> &'a [f32] {
         &buf[h * self.capacity * dim..][..len * dim]
-    }
-
-    /// `[heads, len, dim]` copies for the batched matmuls.
-    fn tensors(&self, heads: usize, len: usize, dim: usize) -> Result<(Tensor, Tensor)> {
-        let gather = |buf: &[f32]| -> Vec<f32> {
-            (0..heads)
-                .flat_map(|h| self.rows(buf, h, len, dim).iter().copied())
-                .collect()
-        };
-        Ok((
-            Tensor::from_vec(gather(&self.k), (heads, len, dim), &Device::Cpu)?,
-            Tensor::from_vec(gather(&self.v), (heads, len, dim), &Device::Cpu)?,
-        ))
     }
 }
 
@@ -176,7 +167,7 @@ impl Model {
             cache.layers = (0..c.n_layer).map(|_| LayerKv::default()).collect();
         }
         let offset = cache.len;
-        let (cos, sin) = self.rope_tables(offset, t)?;
+        let (cos, sin) = self.rope_angles(offset, t);
         let mut x = self.weights.embedding.lookup(tokens, c.n_embd, c.n_vocab)?;
         for (layer, slot) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
             x = self.block(layer, &x, slot, offset, &cos, &sin)?;
@@ -230,23 +221,14 @@ impl Model {
         (cos, sin)
     }
 
-    fn rope_tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
-        let half = self.weights.config.head_dim / 2;
-        let (cos, sin) = self.rope_angles(offset, t);
-        Ok((
-            Tensor::from_vec(cos, (t, half), &Device::Cpu)?,
-            Tensor::from_vec(sin, (t, half), &Device::Cpu)?,
-        ))
-    }
-
     fn block(
         &self,
         w: &LayerWeights,
         x: &Tensor,
         cache: &mut LayerKv,
         offset: usize,
-        cos: &Tensor,
-        sin: &Tensor,
+        cos: &[f32],
+        sin: &[f32],
     ) -> Result<Tensor> {
         let c = &self.weights.config;
         let (t, _) = x.dims2()?;
@@ -254,84 +236,58 @@ impl Model {
         let group = h / hkv;
 
         let xn = rms_norm(x, &w.attn_norm, c.rms_eps)?;
-        let bias = |y: Tensor, b: &Option<Tensor>| -> Result<Tensor> {
-            Ok(match b {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            })
-        };
-        let mut qkv = Linear::forward_many(&[&w.q, &w.k, &w.v], &xn)?.into_iter();
-        let (q, k, v) = (
-            qkv.next().expect("three outputs"),
-            qkv.next().expect("three outputs"),
-            qkv.next().expect("three outputs"),
+        let mut qkv = Linear::forward_many(&[&w.q, &w.k, &w.v], &xn)?
+            .into_iter()
+            .map(|y| Ok(y.flatten_all()?.to_vec1::<f32>()?))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut v, mut k, mut q) = (
+            qkv.pop().expect("three outputs"),
+            qkv.pop().expect("three outputs"),
+            qkv.pop().expect("three outputs"),
         );
-        let (q, k, v) = (
-            bias(q, &w.q_bias)?,
-            bias(k, &w.k_bias)?,
-            bias(v, &w.v_bias)?,
+        let vector = |b: &Option<Tensor>| -> Result<Option<Vec<f32>>> {
+            Ok(b.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?)
+        };
+        let biases = [vector(&w.q_bias)?, vector(&w.k_bias)?, vector(&w.v_bias)?];
+        let shape = attention::Shape {
+            heads: h,
+            kv_heads: hkv,
+            head_dim: hd,
+            neox: c.rope_neox,
+        };
+        attention::prepare_batch(
+            [&mut q, &mut k, &mut v],
+            biases.each_ref().map(|b| b.as_deref()),
+            cos,
+            sin,
+            shape,
         );
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let rope = |y: Tensor| -> Result<Tensor> {
-            Ok(if c.rope_neox {
-                candle_nn::rotary_emb::rope(&y, cos, sin)?
-            } else {
-                candle_nn::rotary_emb::rope_i(&y, cos, sin)?
-            })
-        };
-        // llama.cpp keeps K and V in an F16 cache and multiplies Q with it in F16.
-        let f16 =
-            |y: Tensor| -> Result<Tensor> { Ok(y.to_dtype(DType::F16)?.to_dtype(DType::F32)?) };
-        let q = f16(rope(heads(q, h)?)?)?;
-        let k = f16(rope(heads(k, hkv)?)?.squeeze(0)?)?;
-        let v = f16(heads(v, hkv)?.squeeze(0)?)?;
-        let k_rows = k.flatten_all()?.to_vec1::<f32>()?;
-        let v_rows = v.flatten_all()?.to_vec1::<f32>()?;
-        cache.append(&k_rows, &v_rows, hkv, hd, offset, t);
-        let tk = offset + t;
-        let scale = 1.0 / (hd as f32).sqrt();
+        cache.append(&k, &v, hkv, hd, offset, t);
 
         let attn = if t == 1 {
-            // One new token: a few dot products per head, cheaper by hand than as tensors.
-            let q = q.flatten_all()?.to_vec1::<f32>()?;
+            // The decoding team's arithmetic (`decode.rs`), so both give the same logits.
             let mut out = vec![0f32; h * hd];
-            let mut p = vec![0f32; tk];
-            for head in 0..h {
+            let mut scores = Vec::new();
+            let scale = 1.0 / (hd as f32).sqrt();
+            for (head, o) in out.chunks_mut(hd).enumerate() {
                 let kv = head / group;
-                let qh = &q[head * hd..(head + 1) * hd];
-                let keys = cache.rows(&cache.k, kv, tk, hd);
-                for (pj, key) in p.iter_mut().zip(keys.chunks_exact(hd)) {
-                    *pj = super::dot::dot_f32(qh, key);
-                }
-                super::softmax::causal_softmax(&mut p, tk, 1, tk - 1, scale);
-                let o = &mut out[head * hd..(head + 1) * hd];
-                for (pj, val) in p
-                    .iter()
-                    .zip(cache.rows(&cache.v, kv, tk, hd).chunks_exact(hd))
-                {
-                    for (oi, vi) in o.iter_mut().zip(val) {
-                        *oi += pj * vi;
-                    }
-                }
+                let kv_rows = kv * hd..(kv + 1) * hd;
+                attention::single_query(
+                    &q[head * hd..(head + 1) * hd],
+                    cache.rows(&cache.k, kv, offset, hd),
+                    cache.rows(&cache.v, kv, offset, hd),
+                    &k[kv_rows.clone()],
+                    &v[kv_rows],
+                    scale,
+                    &mut scores,
+                    o,
+                );
             }
-            Tensor::from_vec(out, (1, h * hd), &Device::Cpu)?
+            out
         } else {
-            let (k, v) = cache.tensors(hkv, tk, hd)?;
-            // Query heads that share a KV head are stacked, so one batched matmul per KV head
-            // serves the whole group without copying keys and values.
-            let q = q.reshape((hkv, group * t, hd))?;
-            let scores = q.matmul(&k.t()?)?;
-            let mut data = scores.flatten_all()?.to_vec1::<f32>()?;
-            super::softmax::causal_softmax(&mut data, tk, t, tk - t, scale);
-            let probs = Tensor::from_vec(data, (hkv, group * t, tk), &Device::Cpu)?;
-            probs
-                .matmul(&v)?
-                .reshape((h, t, hd))?
-                .transpose(0, 1)?
-                .reshape((t, h * hd))?
+            attention::causal_batch(&q, &cache.k, &cache.v, cache.capacity, offset, shape)
         };
+        let attn = Tensor::from_vec(attn, (t, h * hd), &Device::Cpu)?;
         let x = (x + w.o.forward(&attn)?)?;
 
         let xn = rms_norm(&x, &w.ffn_norm, c.rms_eps)?;

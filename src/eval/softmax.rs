@@ -83,20 +83,39 @@ pub fn causal_softmax(scores: &mut [f32], keys: usize, queries: usize, offset: u
         });
 }
 
+/// Lanes of the softmax reductions: independent accumulators let the compiler vectorize the
+/// max and the sum (a single running f32 accumulator is a dependency chain it must keep).
+const LANES: usize = 16;
+
 #[inline(always)]
 fn causal_row_body(row: &mut [f32], seen: usize, scale: f32) {
     let (live, masked) = row.split_at_mut(seen);
-    let mut max = f32::NEG_INFINITY;
-    for v in live.iter_mut() {
+    let mut maxes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = live.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            c[i] *= scale;
+            maxes[i] = maxes[i].max(c[i]);
+        }
+    }
+    for v in chunks.into_remainder() {
         *v *= scale;
-        max = max.max(*v);
+        maxes[0] = maxes[0].max(*v);
     }
-    let mut sum = 0f32;
-    for v in live.iter_mut() {
+    let max = maxes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sums = [0f32; LANES];
+    let mut chunks = live.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            c[i] = exp_nonpositive(c[i] - max);
+            sums[i] += c[i];
+        }
+    }
+    for v in chunks.into_remainder() {
         *v = exp_nonpositive(*v - max);
-        sum += *v;
+        sums[0] += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = (1.0 / sums.iter().map(|&v| v as f64).sum::<f64>()) as f32;
     for v in live.iter_mut() {
         *v *= inv;
     }

@@ -1,0 +1,261 @@
+//! Attention on llama.cpp's F16 KV cache, on plain buffers: the per-position preparation of
+//! queries, keys and values (biases, RoPE, F16 rounding), a single query against the cache
+//! (generation; shared by the decoding team and the graph so both round alike) and a causal
+//! batch (prompts, perplexity) computed in blocks of query rows: each block multiplies only
+//! the keys it can see, and its score rows stay in cache instead of a `[heads, t, keys]`
+//! tensor being built, copied and masked.
+
+use rayon::prelude::*;
+
+use super::dot::dot_f32;
+use super::softmax::causal_row;
+use crate::quant::fp16::round_trip_f16;
+
+/// Query rows per block of the batched attention: their scores (rows x keys) stay in L2.
+const QUERY_BLOCK: usize = 64;
+
+/// Where queries, keys and values sit and how RoPE turns them.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub neox: bool,
+}
+
+/// Rotates one head's pairs: adjacent elements (llama.cpp's "norm" mode) or the two halves
+/// (NeoX mode, Qwen2).
+fn rope(head: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
+    let half = head.len() / 2;
+    for i in 0..half {
+        let (a, b) = if neox {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
+        let (x0, x1) = (head[a], head[b]);
+        head[a] = x0 * cos[i] - x1 * sin[i];
+        head[b] = x0 * sin[i] + x1 * cos[i];
+    }
+}
+
+/// One position's query, key and value rows in place: biases, RoPE on queries and keys
+/// (`cos`/`sin` of this position), then the F16 rounding of llama.cpp's KV cache (queries
+/// too: ggml multiplies them with the cache in F16).
+pub fn prepare_position(
+    [q, k, v]: [&mut [f32]; 3],
+    biases: [Option<&[f32]>; 3],
+    cos: &[f32],
+    sin: &[f32],
+    shape: Shape,
+) {
+    for (y, bias) in [&mut *q, &mut *k, &mut *v].into_iter().zip(biases) {
+        if let Some(bias) = bias {
+            y.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
+        }
+    }
+    for y in [&mut *q, &mut *k] {
+        for head in y.chunks_mut(shape.head_dim) {
+            rope(head, cos, sin, shape.neox);
+        }
+    }
+    for y in [q, k, v] {
+        y.iter_mut().for_each(|x| *x = round_trip_f16(*x));
+    }
+}
+
+/// `prepare_position` for every row of `[t, n]` queries, keys and values.
+pub fn prepare_batch(
+    [q, k, v]: [&mut [f32]; 3],
+    biases: [Option<&[f32]>; 3],
+    cos: &[f32],
+    sin: &[f32],
+    shape: Shape,
+) {
+    let t = cos.len() / (shape.head_dim / 2);
+    let half = shape.head_dim / 2;
+    let (nq, nkv) = (q.len() / t, k.len() / t);
+    q.par_chunks_mut(nq)
+        .zip(k.par_chunks_mut(nkv))
+        .zip(v.par_chunks_mut(nkv))
+        .enumerate()
+        .for_each(|(p, ((q, k), v))| {
+            let (cos, sin) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+            prepare_position([q, k, v], biases, cos, sin, shape);
+        });
+}
+
+/// One query head against `past` cached rows (`keys`, `values`: `[past, dim]`) and its own
+/// new key and value; the output is written to `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn single_query(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    new_key: &[f32],
+    new_value: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let dim = q.len();
+    let past = keys.len() / dim;
+    scores.resize(past + 1, 0.0);
+    for (p, key) in scores.iter_mut().zip(keys.chunks_exact(dim)) {
+        *p = dot_f32(q, key);
+    }
+    scores[past] = dot_f32(q, new_key);
+    causal_row(scores, past + 1, scale);
+    out.fill(0.0);
+    for (&p, value) in scores
+        .iter()
+        .zip(values.chunks_exact(dim).chain([new_value]))
+    {
+        for (o, &v) in out.iter_mut().zip(value) {
+            *o += p * v;
+        }
+    }
+}
+
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Causal attention of `t` prepared queries (`q`: `[t, heads * dim]`) at positions
+/// `offset..offset + t`, against a cache whose rows `0..offset + t` are filled: `keys` and
+/// `values` are `[kv_heads][capacity][dim]`. Returns `[t, heads * dim]`.
+pub fn causal_batch(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    capacity: usize,
+    offset: usize,
+    shape: Shape,
+) -> Vec<f32> {
+    let (h, dim) = (shape.heads, shape.head_dim);
+    let group = h / shape.kv_heads;
+    let t = q.len() / (h * dim);
+    let scale = 1.0 / (dim as f32).sqrt();
+    let mut out = vec![0f32; t * h * dim];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let blocks = t.div_ceil(QUERY_BLOCK);
+    (0..h * blocks).into_par_iter().for_each(|task| {
+        let (head, block) = (task / blocks, task % blocks);
+        let kv = head / group;
+        let r0 = block * QUERY_BLOCK;
+        let rows = QUERY_BLOCK.min(t - r0);
+        // Keys up to the block's last query; earlier rows mask the tail of theirs.
+        let seen = offset + r0 + rows;
+        let k = &keys[kv * capacity * dim..][..seen * dim];
+        let v = &values[kv * capacity * dim..][..seen * dim];
+        let mut scores = vec![0f32; rows * seen];
+        // SAFETY (both products): the pointers and strides describe the slices above:
+        // queries rows r0.. of head `head` (row stride h * dim), keys/values [seen, dim],
+        // scores [rows, seen], and the output block rows r0.. x this head's columns, which
+        // no other task writes.
+        unsafe {
+            gemm::gemm(
+                rows,
+                seen,
+                dim,
+                scores.as_mut_ptr(),
+                1,
+                seen as isize,
+                false,
+                q.as_ptr().add(r0 * h * dim + head * dim),
+                1,
+                (h * dim) as isize,
+                k.as_ptr(),
+                dim as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (r, row) in scores.chunks_mut(seen).enumerate() {
+            causal_row(row, offset + r0 + r + 1, scale);
+        }
+        let out_ptr = &out_ptr;
+        unsafe {
+            gemm::gemm(
+                rows,
+                dim,
+                seen,
+                out_ptr.0.add(r0 * h * dim + head * dim),
+                1,
+                (h * dim) as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                seen as isize,
+                v.as_ptr(),
+                1,
+                dim as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocked batch equals a plain per-query computation (f64 reference), across block
+    /// edges, with cached positions before the batch and grouped KV heads.
+    #[test]
+    fn causal_batch_matches_per_query_attention() {
+        let shape = Shape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            neox: false,
+        };
+        let (offset, t, capacity) = (5, 2 * QUERY_BLOCK + 3, 256);
+        let dim = shape.head_dim;
+        let q = crate::eval::test_values(t * shape.heads * dim, 3);
+        let keys = crate::eval::test_values(shape.kv_heads * capacity * dim, 5);
+        let values = crate::eval::test_values(shape.kv_heads * capacity * dim, 7);
+        let got = causal_batch(&q, &keys, &values, capacity, offset, shape);
+        let scale = 1.0 / (dim as f64).sqrt();
+        for r in 0..t {
+            for head in 0..shape.heads {
+                let kv = head / 2;
+                let qh = &q[(r * shape.heads + head) * dim..][..dim];
+                let seen = offset + r + 1;
+                let row = |j: usize, buf: &[f32]| buf[(kv * capacity + j) * dim..][..dim].to_vec();
+                let s: Vec<f64> = (0..seen)
+                    .map(|j| {
+                        qh.iter()
+                            .zip(row(j, &keys))
+                            .map(|(a, b)| *a as f64 * b as f64)
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let m = s.iter().copied().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                for d in 0..dim {
+                    let want: f64 = (0..seen)
+                        .map(|j| (s[j] - m).exp() / z * row(j, &values)[d] as f64)
+                        .sum();
+                    let g = got[(r * shape.heads + head) * dim + d] as f64;
+                    assert!(
+                        (g - want).abs() < 1e-5,
+                        "row {r} head {head} dim {d}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
