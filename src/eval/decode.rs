@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use candle_core::Tensor;
 
 use super::attention;
 use super::dot::{Prepared, WeightView};
 use super::linear::{Linear, WeightGuard};
 use super::model::{Model, RawKv};
 use super::team::{Barrier, Padded, Team};
+use super::weights::LayerWeights;
 
 /// Chunks per member and product: enough for a member that falls behind to hand work to the
 /// others, few enough that the shared counter stays cold.
@@ -25,20 +25,10 @@ const CHUNKS_PER_MEMBER: usize = 4;
 
 pub struct Decoder {
     team: Team,
-    vectors: Vec<LayerVectors>,
-    output_norm: Vec<f32>,
     buffers: Buffers,
     scratch: Vec<Mutex<Scratch>>,
     /// One work counter per parallel step of a token (five per layer, one for the output).
     counters: Vec<Padded<AtomicUsize>>,
-}
-
-struct LayerVectors {
-    attn_norm: Vec<f32>,
-    ffn_norm: Vec<f32>,
-    q_bias: Option<Vec<f32>>,
-    k_bias: Option<Vec<f32>>,
-    v_bias: Option<Vec<f32>>,
 }
 
 /// Results of the parallel steps, each written in disjoint ranges by the members and read
@@ -107,28 +97,10 @@ struct LayerViews<'a> {
     down: WeightView<'a>,
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
-}
-
 impl Decoder {
     pub fn new(model: &Model, threads: usize) -> Result<Decoder> {
         let w = &model.weights;
         let c = &w.config;
-        let vectors = w
-            .layers
-            .iter()
-            .map(|l| -> Result<LayerVectors> {
-                let bias = |b: &Option<Tensor>| b.as_ref().map(to_vec).transpose();
-                Ok(LayerVectors {
-                    attn_norm: to_vec(&l.attn_norm)?,
-                    ffn_norm: to_vec(&l.ffn_norm)?,
-                    q_bias: bias(&l.q_bias)?,
-                    k_bias: bias(&l.k_bias)?,
-                    v_bias: bias(&l.v_bias)?,
-                })
-            })
-            .collect::<Result<_>>()?;
         let team = Team::new(threads).context("starting the decoding threads")?;
         let kv = c.n_head_kv * c.head_dim;
         Ok(Decoder {
@@ -136,8 +108,6 @@ impl Decoder {
                 .map(|_| Mutex::new(Scratch::default()))
                 .collect(),
             team,
-            vectors,
-            output_norm: to_vec(&w.output_norm)?,
             buffers: Buffers {
                 qkv: SharedBuf::new(c.n_head * c.head_dim + 2 * kv),
                 attn: SharedBuf::new(c.n_head * c.head_dim),
@@ -165,7 +135,7 @@ impl Decoder {
     ) -> Result<Vec<f32>> {
         let w = &model.weights;
         let c = &w.config;
-        let x0 = to_vec(&w.embedding.lookup(&[token], c.n_embd, c.n_vocab)?)?;
+        let x0 = w.embedding.lookup(&[token], c.n_embd, c.n_vocab)?;
         let position = cache.len();
         let (cos, sin) = model.rope_angles(position, 1);
         let rows = CacheRows(cache.reserve_one(c.n_layer, c.n_head_kv, c.head_dim));
@@ -237,8 +207,13 @@ impl Step<'_> {
         let mut counters = d.counters.iter();
         let mut next_counter = || &counters.next().expect("a counter per step").0;
         let (nq, nkv) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        for ((views, vectors), rows) in self.layers.iter().zip(&d.vectors).zip(&self.rows.0) {
-            rms_norm(&s.x, &vectors.attn_norm, c.rms_eps, &mut s.normed);
+        for ((views, weights), rows) in self
+            .layers
+            .iter()
+            .zip(&self.model.weights.layers)
+            .zip(&self.rows.0)
+        {
+            rms_norm(&s.x, &weights.attn_norm, c.rms_eps, &mut s.normed);
             s.prepared.prepare(&s.normed, &views.qkv);
             let parts = [(views.qkv[0], nq), (views.qkv[1], nkv), (views.qkv[2], nkv)];
             product(next_counter(), &parts, s, &b.qkv, members);
@@ -246,7 +221,7 @@ impl Step<'_> {
 
             // SAFETY: written before the barrier above, next written after three more.
             let qkv = unsafe { b.qkv.read() };
-            self.queries_keys_values(qkv, vectors, s);
+            self.queries_keys_values(qkv, weights, s);
             if member == 0 {
                 self.store_in_cache(rows, s);
             }
@@ -262,7 +237,7 @@ impl Step<'_> {
 
             // SAFETY: as above, for each product's output and the barrier after it.
             add_into(&mut s.x, unsafe { b.o.read() });
-            rms_norm(&s.x, &vectors.ffn_norm, c.rms_eps, &mut s.normed);
+            rms_norm(&s.x, &weights.ffn_norm, c.rms_eps, &mut s.normed);
             s.prepared.prepare(&s.normed, &views.gate_up);
             let parts = [(views.gate_up[0], c.n_ff), (views.gate_up[1], c.n_ff)];
             product(next_counter(), &parts, s, &b.gate_up, members);
@@ -284,7 +259,12 @@ impl Step<'_> {
 
             add_into(&mut s.x, unsafe { b.down.read() });
         }
-        rms_norm(&s.x, &d.output_norm, c.rms_eps, &mut s.normed);
+        rms_norm(
+            &s.x,
+            &self.model.weights.output_norm,
+            c.rms_eps,
+            &mut s.normed,
+        );
         s.prepared.prepare(&s.normed, &[self.output]);
         product(
             next_counter(),
@@ -296,7 +276,7 @@ impl Step<'_> {
     }
 
     /// Biases, RoPE and the F16 rounding of llama.cpp's KV cache, on the member's own copy.
-    fn queries_keys_values(&self, qkv: &[f32], vectors: &LayerVectors, s: &mut Scratch) {
+    fn queries_keys_values(&self, qkv: &[f32], weights: &LayerWeights, s: &mut Scratch) {
         let c = &self.model.weights.config;
         let (nq, nkv) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         for (dst, src) in [
@@ -309,7 +289,7 @@ impl Step<'_> {
         }
         attention::prepare_position(
             [&mut s.q, &mut s.k, &mut s.v],
-            [&vectors.q_bias, &vectors.k_bias, &vectors.v_bias].map(|b| b.as_deref()),
+            [&weights.q_bias, &weights.k_bias, &weights.v_bias].map(|b| b.as_deref()),
             self.cos,
             self.sin,
             self.shape(),

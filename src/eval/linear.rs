@@ -76,50 +76,47 @@ impl Linear {
         }
     }
 
-    /// `x [.., cols]` times the transposed weight: `[.., rows]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x [m, cols]` (row-major) times the transposed weight: `[m, rows]`.
+    pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let m = x.len() / self.cols;
+        let as_tensor = || Tensor::from_slice(x, (m, self.cols), &Device::Cpu);
         match &self.kind {
-            Kind::Dense(w) => Ok(x.matmul(&w.t()?)?),
+            Kind::Dense(w) => Ok(as_tensor()?.matmul(&w.t()?)?.flatten_all()?.to_vec1()?),
             Kind::Quantized {
                 file,
                 index,
                 ty,
                 qmatmul,
             } => {
-                let m = x.elem_count() / self.cols;
                 let data = file.tensor_data(&file.tensors[*index]);
-                let mut shape = x.dims().to_vec();
-                *shape.last_mut().expect("at least one dimension") = self.rows;
                 if m < BATCH_ROWS && super::dot::supported(*ty) {
-                    let input = x.flatten_all()?.to_vec1::<f32>()?;
-                    let out = super::dot::matmul(*ty, data, self.rows, self.cols, &input, m);
-                    return Ok(Tensor::from_vec(out, shape, &Device::Cpu)?);
+                    return Ok(super::dot::matmul(*ty, data, self.rows, self.cols, x, m));
                 }
                 if let (Some(q), true) = (qmatmul, m < BATCH_ROWS) {
-                    return Ok(q.forward(x)?);
+                    return Ok(q.forward(&as_tensor()?)?.flatten_all()?.to_vec1()?);
                 }
-                let mut input = x.flatten_all()?.to_vec1::<f32>()?;
-                if let Some(out) = super::gemm::matmul(*ty, data, self.rows, self.cols, &input) {
-                    return Ok(Tensor::from_vec(out, shape, &Device::Cpu)?);
+                if let Some(out) = super::gemm::matmul(*ty, data, self.rows, self.cols, x) {
+                    return Ok(out);
                 }
+                let mut input = x.to_vec();
                 round_like_ggml_activations(&mut input, self.cols, *ty);
-                let out = self.panel_gemm(&input, m, data, *ty);
-                Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
+                Ok(self.panel_gemm(&input, m, data, *ty))
             }
         }
     }
 
-    /// Several linears on the same input: one fused pass for single tokens when every weight
-    /// has a fused dot kernel, else one product each.
-    pub fn forward_many(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+    /// Several linears on the same input `x [m, cols]`: one fused pass with the activations
+    /// quantized once (fused dot kernels for a few rows, the integer GEMM for batches) where
+    /// every weight allows it, else one product each.
+    pub fn forward_many(linears: &[&Linear], x: &[f32]) -> Result<Vec<Vec<f32>>> {
         let cols = linears[0].cols;
-        let m = x.elem_count() / cols;
+        let m = x.len() / cols;
         let parts: Option<Vec<super::dot::Part>> = linears
             .iter()
             .map(|l| match &l.kind {
                 Kind::Quantized {
                     file, index, ty, ..
-                } if l.cols == cols && super::dot::supported(*ty) => Some(super::dot::Part {
+                } if l.cols == cols => Some(super::dot::Part {
                     ty: *ty,
                     weight: file.tensor_data(&file.tensors[*index]),
                     n: l.rows,
@@ -127,21 +124,17 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        match parts {
-            Some(parts) if m < BATCH_ROWS => {
-                let input = x.flatten_all()?.to_vec1::<f32>()?;
-                super::dot::matmul_many(&parts, cols, &input, m)
-                    .into_iter()
-                    .zip(linears)
-                    .map(|(out, l)| {
-                        let mut shape = x.dims().to_vec();
-                        *shape.last_mut().expect("at least one dimension") = l.rows;
-                        Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
-                    })
-                    .collect()
+        if let Some(parts) = parts {
+            if m < BATCH_ROWS && parts.iter().all(|p| super::dot::supported(p.ty)) {
+                return Ok(super::dot::matmul_many(&parts, cols, x, m));
             }
-            _ => linears.iter().map(|l| l.forward(x)).collect(),
+            if m >= BATCH_ROWS {
+                if let Some(outs) = super::gemm::matmul_many(&parts, cols, x) {
+                    return Ok(outs);
+                }
+            }
         }
+        linears.iter().map(|l| l.forward(x)).collect()
     }
 
     /// The weight held for the row kernels of `dot` (single-token decoding).

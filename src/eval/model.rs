@@ -170,16 +170,20 @@ impl Model {
         let (cos, sin) = self.rope_angles(offset, t);
         let mut x = self.weights.embedding.lookup(tokens, c.n_embd, c.n_vocab)?;
         for (layer, slot) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.block(layer, &x, slot, offset, &cos, &sin)?;
+            self.block(layer, &mut x, slot, offset, &cos, &sin)?;
         }
         cache.len += t;
-        let x = if logits_from > 0 {
-            x.narrow(0, logits_from, t - logits_from)?
-        } else {
-            x
-        };
-        let x = rms_norm(&x, &self.weights.output_norm, c.rms_eps)?;
-        self.weights.output.forward(&x)
+        let x = rms_norm(
+            &x[logits_from * c.n_embd..],
+            &self.weights.output_norm,
+            c.rms_eps,
+        );
+        let logits = self.weights.output.forward(&x)?;
+        Ok(Tensor::from_vec(
+            logits,
+            (t - logits_from, c.n_vocab),
+            &Device::Cpu,
+        )?)
     }
 
     /// One token on the decoding team (`decode.rs`). Setting `QUANTFIT_EVAL_DECODE` (to any
@@ -221,34 +225,28 @@ impl Model {
         (cos, sin)
     }
 
+    /// One transformer layer on `x` (`[t, n_embd]`, updated in place).
     fn block(
         &self,
         w: &LayerWeights,
-        x: &Tensor,
+        x: &mut [f32],
         cache: &mut LayerKv,
         offset: usize,
         cos: &[f32],
         sin: &[f32],
-    ) -> Result<Tensor> {
+    ) -> Result<()> {
         let c = &self.weights.config;
-        let (t, _) = x.dims2()?;
+        let t = x.len() / c.n_embd;
         let (h, hkv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
         let group = h / hkv;
 
-        let xn = rms_norm(x, &w.attn_norm, c.rms_eps)?;
-        let mut qkv = Linear::forward_many(&[&w.q, &w.k, &w.v], &xn)?
-            .into_iter()
-            .map(|y| Ok(y.flatten_all()?.to_vec1::<f32>()?))
-            .collect::<Result<Vec<_>>>()?;
+        let xn = rms_norm(x, &w.attn_norm, c.rms_eps);
+        let mut qkv = Linear::forward_many(&[&w.q, &w.k, &w.v], &xn)?;
         let (mut v, mut k, mut q) = (
             qkv.pop().expect("three outputs"),
             qkv.pop().expect("three outputs"),
             qkv.pop().expect("three outputs"),
         );
-        let vector = |b: &Option<Tensor>| -> Result<Option<Vec<f32>>> {
-            Ok(b.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?)
-        };
-        let biases = [vector(&w.q_bias)?, vector(&w.k_bias)?, vector(&w.v_bias)?];
         let shape = attention::Shape {
             heads: h,
             kv_heads: hkv,
@@ -257,7 +255,7 @@ impl Model {
         };
         attention::prepare_batch(
             [&mut q, &mut k, &mut v],
-            biases.each_ref().map(|b| b.as_deref()),
+            [&w.q_bias, &w.k_bias, &w.v_bias].map(|b| b.as_deref()),
             cos,
             sin,
             shape,
@@ -287,23 +285,30 @@ impl Model {
         } else {
             attention::causal_batch(&q, &cache.k, &cache.v, cache.capacity, offset, shape)
         };
-        let attn = Tensor::from_vec(attn, (t, h * hd), &Device::Cpu)?;
-        let x = (x + w.o.forward(&attn)?)?;
+        add_into(x, &w.o.forward(&attn)?);
 
-        let xn = rms_norm(&x, &w.ffn_norm, c.rms_eps)?;
-        let mut gate_up = Linear::forward_many(&[&w.gate, &w.up], &xn)?.into_iter();
-        let gate = gate_up.next().expect("two outputs");
-        let up = gate_up
-            .next()
-            .expect("two outputs")
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut act = gate.flatten_all()?.to_vec1::<f32>()?;
+        let xn = rms_norm(x, &w.ffn_norm, c.rms_eps);
+        let mut gate_up = Linear::forward_many(&[&w.gate, &w.up], &xn)?;
+        let up = gate_up.pop().expect("two outputs");
+        let mut act = gate_up.pop().expect("two outputs");
         super::softmax::swiglu(&mut act, &up);
-        let ff = w
-            .down
-            .forward(&Tensor::from_vec(act, gate.shape(), &Device::Cpu)?)?;
-        Ok((x + ff)?)
+        add_into(x, &w.down.forward(&act)?);
+        Ok(())
+    }
+}
+
+/// Rows above which the element-wise steps of a batch run in parallel.
+const PARALLEL_ROWS: usize = 32;
+
+/// `x += y`, element by element.
+fn add_into(x: &mut [f32], y: &[f32]) {
+    use rayon::prelude::*;
+    if x.len() > 1 << 16 {
+        x.par_chunks_mut(1 << 14)
+            .zip(y.par_chunks(1 << 14))
+            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+    } else {
+        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
     }
 }
 
@@ -318,20 +323,18 @@ pub(super) fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32])
     }
 }
 
-/// `rms_norm_row` over each row of `[t, n]`.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+/// `rms_norm_row` over each row of `x` (`[t, weight.len()]`).
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     use rayon::prelude::*;
-    let (t, n) = x.dims2()?;
-    let data = x.flatten_all()?.to_vec1::<f32>()?;
-    let weight = weight.to_vec1::<f32>()?;
-    let mut out = vec![0f32; t * n];
-    let row = |(src, dst): (&[f32], &mut [f32])| rms_norm_row(src, &weight, eps, dst);
-    if t > 32 {
-        data.par_chunks(n).zip(out.par_chunks_mut(n)).for_each(row);
+    let n = weight.len();
+    let mut out = vec![0f32; x.len()];
+    let row = |(src, dst): (&[f32], &mut [f32])| rms_norm_row(src, weight, eps, dst);
+    if x.len() / n > PARALLEL_ROWS {
+        x.par_chunks(n).zip(out.par_chunks_mut(n)).for_each(row);
     } else {
-        data.chunks(n).zip(out.chunks_mut(n)).for_each(row);
+        x.chunks(n).zip(out.chunks_mut(n)).for_each(row);
     }
-    Ok(Tensor::from_vec(out, (t, n), &Device::Cpu)?)
+    out
 }
 
 /// Convenience: the last dimension's arg-max of a `[n, vocab]` logits tensor.

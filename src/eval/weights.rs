@@ -49,15 +49,15 @@ pub enum Embedding {
 }
 
 pub struct LayerWeights {
-    pub attn_norm: Tensor,
+    pub attn_norm: Vec<f32>,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
-    pub q_bias: Option<Tensor>,
-    pub k_bias: Option<Tensor>,
-    pub v_bias: Option<Tensor>,
+    pub q_bias: Option<Vec<f32>>,
+    pub k_bias: Option<Vec<f32>>,
+    pub v_bias: Option<Vec<f32>>,
     pub o: Linear,
-    pub ffn_norm: Tensor,
+    pub ffn_norm: Vec<f32>,
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
@@ -67,7 +67,7 @@ pub struct ModelWeights {
     pub config: ModelConfig,
     pub embedding: Embedding,
     pub layers: Vec<LayerWeights>,
-    pub output_norm: Tensor,
+    pub output_norm: Vec<f32>,
     pub output: Linear,
     /// Llama 3.1-style RoPE frequency divisors (`rope_freqs.weight`).
     pub rope_freqs: Option<Vec<f32>>,
@@ -152,10 +152,8 @@ impl GgufLoader {
         Ok((data, shape))
     }
 
-    fn vector(&self, name: &str) -> Result<Tensor> {
-        let (data, _) = self.dense(name)?;
-        let n = data.len();
-        Ok(Tensor::from_vec(data, n, &Device::Cpu)?)
+    fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.dense(name)?.0)
     }
 
     fn linear(&mut self, name: &str) -> Result<Linear> {
@@ -282,7 +280,7 @@ pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
     let mut layers = Vec::with_capacity(config.n_layer);
     for i in 0..config.n_layer {
         let n = |s: &str| format!("blk.{i}.{s}");
-        let bias = |l: &GgufLoader, s: &str| -> Result<Option<Tensor>> {
+        let bias = |l: &GgufLoader, s: &str| -> Result<Option<Vec<f32>>> {
             let name = n(s);
             if l.has(&name) {
                 Ok(Some(l.vector(&name)?))
@@ -373,9 +371,8 @@ fn load_dense(
             .remove(name)
             .ok_or_else(|| anyhow!("{path}: tensor for {name} is missing"))
     };
-    fn vector((data, _): (Vec<f32>, Vec<usize>)) -> Result<Tensor> {
-        let n = data.len();
-        Ok(Tensor::from_vec(data, n, &Device::Cpu)?)
+    fn vector((data, _): (Vec<f32>, Vec<usize>)) -> Result<Vec<f32>> {
+        Ok(data)
     }
     fn matrix((data, shape): (Vec<f32>, Vec<usize>)) -> Result<Linear> {
         Linear::dense(Tensor::from_vec(data, shape, &Device::Cpu)?)
@@ -388,7 +385,7 @@ fn load_dense(
     let mut layers = Vec::with_capacity(config.n_layer);
     for i in 0..config.n_layer {
         let n = |s: &str| format!("blk.{i}.{s}");
-        let mut bias = |s: &str| -> Result<Option<Tensor>> {
+        let mut bias = |s: &str| -> Result<Option<Vec<f32>>> {
             match take(&n(s)) {
                 Ok(t) => Ok(Some(vector(t)?)),
                 Err(_) => Ok(None),
@@ -430,8 +427,8 @@ fn load_dense(
 }
 
 impl Embedding {
-    /// Rows `ids` as a `[ids.len(), n_embd]` tensor.
-    pub fn lookup(&self, ids: &[u32], n_embd: usize, n_vocab: usize) -> Result<Tensor> {
+    /// Rows `ids`, `[ids.len(), n_embd]` row-major.
+    pub fn lookup(&self, ids: &[u32], n_embd: usize, n_vocab: usize) -> Result<Vec<f32>> {
         let mut out = vec![0f32; ids.len() * n_embd];
         for (row, &id) in out.chunks_mut(n_embd).zip(ids) {
             if id as usize >= n_vocab {
@@ -451,6 +448,6 @@ impl Embedding {
                 }
             }
         }
-        Ok(Tensor::from_vec(out, (ids.len(), n_embd), &Device::Cpu)?)
+        Ok(out)
     }
 }

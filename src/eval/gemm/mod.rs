@@ -14,6 +14,8 @@ mod x86;
 
 use rayon::prelude::*;
 
+use super::dot::Part;
+
 use crate::quant::fp16::f16_bits_to_f32;
 use crate::quant::iq4::IQ4_VALUES;
 use crate::quant::kquants::scale_min_k4;
@@ -159,10 +161,15 @@ pub struct Activations {
 }
 
 impl Activations {
+    /// `x [m, k]` quantized as ggml quantizes activations for weights of type `ty`.
     pub fn quantize(x: &[f32], k: usize, ty: GgmlType) -> Activations {
+        Activations::quantize_as(x, k, activation_type(ty))
+    }
+
+    /// `x [m, k]` quantized to `via` (Q8_0 or Q8_K).
+    fn quantize_as(x: &[f32], k: usize, via: GgmlType) -> Activations {
         let m = x.len() / k;
         let nb = k / 32;
-        let via = activation_type(ty);
         let info = via.info();
         let mut a = Activations {
             k,
@@ -289,30 +296,56 @@ unsafe impl Sync for OutPtr {}
 /// `x [m, k]` times the transposed weight `[n, k]`; None when this machine or type has no
 /// integer kernel.
 pub fn matmul(ty: GgmlType, weight: &[u8], n: usize, k: usize, x: &[f32]) -> Option<Vec<f32>> {
-    if !supported(ty) || !available() || !k.is_multiple_of(ty.info().block_elems) {
+    matmul_many(&[Part { ty, weight, n }], k, x).map(|mut outs| outs.pop().expect("one part"))
+}
+
+/// Several weights on the same activations (Q, K and V; gate and up): the activations are
+/// quantized once per activation type and every panel of every weight is one parallel task.
+/// None unless every weight has an integer kernel here.
+pub fn matmul_many(parts: &[Part], k: usize, x: &[f32]) -> Option<Vec<Vec<f32>>> {
+    let usable = |p: &Part| supported(p.ty) && k.is_multiple_of(p.ty.info().block_elems);
+    if !available() || !parts.iter().all(usable) {
         return None;
     }
     let m = x.len() / k;
-    let acts = Activations::quantize(x, k, ty);
-    let row_bytes = ty.info().row_bytes(k);
-    let mut out = vec![0f32; m * n];
-    let ptr = OutPtr(out.as_mut_ptr());
-    let ptr = &ptr;
-    (0..n.div_ceil(PANEL)).into_par_iter().for_each(|panel| {
+    let mut acts: Vec<(GgmlType, Activations)> = Vec::new();
+    for p in parts {
+        let via = activation_type(p.ty);
+        if !acts.iter().any(|(have, _)| *have == via) {
+            acts.push((via, Activations::quantize_as(x, k, via)));
+        }
+    }
+    let mut outs: Vec<Vec<f32>> = parts.iter().map(|p| vec![0f32; m * p.n]).collect();
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let tasks: Vec<(usize, usize)> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(pi, p)| (0..p.n.div_ceil(PANEL)).map(move |panel| (pi, panel)))
+        .collect();
+    let (ptrs, acts) = (&ptrs, &acts);
+    tasks.into_par_iter().for_each(|(pi, panel)| {
+        let p = &parts[pi];
+        let via = activation_type(p.ty);
+        let (_, a) = acts
+            .iter()
+            .find(|(have, _)| *have == via)
+            .expect("quantized above");
+        let row_bytes = p.ty.info().row_bytes(k);
         let first = panel * PANEL;
-        let lanes = PANEL.min(n - first);
+        let lanes = PANEL.min(p.n - first);
         let rows: Vec<&[u8]> = (first..first + lanes)
-            .map(|j| &weight[j * row_bytes..(j + 1) * row_bytes])
+            .map(|j| &p.weight[j * row_bytes..(j + 1) * row_bytes])
             .collect();
-        let packed = pack_panel(ty, &rows, k);
-        // SAFETY: panels write disjoint columns first..first + lanes of every output row.
+        let packed = pack_panel(p.ty, &rows, k);
+        // SAFETY: panels write disjoint columns first..first + lanes of every output row of
+        // their own part.
         unsafe {
-            let dst = ptr.0.add(first);
+            let dst = ptrs[pi].0.add(first);
             #[cfg(target_arch = "x86_64")]
-            x86::panel(&acts, &packed, lanes, dst, n);
+            x86::panel(a, &packed, lanes, dst, p.n);
         }
     });
-    Some(out)
+    Some(outs)
 }
 
 #[cfg(test)]
@@ -407,6 +440,44 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Weights of different formats in one call (sharing Q8_0 and Q8_K activations) give
+    /// what each gives alone.
+    #[test]
+    fn fused_products_equal_separate_ones() {
+        let (k, m) = (512, 9);
+        let x = lcg(m * k, 21);
+        let quantized: Vec<(GgmlType, usize, Vec<u8>)> = [
+            (GgmlType::Q5_0, 40),
+            (GgmlType::Q4_K, 33),
+            (GgmlType::Q8_0, 64),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (ty, n))| {
+            let w = lcg(n * k, 30 + i as u32);
+            (ty, n, crate::quant::quantize(ty, &w, k, None).unwrap())
+        })
+        .collect();
+        let parts: Vec<Part> = quantized
+            .iter()
+            .map(|(ty, n, q)| Part {
+                ty: *ty,
+                weight: q,
+                n: *n,
+            })
+            .collect();
+        let fused = matmul_many(&parts, k, &x);
+        assert_eq!(
+            fused.is_some(),
+            available(),
+            "fused products where the kernel runs"
+        );
+        for (i, p) in parts.iter().enumerate() {
+            let alone = matmul(p.ty, p.weight, p.n, k, &x);
+            assert_eq!(fused.as_ref().map(|f| &f[i]), alone.as_ref(), "{:?}", p.ty);
         }
     }
 }
