@@ -66,8 +66,22 @@ fn kquant_dot(ty: GgmlType, w: &[u8], acts: &[BlockQ8K], k: usize) -> f32 {
 /// Bytes of one Q8_0 block: f16 scale, 32 signed bytes.
 pub const Q8_0_BLOCK: usize = 34;
 
-/// (weight row, Q8_0 activation row, d_a x sum of each activation block, blocks) -> dot.
-type DotFn = fn(&[u8], &[u8], &[f32], usize) -> f32;
+/// One Q8_0-quantized activation row as the kernels read it.
+#[derive(Clone, Copy)]
+pub struct Q8Row<'a> {
+    /// ggml's block_q8_0 layout: f16 d, 32 signed bytes, per block.
+    pub blocks: &'a [u8],
+    /// d of each block, as f32 (converted once per row instead of once per weight row).
+    pub scales: &'a [f32],
+    /// d x the sum of each block's integers: the Q4_1/Q5_1 minimums multiply it.
+    pub sums: &'a [f32],
+    /// The sum of each block's integers: the Q4_0/Q5_0 level offsets (-8, -16) multiply it
+    /// in the integer domain.
+    pub int_sums: &'a [i32],
+}
+
+/// (weight row, activation row, blocks) -> dot.
+type DotFn = fn(&[u8], Q8Row, usize) -> f32;
 
 fn kernel(ty: GgmlType) -> DotFn {
     #[cfg(target_arch = "x86_64")]
@@ -187,8 +201,10 @@ pub enum WeightView<'a> {
 pub struct Prepared {
     k: usize,
     q8_0: Vec<u8>,
-    /// d_a x the sum of each Q8_0 block.
+    /// Per Q8_0 block: d, d x the sum of the integers, the sum of the integers.
+    scales: Vec<f32>,
     sums: Vec<f32>,
+    int_sums: Vec<i32>,
     q8k: Vec<BlockQ8K>,
     plain: Vec<f32>,
     rounded: Vec<(Rounding, Vec<f32>)>,
@@ -227,16 +243,30 @@ impl Prepared {
             let q8 = GgmlType::Q8_0.info();
             self.q8_0.resize(q8.row_bytes(k), 0);
             (q8.quantize_row)(x, None, &mut self.q8_0, crate::quant::Isa::best());
+            self.scales.clear();
             self.sums.clear();
-            self.sums.extend(self.q8_0.chunks(Q8_0_BLOCK).map(|block| {
+            self.int_sums.clear();
+            for block in self.q8_0.chunks(Q8_0_BLOCK) {
                 let total: i32 = block[2..].iter().map(|&v| v as i8 as i32).sum();
-                f16_at(block, 0) * total as f32
-            }));
+                let d = f16_at(block, 0);
+                self.scales.push(d);
+                self.sums.push(d * total as f32);
+                self.int_sums.push(total);
+            }
         }
         if kquant {
             let blocks = k / crate::quant::QK_K;
             self.q8k.resize_with(blocks, BlockQ8K::zeros);
             BlockQ8K::from_float(x, &mut self.q8k);
+        }
+    }
+
+    fn q8_row(&self) -> Q8Row<'_> {
+        Q8Row {
+            blocks: &self.q8_0,
+            scales: &self.scales,
+            sums: &self.sums,
+            int_sums: &self.int_sums,
         }
     }
 
@@ -258,7 +288,7 @@ impl Prepared {
                     Path::Legacy => {
                         let dot = kernel(ty);
                         for (o, row) in out.iter_mut().zip(weight_rows) {
-                            *o = dot(row, &self.q8_0, &self.sums, k / 32);
+                            *o = dot(row, self.q8_row(), k / 32);
                         }
                     }
                     Path::KQuant => {
@@ -377,7 +407,14 @@ mod tests {
     /// Every kernel against the dequantized weights times the Q8_0-rounded activations.
     #[test]
     fn kernels_match_dequantized_products() {
-        let (n, k, m) = (37, 256, 3);
+        // 9 blocks of 32 exercise the odd block after the kernels' pairs of accumulators.
+        for k in [256, 288] {
+            kernels_match_at(k);
+        }
+    }
+
+    fn kernels_match_at(k: usize) {
+        let (n, m) = (37, 3);
         let w = lcg(n * k, 7);
         let x = lcg(m * k, 11);
         for ty in [
@@ -392,6 +429,9 @@ mod tests {
             GgmlType::Q5_K,
             GgmlType::Q6_K,
         ] {
+            if !k.is_multiple_of(ty.info().block_elems) {
+                continue;
+            }
             let act_ty = if is_kquant(ty) {
                 GgmlType::Q8_K
             } else {
@@ -409,54 +449,32 @@ mod tests {
                 (q8.dequantize_row)(&xq, dst);
             }
             let got = matmul(ty, &q, n, k, &x, m);
-            let scalar = (!is_kquant(ty)).then(|| scalar::kernel(ty));
+            let legacy_kernels: Vec<DotFn> = if is_kquant(ty) {
+                Vec::new()
+            } else {
+                let mut v = vec![scalar::kernel(ty)];
+                #[cfg(target_arch = "x86_64")]
+                v.extend(x86::variants(ty));
+                v
+            };
             for r in 0..m {
+                let mut prepared = Prepared::default();
+                let view = WeightView::Quantized { ty, bytes: &q };
+                prepared.prepare(&x[r * k..(r + 1) * k], &[view]);
                 for j in 0..n {
                     let want: f64 = (0..k)
                         .map(|i| wd[j * k + i] as f64 * xd[r * k + i] as f64)
                         .sum();
                     let g = got[r * n + j] as f64;
                     assert!((g - want).abs() < 1e-4, "{ty:?} ({r},{j}): {g} vs {want}");
-                    let Some(scalar) = scalar else { continue };
-                    #[cfg(target_arch = "x86_64")]
-                    {
-                        let wr = &q[j * info.row_bytes(k)..(j + 1) * info.row_bytes(k)];
-                        let mut xq8 = vec![0u8; q8.row_bytes(k)];
-                        (q8.quantize_row)(
-                            &x[r * k..(r + 1) * k],
-                            None,
-                            &mut xq8,
-                            crate::quant::Isa::Scalar,
+                    let row = &q[j * info.row_bytes(k)..(j + 1) * info.row_bytes(k)];
+                    for (variant, f) in legacy_kernels.iter().enumerate() {
+                        let v = f(row, prepared.q8_row(), k / 32) as f64;
+                        assert!(
+                            (v - want).abs() < 1e-4,
+                            "{ty:?} kernel variant {variant} ({r},{j}): {v} vs {want}"
                         );
-                        let sums: Vec<f32> = xq8
-                            .chunks(Q8_0_BLOCK)
-                            .map(|blk| {
-                                f16_at(blk, 0)
-                                    * blk[2..].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32
-                            })
-                            .collect();
-                        for f in x86::variants(ty) {
-                            let v = f(wr, &xq8, &sums, k / 32) as f64;
-                            assert!(
-                                (v - want).abs() < 1e-4,
-                                "{ty:?} x86 variant ({r},{j}): {v} vs {want}"
-                            );
-                        }
                     }
-                    xq.fill(0);
-                    (q8.quantize_row)(
-                        &x[r * k..(r + 1) * k],
-                        None,
-                        &mut xq,
-                        crate::quant::Isa::Scalar,
-                    );
-                    let s = scalar(
-                        &q[j * info.row_bytes(k)..(j + 1) * info.row_bytes(k)],
-                        &xq,
-                        &[],
-                        k / 32,
-                    );
-                    assert!((s as f64 - want).abs() < 1e-4, "{ty:?} scalar ({r},{j})");
                 }
             }
         }

@@ -3,15 +3,15 @@
 //! Q5_0 {d, qh[4], qs[16]}, Q5_1 {d, m, qh[4], qs[16]}, Q8_0 {d, qs[32]}; element j < 16 is the
 //! low nibble of qs[j], element j + 16 the high nibble; bit j of qh is the fifth bit of element j.
 
-use super::{f16_at, DotFn, Q8_0_BLOCK};
+use super::{f16_at, DotFn, Q8Row, Q8_0_BLOCK};
 use crate::quant::GgmlType;
 
 pub fn kernel(ty: GgmlType) -> DotFn {
     match ty {
-        GgmlType::Q4_0 => |w, a, _, b| legacy(w, a, b, 18, 2, None, None, -8),
-        GgmlType::Q4_1 => |w, a, _, b| legacy(w, a, b, 20, 4, Some(2), None, 0),
-        GgmlType::Q5_0 => |w, a, _, b| legacy(w, a, b, 22, 6, None, Some(2), -16),
-        GgmlType::Q5_1 => |w, a, _, b| legacy(w, a, b, 24, 8, Some(2), Some(4), 0),
+        GgmlType::Q4_0 => |w, a, b| legacy(w, a.blocks, b, 18, 2, None, None, -8),
+        GgmlType::Q4_1 => |w, a, b| legacy(w, a.blocks, b, 20, 4, Some(2), None, 0),
+        GgmlType::Q5_0 => |w, a, b| legacy(w, a.blocks, b, 22, 6, None, Some(2), -16),
+        GgmlType::Q5_1 => |w, a, b| legacy(w, a.blocks, b, 24, 8, Some(2), Some(4), 0),
         GgmlType::Q8_0 => q8_0,
         other => panic!("no dot kernel for {other:?}"),
     }
@@ -71,7 +71,8 @@ fn legacy(
     sum
 }
 
-fn q8_0(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
+fn q8_0(w: &[u8], a: Q8Row, blocks: usize) -> f32 {
+    let a = a.blocks;
     let mut sum = 0f32;
     for b in 0..blocks {
         let wb = &w[b * Q8_0_BLOCK..(b + 1) * Q8_0_BLOCK];

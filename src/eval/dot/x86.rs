@@ -2,10 +2,15 @@
 //! (ggml-cpu/arch/x86/quants.c): unpack 32 weights into one register, multiply with the signed
 //! activation bytes through `maddubs` (unsigned x signed, so signed weights lend their sign to
 //! the activations first), widen to i32, scale by d_w * d_a in f32.
+//!
+//! Beyond ggml's: Q4_0/Q5_0 keep their levels unsigned and subtract the level offset in the
+//! integer domain, by starting each block's multiply-add from -offset/8 x (the activation
+//! block's integer sum) in every lane; activation scales come converted to f32 once per row;
+//! with AVX-512BW the fifth bits of Q5 blocks are a mask for one masked byte add.
 
 use std::arch::x86_64::*;
 
-use super::{DotFn, Q8_0_BLOCK};
+use super::{DotFn, Q8Row, Q8_0_BLOCK};
 use crate::quant::GgmlType;
 
 pub fn kernel(ty: GgmlType) -> Option<DotFn> {
@@ -15,18 +20,20 @@ pub fn kernel(ty: GgmlType) -> Option<DotFn> {
     {
         return None;
     }
-    let vnni = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+    let vnni = is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw");
     Some(match (ty, vnni) {
-        (GgmlType::Q4_0, false) => |w, a, s, b| unsafe { avx2::q4_0(w, a, s, b) },
-        (GgmlType::Q4_1, false) => |w, a, s, b| unsafe { avx2::q4_1(w, a, s, b) },
-        (GgmlType::Q5_0, false) => |w, a, s, b| unsafe { avx2::q5_0(w, a, s, b) },
-        (GgmlType::Q5_1, false) => |w, a, s, b| unsafe { avx2::q5_1(w, a, s, b) },
-        (GgmlType::Q8_0, false) => |w, a, s, b| unsafe { avx2::q8_0(w, a, s, b) },
-        (GgmlType::Q4_0, true) => |w, a, s, b| unsafe { vnni::q4_0(w, a, s, b) },
-        (GgmlType::Q4_1, true) => |w, a, s, b| unsafe { vnni::q4_1(w, a, s, b) },
-        (GgmlType::Q5_0, true) => |w, a, s, b| unsafe { vnni::q5_0(w, a, s, b) },
-        (GgmlType::Q5_1, true) => |w, a, s, b| unsafe { vnni::q5_1(w, a, s, b) },
-        (GgmlType::Q8_0, true) => |w, a, s, b| unsafe { vnni::q8_0(w, a, s, b) },
+        (GgmlType::Q4_0, false) => |w, a, b| unsafe { avx2::q4_0(w, a, b) },
+        (GgmlType::Q4_1, false) => |w, a, b| unsafe { avx2::q4_1(w, a, b) },
+        (GgmlType::Q5_0, false) => |w, a, b| unsafe { avx2::q5_0(w, a, b) },
+        (GgmlType::Q5_1, false) => |w, a, b| unsafe { avx2::q5_1(w, a, b) },
+        (GgmlType::Q8_0, false) => |w, a, b| unsafe { avx2::q8_0(w, a, b) },
+        (GgmlType::Q4_0, true) => |w, a, b| unsafe { vnni::q4_0(w, a, b) },
+        (GgmlType::Q4_1, true) => |w, a, b| unsafe { vnni::q4_1(w, a, b) },
+        (GgmlType::Q5_0, true) => |w, a, b| unsafe { vnni::q5_0(w, a, b) },
+        (GgmlType::Q5_1, true) => |w, a, b| unsafe { vnni::q5_1(w, a, b) },
+        (GgmlType::Q8_0, true) => |w, a, b| unsafe { vnni::q8_0(w, a, b) },
         _ => return None,
     })
 }
@@ -40,11 +47,11 @@ pub fn variants(ty: GgmlType) -> Vec<DotFn> {
         && is_x86_feature_detected!("f16c")
     {
         let f: DotFn = match ty {
-            GgmlType::Q4_0 => |w, a, s, b| unsafe { avx2::q4_0(w, a, s, b) },
-            GgmlType::Q4_1 => |w, a, s, b| unsafe { avx2::q4_1(w, a, s, b) },
-            GgmlType::Q5_0 => |w, a, s, b| unsafe { avx2::q5_0(w, a, s, b) },
-            GgmlType::Q5_1 => |w, a, s, b| unsafe { avx2::q5_1(w, a, s, b) },
-            _ => |w, a, s, b| unsafe { avx2::q8_0(w, a, s, b) },
+            GgmlType::Q4_0 => |w, a, b| unsafe { avx2::q4_0(w, a, b) },
+            GgmlType::Q4_1 => |w, a, b| unsafe { avx2::q4_1(w, a, b) },
+            GgmlType::Q5_0 => |w, a, b| unsafe { avx2::q5_0(w, a, b) },
+            GgmlType::Q5_1 => |w, a, b| unsafe { avx2::q5_1(w, a, b) },
+            _ => |w, a, b| unsafe { avx2::q8_0(w, a, b) },
         };
         out.push(f);
     }
@@ -86,11 +93,20 @@ unsafe fn dot_signed<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256 {
 /// Unsigned weights (< 128) x signed activations; VNNI does the multiply-add in one step.
 #[inline(always)]
 unsafe fn dot_unsigned<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256 {
+    dot_unsigned_from::<VNNI>(_mm256_setzero_si256(), w, a)
+}
+
+/// `dot_unsigned` with every lane's sum starting from `init`.
+#[inline(always)]
+unsafe fn dot_unsigned_from<const VNNI: bool>(init: __m256i, w: __m256i, a: __m256i) -> __m256 {
     if VNNI {
-        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a))
+        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(init, w, a))
     } else {
         let p16 = _mm256_maddubs_epi16(w, a);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+        _mm256_cvtepi32_ps(_mm256_add_epi32(
+            init,
+            _mm256_madd_epi16(p16, _mm256_set1_epi16(1)),
+        ))
     }
 }
 
@@ -104,13 +120,17 @@ macro_rules! entry_points {
     };
     (@fns $features:literal, $vnni:literal, $($name:ident),*) => {$(
         #[target_feature(enable = $features)]
-        pub unsafe fn $name(w: &[u8], a: &[u8], s: &[f32], b: usize) -> f32 {
-            super::$name::<$vnni>(w, a, s, b)
+        pub unsafe fn $name(w: &[u8], a: super::Q8Row, b: usize) -> f32 {
+            super::$name::<$vnni>(w, a, b)
         }
     )*};
 }
 entry_points!(avx2, "avx2,fma,f16c", false);
-entry_points!(vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", true);
+entry_points!(
+    vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
+    true
+);
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -120,19 +140,32 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// The f16 at byte `at`, converted in hardware.
+/// The f16 at byte `at`, converted in hardware, from a 64-bit memory operand (every block
+/// has 8 bytes from its scale on). Written in assembly because LLVM narrows any spelling of
+/// this to a 16-bit `vpinsrw` into whatever register is at hand, often an accumulator, which
+/// chains every block's conversion behind the previous block's multiply-add and halved these
+/// kernels' speed.
 #[inline(always)]
 unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
-    let h = (b.as_ptr().add(at) as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    debug_assert!(at + 8 <= b.len());
+    let four: __m128;
+    // SAFETY: 8 readable bytes at `at` (above); callers run only where F16C was detected.
+    std::arch::asm!(
+        "vcvtph2ps {out}, qword ptr [{src}]",
+        src = in(reg) b.as_ptr().add(at),
+        out = lateout(xmm_reg) four,
+        options(pure, readonly, nostack, preserves_flags),
+    );
+    _mm_cvtss_f32(four)
 }
 
+/// Activation block `b`: its 32 integers and its scale.
 #[inline(always)]
-unsafe fn act(a: &[u8], b: usize) -> (__m256i, f32) {
-    let p = a.as_ptr().add(b * Q8_0_BLOCK);
+unsafe fn act(a: Q8Row, b: usize) -> (__m256i, f32) {
+    let p = a.blocks.as_ptr().add(b * Q8_0_BLOCK);
     (
         _mm256_loadu_si256(p.add(2) as *const __m256i),
-        f16_at(a, b * Q8_0_BLOCK),
+        *a.scales.get_unchecked(b),
     )
 }
 
@@ -155,7 +188,7 @@ macro_rules! two_accumulators {
 }
 
 #[inline(always)]
-unsafe fn q8_0_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256) -> __m256 {
+unsafe fn q8_0_step<const VNNI: bool>(w: &[u8], a: Q8Row, b: usize, acc: __m256) -> __m256 {
     let (y, da) = act(a, b);
     let p = w.as_ptr().add(b * Q8_0_BLOCK);
     let x = _mm256_loadu_si256(p.add(2) as *const __m256i);
@@ -163,12 +196,23 @@ unsafe fn q8_0_step<const VNNI: bool>(w: &[u8], a: &[u8], b: usize, acc: __m256)
     _mm256_fmadd_ps(d, dot_signed::<VNNI>(x, y), acc)
 }
 
-/// A block of unsigned 4-bit levels (0..15): `BYTES` per block, f16 scale first, nibbles at
-/// byte `QS`.
+/// Every lane's starting sum for a block whose unsigned levels are `OFFSET` above the
+/// signed ones: the 8 lanes together then subtract OFFSET x the activation integers' sum.
 #[inline(always)]
-unsafe fn nibble_step<const VNNI: bool, const BYTES: usize, const QS: usize>(
+unsafe fn offset_init<const OFFSET: i32>(a: Q8Row, b: usize) -> __m256i {
+    if OFFSET == 0 {
+        _mm256_setzero_si256()
+    } else {
+        _mm256_set1_epi32(-(OFFSET / 8) * *a.int_sums.get_unchecked(b))
+    }
+}
+
+/// A block of unsigned 4-bit levels (0..15): `BYTES` per block, f16 scale first, nibbles at
+/// byte `QS`, levels `OFFSET` above the signed values.
+#[inline(always)]
+unsafe fn nibble_step<const VNNI: bool, const BYTES: usize, const QS: usize, const OFFSET: i32>(
     w: &[u8],
-    a: &[u8],
+    a: Q8Row,
     b: usize,
     acc: __m256,
 ) -> __m256 {
@@ -176,29 +220,42 @@ unsafe fn nibble_step<const VNNI: bool, const BYTES: usize, const QS: usize>(
     let at = b * BYTES;
     let x = nibbles(w.as_ptr().add(at + QS));
     let d = _mm256_set1_ps(f16_at(w, at) * da);
-    _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
+    let init = offset_init::<OFFSET>(a, b);
+    _mm256_fmadd_ps(d, dot_unsigned_from::<VNNI>(init, x, y), acc)
 }
 
 /// A block of unsigned 5-bit levels (0..31): fifth bits at byte `QH`, nibbles at `QS`.
 #[inline(always)]
-unsafe fn five_bit_step<const VNNI: bool, const BYTES: usize, const QH: usize, const QS: usize>(
+unsafe fn five_bit_step<
+    const VNNI: bool,
+    const BYTES: usize,
+    const QH: usize,
+    const QS: usize,
+    const OFFSET: i32,
+>(
     w: &[u8],
-    a: &[u8],
+    a: Q8Row,
     b: usize,
     acc: __m256,
 ) -> __m256 {
     let (y, da) = act(a, b);
     let at = b * BYTES;
     let lo = nibbles(w.as_ptr().add(at + QS));
-    let hi = _mm256_and_si256(bits(w.as_ptr().add(at + QH)), _mm256_set1_epi8(0x10));
-    let x = _mm256_or_si256(lo, hi);
+    let x = if VNNI {
+        // The 32 fifth bits are a byte mask as they stand: add 16 where set.
+        let mask = (w.as_ptr().add(at + QH) as *const u32).read_unaligned();
+        _mm256_mask_add_epi8(lo, mask, lo, _mm256_set1_epi8(16))
+    } else {
+        let hi = _mm256_and_si256(bits(w.as_ptr().add(at + QH)), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(lo, hi)
+    };
     let d = _mm256_set1_ps(f16_at(w, at) * da);
-    _mm256_fmadd_ps(d, dot_unsigned::<VNNI>(x, y), acc)
+    let init = offset_init::<OFFSET>(a, b);
+    _mm256_fmadd_ps(d, dot_unsigned_from::<VNNI>(init, x, y), acc)
 }
 
-/// Sum over blocks of the f16 at byte `at` of each block (its scale or its offset) times
-/// d_a x the activation block's sum: the part of a block's dot product that does not depend
-/// on the levels.
+/// Sum over blocks of the f16 at byte `at` of each block (the minimum of Q4_1/Q5_1) times
+/// d_a x the activation block's sum, in four independent partial sums.
 #[inline(always)]
 unsafe fn per_block_times_sums(
     w: &[u8],
@@ -207,41 +264,39 @@ unsafe fn per_block_times_sums(
     sums: &[f32],
     blocks: usize,
 ) -> f32 {
-    let mut total = 0f32;
+    let mut partial = [0f32; 4];
     for b in 0..blocks {
-        total += f16_at(w, b * block_bytes + at) * sums[b];
+        partial[b % 4] += f16_at(w, b * block_bytes + at) * *sums.get_unchecked(b);
     }
-    total
+    (partial[0] + partial[1]) + (partial[2] + partial[3])
 }
 
 #[inline(always)]
-unsafe fn q8_0<const VNNI: bool>(w: &[u8], a: &[u8], _sums: &[f32], blocks: usize) -> f32 {
+unsafe fn q8_0<const VNNI: bool>(w: &[u8], a: Q8Row, blocks: usize) -> f32 {
     two_accumulators!(q8_0_step, w, a, blocks)
 }
 
 // Q4_0 and Q5_0 use unsigned levels (q, not q - 8; q + 16h, not minus 16), which skips the
-// sign juggling of ggml's kernels; the constant comes back through the activation sums.
+// sign juggling of ggml's kernels; the offset comes back through the activation sums.
 
 #[inline(always)]
-unsafe fn q4_0<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    two_accumulators!(nibble_step<18, 2>, w, a, blocks)
-        - 8.0 * per_block_times_sums(w, 18, 0, sums, blocks)
+unsafe fn q4_0<const VNNI: bool>(w: &[u8], a: Q8Row, blocks: usize) -> f32 {
+    two_accumulators!(nibble_step<18, 2, 8>, w, a, blocks)
 }
 
 #[inline(always)]
-unsafe fn q4_1<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    two_accumulators!(nibble_step<20, 4>, w, a, blocks)
-        + per_block_times_sums(w, 20, 2, sums, blocks)
+unsafe fn q4_1<const VNNI: bool>(w: &[u8], a: Q8Row, blocks: usize) -> f32 {
+    two_accumulators!(nibble_step<20, 4, 0>, w, a, blocks)
+        + per_block_times_sums(w, 20, 2, a.sums, blocks)
 }
 
 #[inline(always)]
-unsafe fn q5_0<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    two_accumulators!(five_bit_step<22, 2, 6>, w, a, blocks)
-        - 16.0 * per_block_times_sums(w, 22, 0, sums, blocks)
+unsafe fn q5_0<const VNNI: bool>(w: &[u8], a: Q8Row, blocks: usize) -> f32 {
+    two_accumulators!(five_bit_step<22, 2, 6, 16>, w, a, blocks)
 }
 
 #[inline(always)]
-unsafe fn q5_1<const VNNI: bool>(w: &[u8], a: &[u8], sums: &[f32], blocks: usize) -> f32 {
-    two_accumulators!(five_bit_step<24, 4, 8>, w, a, blocks)
-        + per_block_times_sums(w, 24, 2, sums, blocks)
+unsafe fn q5_1<const VNNI: bool>(w: &[u8], a: Q8Row, blocks: usize) -> f32 {
+    two_accumulators!(five_bit_step<24, 4, 8, 0>, w, a, blocks)
+        + per_block_times_sums(w, 24, 2, a.sums, blocks)
 }
