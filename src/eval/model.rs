@@ -145,13 +145,16 @@ impl Model {
         if t == 0 || logits_from >= t {
             bail!("forward needs at least one token whose logits are wanted");
         }
-        if t == 1 && logits_from == 0 && std::env::var_os("QUANTFIT_EVAL_DECODE").is_none() {
+        static GRAPH_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let graph_only = *GRAPH_ONLY
+            .get_or_init(|| std::env::var("QUANTFIT_EVAL_DECODE").as_deref() == Ok("graph"));
+        if t == 1 && logits_from == 0 && !graph_only {
             return self.decode(tokens[0], cache);
         }
         self.forward_graph(tokens, cache, logits_from)
     }
 
-    /// `forward` on candle tensors and rayon for every batch size, single tokens included.
+    /// `forward` on row-major buffers and rayon for every batch size, single tokens included.
     pub fn forward_graph(
         &self,
         tokens: &[u32],
@@ -186,8 +189,8 @@ impl Model {
         )?)
     }
 
-    /// One token on the decoding team (`decode.rs`). Setting `QUANTFIT_EVAL_DECODE` (to any
-    /// value) sends single tokens through the batch graph instead, for comparisons.
+    /// One token on the decoding team (`decode.rs`). `QUANTFIT_EVAL_DECODE=graph` sends single
+    /// tokens through `forward_graph` instead, for comparisons.
     fn decode(&self, token: u32, cache: &mut KvCache) -> Result<Tensor> {
         let mut slot = self.decoder.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
