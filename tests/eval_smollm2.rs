@@ -13,7 +13,7 @@ use quantfit::eval::perplexity::ChunkPlan;
 use quantfit::eval::run::{evaluate, BaselineStore, Compare};
 use quantfit::eval::tokenize::TextTokenizer;
 use quantfit::gguf::convert::{convert, ConvertOptions};
-use quantfit::gguf::GgufFile;
+use quantfit::gguf::{GgufFile, Value};
 use quantfit::quant::rules::{FileType, RuleOptions};
 use quantfit::quant::Isa;
 use quantfit::source::hf::ModelDir;
@@ -135,6 +135,56 @@ fn gguf_metadata_gives_llama_cpp_ids() {
     let t = TextTokenizer::from_gguf(&file).unwrap();
     assert!(!t.add_bos, "SmolLM2 does not add BOS");
     check_tokenizer(&t, "GGUF metadata");
+}
+
+/// The fixture vocabulary with two added tokens that are not special (user-defined), as in
+/// tests/fixtures/tokenize/README.md: llama.cpp cuts them out of the text, longest first.
+const USER_DEFINED: [(u32, &str); 2] = [(49150, "_call>"), (49151, "<tool_call>")];
+
+fn check_user_defined(t: &TextTokenizer, what: &str) {
+    let text = std::fs::read_to_string(fixture("user_defined.txt")).unwrap();
+    assert_eq!(
+        t.encode(&text).unwrap(),
+        parse_ids(&fixture("user_defined.smollm2.ids")),
+        "{what}: user-defined tokens"
+    );
+}
+
+#[test]
+fn user_defined_tokens_are_cut_out_as_llama_cpp_does() {
+    // From tokenizer.json with the two tokens added.
+    let dir = common::smollm2_dir();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    for (id, text) in USER_DEFINED {
+        json["added_tokens"].as_array_mut().unwrap().push(
+            serde_json::json!({"id": id, "content": text, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": false}),
+        );
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/user-defined");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+    let t = TextTokenizer::from_tokenizer_json(&path, Some(1), false).unwrap();
+    check_user_defined(&t, "tokenizer.json");
+
+    // From GGUF metadata as quantfit's converter writes it for that tokenizer.json: the
+    // texts in tokenizer.ggml.tokens, type 4 (USER_DEFINED) in tokenizer.ggml.token_type.
+    let mut file = GgufFile::open(&gguf_of("Q8_0")).unwrap();
+    for (key, value) in file.metadata.iter_mut() {
+        let Value::Array(items) = value else { continue };
+        for (id, text) in USER_DEFINED {
+            match key.as_str() {
+                "tokenizer.ggml.tokens" => items[id as usize] = Value::String(text.into()),
+                "tokenizer.ggml.token_type" => items[id as usize] = Value::I32(4),
+                _ => {}
+            }
+        }
+    }
+    let t = TextTokenizer::from_gguf(&file).unwrap();
+    check_user_defined(&t, "GGUF metadata");
 }
 
 #[test]

@@ -75,12 +75,19 @@ impl SpmTokenizer {
         })
     }
 
-    pub fn encode(&self, text: &str, out: &mut Vec<u32>) {
+    /// Whether the vocabulary prefixes a space to text (to the start, and after every token
+    /// cut out of the text before tokenizing).
+    pub fn add_space_prefix(&self) -> bool {
+        self.add_space_prefix
+    }
+
+    /// Appends the ids of `text`, with a space in front when `space_prefix`.
+    pub fn encode(&self, text: &str, space_prefix: bool, out: &mut Vec<u32>) {
         if text.is_empty() {
             return;
         }
         let mut escaped = String::with_capacity(text.len() + 3);
-        if self.add_space_prefix {
+        if space_prefix {
             escaped.push('\u{2581}');
         }
         escaped.push_str(&text.replace(' ', "\u{2581}"));
@@ -229,11 +236,11 @@ mod tests {
     #[test]
     fn merges_by_score_and_falls_back_to_bytes() {
         let mut out = Vec::new();
-        vocab().encode("hi!", &mut out);
+        vocab().encode("hi!", true, &mut out);
         // "▁hi" by merges, then "!" as its byte token.
         assert_eq!(out, vec![5, 7]);
         out.clear();
-        vocab().encode("hi hx", &mut out);
+        vocab().encode("hi hx", true, &mut out);
         assert_eq!(out, vec![5, 4, 8]);
     }
 }

@@ -2,6 +2,11 @@
 //! = true, parse_special = false)`): special-token markup in the text is plain text, and BOS is
 //! prepended only when the vocabulary says so.
 //!
+//! Tokens the vocabulary marks user-defined (added tokens that are not special; llama.cpp's
+//! LLAMA_TOKEN_TYPE_USER_DEFINED) are cut out of the text first, longest first, and the pieces
+//! between are tokenized on their own (llama.cpp's `tokenizer_st_partition`, which does this
+//! even without special-token parsing).
+//!
 //! Two sources: a Hugging Face `tokenizer.json` (through the `tokenizers` crate, with its added
 //! tokens and post-processor removed so neither splits nor decorates the text), or the
 //! `tokenizer.ggml.*` metadata of a GGUF file. For byte-level BPE vocabularies the GGUF path
@@ -73,9 +78,14 @@ enum Engine {
     Spm(SpmTokenizer),
 }
 
+/// llama.cpp's token type for user-defined tokens (gguf `tokenizer.ggml.token_type`).
+const USER_DEFINED: u64 = crate::source::tokenizer::TOKEN_USER_DEFINED as u64;
+
 /// A tokenizer for evaluation text.
 pub struct TextTokenizer {
     engine: Engine,
+    /// User-defined tokens (text, id), longest text first.
+    user_defined: Vec<(String, u32)>,
     pub bos: Option<u32>,
     pub add_bos: bool,
     /// Where the vocabulary came from, for reports.
@@ -90,13 +100,24 @@ impl TextTokenizer {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let mut json: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", path.display()))?;
-        // llama-perplexity does not parse special tokens, and adds BOS itself.
+        // Added tokens that llama.cpp's converter types USER_DEFINED (see `source::tokenizer`)
+        // are cut out of the text here; special ones stay plain text, as llama-perplexity does
+        // not parse special tokens. BOS is added here too.
+        let user_defined = json["added_tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| !t["special"].as_bool().unwrap_or(false))
+            .filter_map(|t| Some((t["content"].as_str()?.to_string(), t["id"].as_u64()? as u32)))
+            .filter(|(text, _)| !crate::source::tokenizer::looks_special(text))
+            .collect();
         json["added_tokens"] = serde_json::Value::Array(vec![]);
         json["post_processor"] = serde_json::Value::Null;
         let tokenizer: Tokenizer = serde_json::from_value(json)
             .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
         Ok(TextTokenizer {
             engine: Engine::Hf(Box::new(tokenizer)),
+            user_defined: longest_first(user_defined),
             bos,
             add_bos,
             source: path.display().to_string(),
@@ -112,6 +133,20 @@ impl TextTokenizer {
             .ok_or_else(|| anyhow!("{name}: no tokenizer.ggml.model in the metadata"))?;
         let tokens = string_array(file, "tokenizer.ggml.tokens")?;
         let (bos, add_bos) = gguf_bos(file);
+        let user_defined = match file
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+        {
+            Some(types) => types
+                .iter()
+                .zip(&tokens)
+                .enumerate()
+                .filter(|(_, (ty, _))| ty.as_u64() == Some(USER_DEFINED))
+                .map(|(id, (_, text))| (text.clone(), id as u32))
+                .filter(|(text, _)| !text.is_empty())
+                .collect(),
+            None => Vec::new(),
+        };
         let engine = match model {
             "gpt2" => {
                 let pre = file
@@ -150,6 +185,7 @@ impl TextTokenizer {
         };
         Ok(TextTokenizer {
             engine,
+            user_defined: longest_first(user_defined),
             bos,
             add_bos,
             source: format!("{name} (GGUF metadata)"),
@@ -165,17 +201,77 @@ impl TextTokenizer {
                     .ok_or_else(|| anyhow!("{}: adds BOS but has no BOS id", self.source))?,
             );
         }
-        match &self.engine {
-            Engine::Hf(t) => {
-                let encoding = t
-                    .encode(text, false)
-                    .map_err(|e| anyhow!("{}: cannot tokenize: {e}", self.source))?;
-                ids.extend_from_slice(encoding.get_ids());
+        // SentencePiece text gets its space prefix at the start and after every cut token.
+        let mut after_token = true;
+        for piece in partition(text, &self.user_defined) {
+            match piece {
+                Piece::Token(id) => {
+                    ids.push(id);
+                    after_token = true;
+                }
+                Piece::Text(text) => {
+                    match &self.engine {
+                        Engine::Hf(t) => {
+                            let encoding = t
+                                .encode(text, false)
+                                .map_err(|e| anyhow!("{}: cannot tokenize: {e}", self.source))?;
+                            ids.extend_from_slice(encoding.get_ids());
+                        }
+                        Engine::Spm(t) => {
+                            t.encode(text, after_token && t.add_space_prefix(), &mut ids)
+                        }
+                    }
+                    after_token = false;
+                }
             }
-            Engine::Spm(t) => t.encode(text, &mut ids),
         }
         Ok(ids)
     }
+}
+
+fn longest_first(mut tokens: Vec<(String, u32)>) -> Vec<(String, u32)> {
+    // Stable, so equal lengths keep id order, as llama.cpp's sort of its cache does in practice.
+    tokens.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
+    tokens
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Token(u32),
+}
+
+/// `text` cut at every occurrence of each token, longest tokens first, as llama.cpp's
+/// `tokenizer_st_partition` cuts it: each token's occurrences are found left to right in the
+/// text pieces the longer tokens left.
+fn partition<'a>(text: &'a str, tokens: &[(String, u32)]) -> Vec<Piece<'a>> {
+    let mut pieces = vec![Piece::Text(text)];
+    for (needle, id) in tokens {
+        if !pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Text(t) if t.contains(needle.as_str())))
+        {
+            continue;
+        }
+        let mut cut = Vec::with_capacity(pieces.len() + 2);
+        for piece in pieces {
+            let Piece::Text(mut rest) = piece else {
+                cut.push(piece);
+                continue;
+            };
+            while let Some(at) = rest.find(needle.as_str()) {
+                if at > 0 {
+                    cut.push(Piece::Text(&rest[..at]));
+                }
+                cut.push(Piece::Token(*id));
+                rest = &rest[at + needle.len()..];
+            }
+            if !rest.is_empty() {
+                cut.push(Piece::Text(rest));
+            }
+        }
+        pieces = cut;
+    }
+    pieces
 }
 
 /// The BOS id and whether the vocabulary adds it, from a GGUF's metadata; without the
@@ -217,14 +313,20 @@ fn byte_level_bpe(tokens: &[String], merges: &[String], pre: &str) -> Result<Tok
         .enumerate()
         .map(|(i, t)| (t.clone(), i as u32))
         .collect();
-    let merges = merges
-        .iter()
-        .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| anyhow!("merge {m:?} is not two tokens"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // A merge naming a token the list lacks (an added token written over a vocabulary entry)
+    // is dropped: the tokenizers crate refuses it, and llama.cpp can only fall back to byte
+    // tokens for what it would produce.
+    let mut merge_pairs = Vec::with_capacity(merges.len());
+    for m in merges {
+        let (a, b) = m
+            .split_once(' ')
+            .ok_or_else(|| anyhow!("merge {m:?} is not two tokens"))?;
+        if vocab.contains_key(a) && vocab.contains_key(b) && vocab.contains_key(&format!("{a}{b}"))
+        {
+            merge_pairs.push((a.to_string(), b.to_string()));
+        }
+    }
+    let merges = merge_pairs;
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(ignore_merges)

@@ -46,7 +46,7 @@ fn read_json(path: &Path) -> Result<Json> {
 }
 
 /// Tokens that llama.cpp treats as control tokens even when not marked special.
-fn looks_special(token: &str) -> bool {
+pub fn looks_special(token: &str) -> bool {
     matches!(token, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
         || (token.starts_with("<|") && token.ends_with("|>"))
         || (token.starts_with("<｜") && token.ends_with("｜>"))
