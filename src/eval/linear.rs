@@ -13,8 +13,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use candle_core::quantized::QMatMul;
-use candle_core::{Device, Module, Storage, StorageRef, Tensor};
+use candle_core::{Device, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
 use crate::gguf::reader::GgufFile;
@@ -40,8 +39,6 @@ enum Kind {
         file: Arc<GgufFile>,
         index: usize,
         ty: GgmlType,
-        /// candle's quantized matmul, where candle has one for this type.
-        qmatmul: Option<QMatMul>,
     },
 }
 
@@ -57,43 +54,27 @@ impl Linear {
     }
 
     /// A GGUF tensor, read in place from the mapped file.
-    pub fn quantized(
-        file: Arc<GgufFile>,
-        index: usize,
-        ty: GgmlType,
-        qmatmul: Option<QMatMul>,
-    ) -> Linear {
+    pub fn quantized(file: Arc<GgufFile>, index: usize, ty: GgmlType) -> Linear {
         let dims = &file.tensors[index].dims;
         Linear {
             rows: dims[1] as usize,
             cols: dims[0] as usize,
-            kind: Kind::Quantized {
-                file,
-                index,
-                ty,
-                qmatmul,
-            },
+            kind: Kind::Quantized { file, index, ty },
         }
     }
 
     /// `x [m, cols]` (row-major) times the transposed weight: `[m, rows]`.
     pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
         let m = x.len() / self.cols;
-        let as_tensor = || Tensor::from_slice(x, (m, self.cols), &Device::Cpu);
         match &self.kind {
-            Kind::Dense(w) => Ok(as_tensor()?.matmul(&w.t()?)?.flatten_all()?.to_vec1()?),
-            Kind::Quantized {
-                file,
-                index,
-                ty,
-                qmatmul,
-            } => {
+            Kind::Dense(w) => {
+                let x = Tensor::from_slice(x, (m, self.cols), &Device::Cpu)?;
+                Ok(x.matmul(&w.t()?)?.flatten_all()?.to_vec1()?)
+            }
+            Kind::Quantized { file, index, ty } => {
                 let data = file.tensor_data(&file.tensors[*index]);
-                if m < BATCH_ROWS && super::dot::supported(*ty) {
+                if m < BATCH_ROWS {
                     return Ok(super::dot::matmul(*ty, data, self.rows, self.cols, x, m));
-                }
-                if let (Some(q), true) = (qmatmul, m < BATCH_ROWS) {
-                    return Ok(q.forward(&as_tensor()?)?.flatten_all()?.to_vec1()?);
                 }
                 if let Some(out) = super::gemm::matmul(*ty, data, self.rows, self.cols, x) {
                     return Ok(out);
@@ -125,7 +106,7 @@ impl Linear {
             })
             .collect();
         if let Some(parts) = parts {
-            if m < BATCH_ROWS && parts.iter().all(|p| super::dot::supported(p.ty)) {
+            if m < BATCH_ROWS {
                 return Ok(super::dot::matmul_many(&parts, cols, x, m));
             }
             if m >= BATCH_ROWS {

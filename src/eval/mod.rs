@@ -104,14 +104,7 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
         })
         .map(|f| f.name().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let mut notes = Vec::new();
-    if !weights.dequantized_types.is_empty() {
-        notes.push(format!(
-            "{} tensors run dequantized to F32 (no quantized matmul for them yet); \
-             llama.cpp multiplies them quantized, so figures may differ slightly",
-            weights.dequantized_types.join(", ")
-        ));
-    }
+    let notes = Vec::new();
     let model_name = file
         .get("general.name")
         .and_then(Value::as_str)

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
 
 use super::linear::Linear;
 use candle_core::{Device, Tensor};
@@ -71,28 +70,6 @@ pub struct ModelWeights {
     pub output: Linear,
     /// Llama 3.1-style RoPE frequency divisors (`rope_freqs.weight`).
     pub rope_freqs: Option<Vec<f32>>,
-    /// Tensor types that candle has no quantized matmul for and that run dequantized to F32.
-    pub dequantized_types: Vec<String>,
-}
-
-fn candle_dtype(ty: GgmlType) -> Option<GgmlDType> {
-    Some(match ty {
-        GgmlType::F32 => GgmlDType::F32,
-        GgmlType::F16 => GgmlDType::F16,
-        GgmlType::BF16 => GgmlDType::BF16,
-        GgmlType::Q4_0 => GgmlDType::Q4_0,
-        GgmlType::Q4_1 => GgmlDType::Q4_1,
-        GgmlType::Q5_0 => GgmlDType::Q5_0,
-        GgmlType::Q5_1 => GgmlDType::Q5_1,
-        GgmlType::Q8_0 => GgmlDType::Q8_0,
-        GgmlType::Q2_K => GgmlDType::Q2K,
-        GgmlType::Q3_K => GgmlDType::Q3K,
-        GgmlType::Q4_K => GgmlDType::Q4K,
-        GgmlType::Q5_K => GgmlDType::Q5K,
-        GgmlType::Q6_K => GgmlDType::Q6K,
-        GgmlType::Q8_K => GgmlDType::Q8K,
-        GgmlType::IQ4_NL | GgmlType::IQ4_XS => return None,
-    })
 }
 
 fn meta_u64(file: &GgufFile, key: &str) -> Result<u64> {
@@ -114,7 +91,6 @@ fn check_finite(data: &[f32], what: &str) -> Result<()> {
 
 struct GgufLoader {
     file: Arc<GgufFile>,
-    dequantized: Vec<String>,
 }
 
 impl GgufLoader {
@@ -170,21 +146,7 @@ impl GgufLoader {
             let (data, shape) = self.dense(name)?;
             return Linear::dense(Tensor::from_vec(data, shape, &Device::Cpu)?);
         }
-        let qmatmul = match candle_dtype(ty) {
-            Some(dtype) => {
-                let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-                let q = qtensor_from_ggml(dtype, self.file.tensor_data(t), dims, &Device::Cpu)
-                    .with_context(|| format!("{}: tensor {name}", self.file.path.display()))?;
-                Some(QMatMul::from_arc(Arc::new(q))?)
-            }
-            None => {
-                if !self.dequantized.contains(&ty.name().to_string()) {
-                    self.dequantized.push(ty.name().to_string());
-                }
-                None
-            }
-        };
-        Ok(Linear::quantized(self.file.clone(), index, ty, qmatmul))
+        Ok(Linear::quantized(self.file.clone(), index, ty))
     }
 
     fn has(&self, name: &str) -> bool {
@@ -257,10 +219,7 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
 pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
     let path = file.path.clone();
     let mut config = gguf_config(&file)?;
-    let mut loader = GgufLoader {
-        file: file.clone(),
-        dequantized: Vec::new(),
-    };
+    let mut loader = GgufLoader { file: file.clone() };
     let embd_name = "token_embd.weight";
     let (embd_index, embd_info) = loader.info(embd_name)?;
     if embd_info.dims.len() != 2 || embd_info.dims[0] as usize != config.n_embd {
@@ -317,7 +276,6 @@ pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
         output_norm: loader.vector("output_norm.weight")?,
         output,
         rope_freqs,
-        dequantized_types: loader.dequantized,
         config,
         embedding,
         layers,
@@ -419,7 +377,6 @@ fn load_dense(
         output_norm: vector(take("output_norm.weight")?)?,
         output,
         rope_freqs: None,
-        dequantized_types: Vec::new(),
         config,
         embedding: Embedding::Dense(embd),
         layers,

@@ -20,12 +20,17 @@ use rayon::prelude::*;
 use crate::quant::fp16::f16_bits_to_f32;
 use crate::quant::GgmlType;
 
-/// Weight formats with a fused kernel here (the rest go through the GEMM path).
-pub fn supported(ty: GgmlType) -> bool {
+/// 32-element formats with a fused kernel on Q8_0 activations.
+fn legacy(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
-    ) || is_kquant(ty)
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::IQ4_NL
+    )
 }
 
 /// k-quants use candle's `vec_dot` kernels (runtime-selected AVX2) on the mapped bytes, with
@@ -65,6 +70,9 @@ fn kquant_dot(ty: GgmlType, w: &[u8], acts: &[BlockQ8K], k: usize) -> f32 {
 
 /// Bytes of one Q8_0 block: f16 scale, 32 signed bytes.
 pub const Q8_0_BLOCK: usize = 34;
+/// Bytes of one Q8_K block (candle's `BlockQ8K`, ggml's block_q8_K): f32 scale, 256 signed
+/// bytes, 16 i16 sums.
+pub const Q8K_BLOCK: usize = 292;
 
 /// One Q8_0-quantized activation row as the kernels read it.
 #[derive(Clone, Copy)]
@@ -89,6 +97,28 @@ fn kernel(ty: GgmlType) -> DotFn {
         return f;
     }
     scalar::kernel(ty)
+}
+
+/// (IQ4_XS weight row, Q8_K activation bytes, superblocks) -> dot.
+type SuperDotFn = fn(&[u8], &[u8], usize) -> f32;
+
+fn iq4_xs_kernel() -> SuperDotFn {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(f) = x86::iq4_xs_kernel() {
+        return f;
+    }
+    scalar::iq4_xs
+}
+
+/// Q8_K blocks as their bytes (ggml's block_q8_K layout; candle's type is `repr(C)`).
+fn q8k_bytes(blocks: &[BlockQ8K]) -> &[u8] {
+    assert_eq!(
+        std::mem::size_of::<BlockQ8K>(),
+        Q8K_BLOCK,
+        "block_q8_K layout"
+    );
+    // SAFETY: plain old data of exactly Q8K_BLOCK bytes per block, checked above.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, blocks.len() * Q8K_BLOCK) }
 }
 
 /// One weight of a fused product: format, bytes of the `[n, k]` matrix, rows `n`.
@@ -174,6 +204,8 @@ enum Path {
     Legacy,
     /// candle's k-quant kernel on Q8_K activations.
     KQuant,
+    /// IQ4_XS on Q8_K activations.
+    Iq4Xs,
     /// The row dequantized to f32, dotted with activations rounded as ggml rounds them.
     Dequantized(Rounding),
 }
@@ -181,7 +213,9 @@ enum Path {
 fn path(ty: GgmlType, k: usize) -> Path {
     if is_kquant(ty) && k.is_multiple_of(crate::quant::QK_K) {
         Path::KQuant
-    } else if supported(ty) && !is_kquant(ty) {
+    } else if ty == GgmlType::IQ4_XS && k.is_multiple_of(crate::quant::QK_K) {
+        Path::Iq4Xs
+    } else if legacy(ty) {
         Path::Legacy
     } else {
         Path::Dequantized(Rounding::for_weight(ty))
@@ -228,7 +262,7 @@ impl Prepared {
                 }
                 WeightView::Quantized { ty, .. } => match path(ty, k) {
                     Path::Legacy => legacy = true,
-                    Path::KQuant => kquant = true,
+                    Path::KQuant | Path::Iq4Xs => kquant = true,
                     Path::Dequantized(r) => {
                         if !self.rounded.iter().any(|(have, _)| *have == r) {
                             let mut v = x.to_vec();
@@ -294,6 +328,13 @@ impl Prepared {
                     Path::KQuant => {
                         for (o, row) in out.iter_mut().zip(weight_rows) {
                             *o = kquant_dot(ty, row, &self.q8k, k);
+                        }
+                    }
+                    Path::Iq4Xs => {
+                        let dot = iq4_xs_kernel();
+                        let acts = q8k_bytes(&self.q8k);
+                        for (o, row) in out.iter_mut().zip(weight_rows) {
+                            *o = dot(row, acts, k / crate::quant::QK_K);
                         }
                     }
                     Path::Dequantized(r) => {
@@ -428,11 +469,13 @@ mod tests {
             GgmlType::Q4_K,
             GgmlType::Q5_K,
             GgmlType::Q6_K,
+            GgmlType::IQ4_NL,
+            GgmlType::IQ4_XS,
         ] {
             if !k.is_multiple_of(ty.info().block_elems) {
                 continue;
             }
-            let act_ty = if is_kquant(ty) {
+            let act_ty = if is_kquant(ty) || ty == GgmlType::IQ4_XS {
                 GgmlType::Q8_K
             } else {
                 GgmlType::Q8_0
@@ -449,7 +492,13 @@ mod tests {
                 (q8.dequantize_row)(&xq, dst);
             }
             let got = matmul(ty, &q, n, k, &x, m);
-            let legacy_kernels: Vec<DotFn> = if is_kquant(ty) {
+            let mut iq4_xs_kernels: Vec<SuperDotFn> = Vec::new();
+            if ty == GgmlType::IQ4_XS {
+                iq4_xs_kernels.push(scalar::iq4_xs);
+                #[cfg(target_arch = "x86_64")]
+                iq4_xs_kernels.extend(x86::iq4_xs_variants());
+            }
+            let legacy_kernels: Vec<DotFn> = if !legacy(ty) {
                 Vec::new()
             } else {
                 let mut v = vec![scalar::kernel(ty)];
@@ -468,6 +517,13 @@ mod tests {
                     let g = got[r * n + j] as f64;
                     assert!((g - want).abs() < 1e-4, "{ty:?} ({r},{j}): {g} vs {want}");
                     let row = &q[j * info.row_bytes(k)..(j + 1) * info.row_bytes(k)];
+                    for (variant, f) in iq4_xs_kernels.iter().enumerate() {
+                        let v = f(row, q8k_bytes(&prepared.q8k), k / crate::quant::QK_K) as f64;
+                        assert!(
+                            (v - want).abs() < 1e-4,
+                            "{ty:?} kernel variant {variant} ({r},{j}): {v} vs {want}"
+                        );
+                    }
                     for (variant, f) in legacy_kernels.iter().enumerate() {
                         let v = f(row, prepared.q8_row(), k / 32) as f64;
                         assert!(

@@ -34,6 +34,8 @@ pub fn kernel(ty: GgmlType) -> Option<DotFn> {
         (GgmlType::Q5_0, true) => |w, a, b| unsafe { vnni::q5_0(w, a, b) },
         (GgmlType::Q5_1, true) => |w, a, b| unsafe { vnni::q5_1(w, a, b) },
         (GgmlType::Q8_0, true) => |w, a, b| unsafe { vnni::q8_0(w, a, b) },
+        (GgmlType::IQ4_NL, false) => |w, a, b| unsafe { avx2::iq4_nl(w, a, b) },
+        (GgmlType::IQ4_NL, true) => |w, a, b| unsafe { vnni::iq4_nl(w, a, b) },
         _ => return None,
     })
 }
@@ -51,6 +53,7 @@ pub fn variants(ty: GgmlType) -> Vec<DotFn> {
             GgmlType::Q4_1 => |w, a, b| unsafe { avx2::q4_1(w, a, b) },
             GgmlType::Q5_0 => |w, a, b| unsafe { avx2::q5_0(w, a, b) },
             GgmlType::Q5_1 => |w, a, b| unsafe { avx2::q5_1(w, a, b) },
+            GgmlType::IQ4_NL => |w, a, b| unsafe { avx2::iq4_nl(w, a, b) },
             _ => |w, a, b| unsafe { avx2::q8_0(w, a, b) },
         };
         out.push(f);
@@ -115,7 +118,12 @@ unsafe fn dot_unsigned_from<const VNNI: bool>(init: __m256i, w: __m256i, a: __m2
 macro_rules! entry_points {
     ($module:ident, $features:literal, $vnni:literal) => {
         mod $module {
-            entry_points!(@fns $features, $vnni, q4_0, q4_1, q5_0, q5_1, q8_0);
+            entry_points!(@fns $features, $vnni, q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl);
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn iq4_xs(w: &[u8], q8k: &[u8], superblocks: usize) -> f32 {
+                super::iq4_xs::<$vnni>(w, q8k, superblocks)
+            }
         }
     };
     (@fns $features:literal, $vnni:literal, $($name:ident),*) => {$(
@@ -299,4 +307,115 @@ unsafe fn q5_0<const VNNI: bool>(w: &[u8], a: Q8Row, blocks: usize) -> f32 {
 unsafe fn q5_1<const VNNI: bool>(w: &[u8], a: Q8Row, blocks: usize) -> f32 {
     two_accumulators!(five_bit_step<24, 4, 8, 0>, w, a, blocks)
         + per_block_times_sums(w, 24, 2, a.sums, blocks)
+}
+
+/// The IQ4 level table in both 128-bit lanes, for `pshufb` lookups by nibble. With VNNI the
+/// table is shifted by 128 (unsigned: 1..241) and the 128 comes back out through the
+/// activation sums in the integer domain, as for Q4_0, which saves the sign juggling of a
+/// signed table; AVX2's `maddubs` would saturate its 16-bit sums on such levels.
+#[inline(always)]
+unsafe fn iq4_table<const VNNI: bool>() -> __m256i {
+    let t = crate::quant::iq4::IQ4_VALUES;
+    let signed = _mm_loadu_si128(t.as_ptr() as *const __m128i);
+    let table = if VNNI {
+        _mm_xor_si128(signed, _mm_set1_epi8(-128))
+    } else {
+        signed
+    };
+    _mm256_broadcastsi128_si256(table)
+}
+
+/// IQ4 levels `x` (from `iq4_table`) dotted with activations `y`; `sum32` is the integer sum
+/// of the 32 activations.
+#[inline(always)]
+unsafe fn iq4_dot<const VNNI: bool>(x: __m256i, y: __m256i, sum32: i32) -> __m256 {
+    if VNNI {
+        dot_unsigned_from::<VNNI>(_mm256_set1_epi32(-16 * sum32), x, y)
+    } else {
+        dot_signed::<VNNI>(x, y)
+    }
+}
+
+#[inline(always)]
+unsafe fn iq4_nl_step<const VNNI: bool>(w: &[u8], a: Q8Row, b: usize, acc: __m256) -> __m256 {
+    let (y, da) = act(a, b);
+    let at = b * 18;
+    let x = _mm256_shuffle_epi8(iq4_table::<VNNI>(), nibbles(w.as_ptr().add(at + 2)));
+    let d = _mm256_set1_ps(f16_at(w, at) * da);
+    let dot = iq4_dot::<VNNI>(x, y, *a.int_sums.get_unchecked(b));
+    _mm256_fmadd_ps(d, dot, acc)
+}
+
+#[inline(always)]
+unsafe fn iq4_nl<const VNNI: bool>(w: &[u8], a: Q8Row, blocks: usize) -> f32 {
+    two_accumulators!(iq4_nl_step, w, a, blocks)
+}
+
+/// IQ4_XS against Q8_K bytes (layouts in `scalar::iq4_xs`): per 32 weights, table lookup by
+/// nibble, dot product, times d_w x d_a x (6-bit scale - 32).
+#[inline(always)]
+unsafe fn iq4_xs<const VNNI: bool>(w: &[u8], q8k: &[u8], superblocks: usize) -> f32 {
+    let table = iq4_table::<VNNI>();
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for s in 0..superblocks {
+        let wb = w.as_ptr().add(s * 136);
+        let ab = q8k.as_ptr().add(s * super::Q8K_BLOCK);
+        let d = f16_at(w, s * 136) * (ab as *const f32).read_unaligned();
+        let scales_h = (wb.add(2) as *const u16).read_unaligned() as i32;
+        let scales_l = (wb.add(4) as *const u32).read_unaligned() as i32;
+        for ib in (0..8).step_by(2) {
+            let ls = |ib: usize| {
+                let low = (scales_l >> (4 * ib)) & 0xf;
+                let high = (scales_h >> (2 * ib)) & 3;
+                (low | (high << 4)) - 32
+            };
+            let x0 = _mm256_shuffle_epi8(table, nibbles(wb.add(8 + 16 * ib)));
+            let x1 = _mm256_shuffle_epi8(table, nibbles(wb.add(8 + 16 * (ib + 1))));
+            let y0 = _mm256_loadu_si256(ab.add(4 + 32 * ib) as *const __m256i);
+            let y1 = _mm256_loadu_si256(ab.add(4 + 32 * (ib + 1)) as *const __m256i);
+            let d0 = _mm256_set1_ps(d * ls(ib) as f32);
+            let d1 = _mm256_set1_ps(d * ls(ib + 1) as f32);
+            // The 32 activations' sum, from the block's sums of 16.
+            let bsums = ab.add(4 + 256) as *const i16;
+            let sum32 = |j: usize| {
+                bsums.add(2 * j).read_unaligned() as i32
+                    + bsums.add(2 * j + 1).read_unaligned() as i32
+            };
+            acc0 = _mm256_fmadd_ps(d0, iq4_dot::<VNNI>(x0, y0, sum32(ib)), acc0);
+            acc1 = _mm256_fmadd_ps(d1, iq4_dot::<VNNI>(x1, y1, sum32(ib + 1)), acc1);
+        }
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
+}
+
+/// The IQ4_XS kernel this machine runs best, if it has AVX2.
+pub fn iq4_xs_kernel() -> Option<super::SuperDotFn> {
+    if !(is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"))
+    {
+        return None;
+    }
+    let vnni = is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw");
+    Some(if vnni {
+        |w, a, s| unsafe { vnni::iq4_xs(w, a, s) }
+    } else {
+        |w, a, s| unsafe { avx2::iq4_xs(w, a, s) }
+    })
+}
+
+/// Both instruction-set variants of the IQ4_XS kernel this machine can run, for tests.
+#[cfg(test)]
+pub fn iq4_xs_variants() -> Vec<super::SuperDotFn> {
+    let mut out: Vec<super::SuperDotFn> = Vec::new();
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        out.push(|w, a, s| unsafe { avx2::iq4_xs(w, a, s) });
+    }
+    out.extend(iq4_xs_kernel());
+    out
 }
