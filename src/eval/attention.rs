@@ -117,6 +117,40 @@ pub fn single_query(
     }
 }
 
+/// `dst [m, n] = lhs [m, k] x rhs [k, n]` in f32, single-threaded: `dst` and `lhs` row-major
+/// with the given row strides, `rhs` element (i, j) at `i * row_stride + j * col_stride`.
+///
+/// SAFETY: every element the shapes and strides address must be valid (and `dst`'s writable
+/// and not aliased).
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_row): (*mut f32, usize),
+    (lhs, lhs_row): (*const f32, usize),
+    (rhs, rhs_col, rhs_row): (*const f32, usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_row as isize,
+        false,
+        lhs,
+        1,
+        lhs_row as isize,
+        rhs,
+        rhs_col as isize,
+        rhs_row as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
 struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -149,31 +183,16 @@ pub fn causal_batch(
         let k = &keys[kv * capacity * dim..][..seen * dim];
         let v = &values[kv * capacity * dim..][..seen * dim];
         let mut scores = vec![0f32; rows * seen];
-        // SAFETY (both products): the pointers and strides describe the slices above:
-        // queries rows r0.. of head `head` (row stride h * dim), keys/values [seen, dim],
-        // scores [rows, seen], and the output block rows r0.. x this head's columns, which
-        // no other task writes.
+        let q_block = &q[r0 * h * dim + head * dim..];
+        // SAFETY (both products): the shapes and strides describe memory inside the slices
+        // above; the output block (rows r0.. x this head's columns) is this task's alone.
         unsafe {
-            gemm::gemm(
-                rows,
-                seen,
-                dim,
-                scores.as_mut_ptr(),
-                1,
-                seen as isize,
-                false,
-                q.as_ptr().add(r0 * h * dim + head * dim),
-                1,
-                (h * dim) as isize,
-                k.as_ptr(),
-                dim as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+            // scores [rows, seen] = queries [rows, dim] x keys^T
+            product(
+                (rows, seen, dim),
+                (scores.as_mut_ptr(), seen),
+                (q_block.as_ptr(), h * dim),
+                (k.as_ptr(), dim, 1),
             );
         }
         for (r, row) in scores.chunks_mut(seen).enumerate() {
@@ -181,26 +200,12 @@ pub fn causal_batch(
         }
         let out_ptr = &out_ptr;
         unsafe {
-            gemm::gemm(
-                rows,
-                dim,
-                seen,
-                out_ptr.0.add(r0 * h * dim + head * dim),
-                1,
-                (h * dim) as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                seen as isize,
-                v.as_ptr(),
-                1,
-                dim as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+            // out block [rows, dim] = probabilities [rows, seen] x values [seen, dim]
+            product(
+                (rows, dim, seen),
+                (out_ptr.0.add(r0 * h * dim + head * dim), h * dim),
+                (scores.as_ptr(), seen),
+                (v.as_ptr(), 1, dim),
             );
         }
     });

@@ -13,17 +13,25 @@ use std::arch::x86_64::*;
 use super::{DotFn, Q8Row, Q8_0_BLOCK};
 use crate::quant::GgmlType;
 
-pub fn kernel(ty: GgmlType) -> Option<DotFn> {
-    if !(is_x86_feature_detected!("avx2")
+/// What the `avx2` entry points need.
+fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c"))
-    {
+        && is_x86_feature_detected!("f16c")
+}
+
+/// What the `vnni` entry points need beyond `has_avx2`.
+fn has_vnni() -> bool {
+    is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw")
+}
+
+pub fn kernel(ty: GgmlType) -> Option<DotFn> {
+    if !has_avx2() {
         return None;
     }
-    let vnni = is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512bw");
-    Some(match (ty, vnni) {
+    Some(match (ty, has_vnni()) {
         (GgmlType::Q4_0, false) => |w, a, b| unsafe { avx2::q4_0(w, a, b) },
         (GgmlType::Q4_1, false) => |w, a, b| unsafe { avx2::q4_1(w, a, b) },
         (GgmlType::Q5_0, false) => |w, a, b| unsafe { avx2::q5_0(w, a, b) },
@@ -44,10 +52,7 @@ pub fn kernel(ty: GgmlType) -> Option<DotFn> {
 #[cfg(test)]
 pub fn variants(ty: GgmlType) -> Vec<DotFn> {
     let mut out = Vec::new();
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
+    if has_avx2() {
         let f: DotFn = match ty {
             GgmlType::Q4_0 => |w, a, b| unsafe { avx2::q4_0(w, a, b) },
             GgmlType::Q4_1 => |w, a, b| unsafe { avx2::q4_1(w, a, b) },
@@ -390,16 +395,10 @@ unsafe fn iq4_xs<const VNNI: bool>(w: &[u8], q8k: &[u8], superblocks: usize) -> 
 
 /// The IQ4_XS kernel this machine runs best, if it has AVX2.
 pub fn iq4_xs_kernel() -> Option<super::SuperDotFn> {
-    if !(is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c"))
-    {
+    if !has_avx2() {
         return None;
     }
-    let vnni = is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512bw");
-    Some(if vnni {
+    Some(if has_vnni() {
         |w, a, s| unsafe { vnni::iq4_xs(w, a, s) }
     } else {
         |w, a, s| unsafe { avx2::iq4_xs(w, a, s) }
@@ -410,10 +409,7 @@ pub fn iq4_xs_kernel() -> Option<super::SuperDotFn> {
 #[cfg(test)]
 pub fn iq4_xs_variants() -> Vec<super::SuperDotFn> {
     let mut out: Vec<super::SuperDotFn> = Vec::new();
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
+    if has_avx2() {
         out.push(|w, a, s| unsafe { avx2::iq4_xs(w, a, s) });
     }
     out.extend(iq4_xs_kernel());
