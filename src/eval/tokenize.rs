@@ -27,6 +27,7 @@ use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 use super::spm::SpmTokenizer;
 use crate::gguf::reader::GgufFile;
 use crate::gguf::Value;
+use crate::source::tokenizer::{added_token_type, TOKEN_USER_DEFINED as USER_DEFINED};
 
 const GPT2_WORDS: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3_WORDS: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -78,9 +79,6 @@ enum Engine {
     Spm(SpmTokenizer),
 }
 
-/// llama.cpp's token type for user-defined tokens (gguf `tokenizer.ggml.token_type`).
-const USER_DEFINED: u64 = crate::source::tokenizer::TOKEN_USER_DEFINED as u64;
-
 /// A tokenizer for evaluation text.
 pub struct TextTokenizer {
     engine: Engine,
@@ -100,16 +98,19 @@ impl TextTokenizer {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let mut json: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", path.display()))?;
-        // Added tokens that llama.cpp's converter types USER_DEFINED (see `source::tokenizer`)
-        // are cut out of the text here; special ones stay plain text, as llama-perplexity does
-        // not parse special tokens. BOS is added here too.
+        // Added tokens that the converter types USER_DEFINED are cut out of the text in
+        // `encode`; the others stay plain text, as llama-perplexity does not parse special
+        // tokens. `encode` adds BOS itself, hence no post-processor.
         let user_defined = json["added_tokens"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|t| !t["special"].as_bool().unwrap_or(false))
-            .filter_map(|t| Some((t["content"].as_str()?.to_string(), t["id"].as_u64()? as u32)))
-            .filter(|(text, _)| !crate::source::tokenizer::looks_special(text))
+            .filter_map(|t| {
+                let (text, id) = (t["content"].as_str()?, t["id"].as_u64()?);
+                let special = t["special"].as_bool().unwrap_or(false);
+                (added_token_type(special, text) == USER_DEFINED)
+                    .then(|| (text.to_string(), id as u32))
+            })
             .collect();
         json["added_tokens"] = serde_json::Value::Array(vec![]);
         json["post_processor"] = serde_json::Value::Null;
@@ -141,9 +142,8 @@ impl TextTokenizer {
                 .iter()
                 .zip(&tokens)
                 .enumerate()
-                .filter(|(_, (ty, _))| ty.as_u64() == Some(USER_DEFINED))
+                .filter(|(_, (ty, _))| ty.as_u64() == Some(USER_DEFINED as u64))
                 .map(|(id, (_, text))| (text.clone(), id as u32))
-                .filter(|(text, _)| !text.is_empty())
                 .collect(),
             None => Vec::new(),
         };
@@ -229,8 +229,10 @@ impl TextTokenizer {
     }
 }
 
+/// The order `partition` cuts tokens in: longest first (a stable sort, so equal lengths keep
+/// id order). Empty texts are dropped: they match everywhere and cut nothing.
 fn longest_first(mut tokens: Vec<(String, u32)>) -> Vec<(String, u32)> {
-    // Stable, so equal lengths keep id order, as llama.cpp's sort of its cache does in practice.
+    tokens.retain(|(text, _)| !text.is_empty());
     tokens.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
     tokens
 }
@@ -348,4 +350,28 @@ fn byte_level_bpe(tokens: &[String], merges: &[String], pre: &str) -> Result<Tok
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(Sequence::new(steps)));
     Ok(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Longer tokens are cut first, an empty token text is ignored (it would match at every
+    /// position), and text between and around the cuts is kept in order.
+    #[test]
+    fn partition_cuts_longest_first_and_ignores_empty_texts() {
+        let tokens = longest_first(vec![
+            ("ab".to_string(), 1),
+            (String::new(), 2),
+            ("abc".to_string(), 3),
+        ]);
+        let pieces: Vec<String> = partition("xabcyabz", &tokens)
+            .into_iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.to_string(),
+                Piece::Token(id) => format!("<{id}>"),
+            })
+            .collect();
+        assert_eq!(pieces, ["x", "<3>", "y", "<1>", "z"]);
+    }
 }

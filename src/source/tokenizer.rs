@@ -45,8 +45,18 @@ fn read_json(path: &Path) -> Result<Json> {
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
+/// The GGUF token type of a tokenizer.json added token, as llama.cpp's converter types it:
+/// control when marked special or when it looks special, else user-defined.
+pub fn added_token_type(special: bool, content: &str) -> i32 {
+    if special || looks_special(content) {
+        TOKEN_CONTROL
+    } else {
+        TOKEN_USER_DEFINED
+    }
+}
+
 /// Tokens that llama.cpp treats as control tokens even when not marked special.
-pub fn looks_special(token: &str) -> bool {
+fn looks_special(token: &str) -> bool {
     matches!(token, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
         || (token.starts_with("<|") && token.ends_with("|>"))
         || (token.starts_with("<｜") && token.ends_with("｜>"))
@@ -157,11 +167,7 @@ pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
         }
         let special = t.get("special").and_then(|s| s.as_bool()).unwrap_or(false);
         tokens[id] = Some(content.to_string());
-        types[id] = if special || looks_special(content) {
-            TOKEN_CONTROL
-        } else {
-            TOKEN_USER_DEFINED
-        };
+        types[id] = added_token_type(special, content);
     }
     let tokens: Vec<String> = tokens
         .into_iter()
