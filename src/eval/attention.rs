@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::dot::dot_f32;
 use super::softmax::causal_row;
+use super::weights::ModelConfig;
 use crate::quant::fp16::round_trip_f16;
 
 /// Query rows per block of the batched attention: their scores (rows x keys) stay in L2.
@@ -21,6 +22,22 @@ pub struct Shape {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub neox: bool,
+}
+
+impl Shape {
+    pub fn of(c: &ModelConfig) -> Shape {
+        Shape {
+            heads: c.n_head,
+            kv_heads: c.n_head_kv,
+            head_dim: c.head_dim,
+            neox: c.rope_neox,
+        }
+    }
+}
+
+/// The attention scores' scale, 1 / sqrt(head_dim).
+fn score_scale(head_dim: usize) -> f32 {
+    1.0 / (head_dim as f32).sqrt()
 }
 
 /// Rotates one head's pairs: adjacent elements (llama.cpp's "norm" mode) or the two halves
@@ -87,18 +104,15 @@ pub fn prepare_batch(
 
 /// One query head against `past` cached rows (`keys`, `values`: `[past, dim]`) and its own
 /// new key and value; the output is written to `out`.
-#[allow(clippy::too_many_arguments)]
 pub fn single_query(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    new_key: &[f32],
-    new_value: &[f32],
-    scale: f32,
+    (keys, values): (&[f32], &[f32]),
+    (new_key, new_value): (&[f32], &[f32]),
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let dim = q.len();
+    let scale = score_scale(dim);
     let past = keys.len() / dim;
     scores.resize(past + 1, 0.0);
     for (p, key) in scores.iter_mut().zip(keys.chunks_exact(dim)) {
@@ -169,7 +183,7 @@ pub fn causal_batch(
     let (h, dim) = (shape.heads, shape.head_dim);
     let group = h / shape.kv_heads;
     let t = q.len() / (h * dim);
-    let scale = 1.0 / (dim as f32).sqrt();
+    let scale = score_scale(dim);
     let mut out = vec![0f32; t * h * dim];
     let out_ptr = OutPtr(out.as_mut_ptr());
     let blocks = t.div_ceil(QUERY_BLOCK);

@@ -4,7 +4,7 @@
 //! at a spin barrier after each. Small vector steps (norms, RoPE, activation quantization,
 //! SwiGLU) are cheaper repeated by every member than shared, which saves their barriers. This
 //! is how ggml's CPU backend runs a generation step; the numerics are those of
-//! `Model::forward` (the same kernels and roundings), which a test checks.
+//! `Model::forward_graph` (the same kernels and roundings), which a test checks.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -292,18 +292,8 @@ impl Step<'_> {
             [&weights.q_bias, &weights.k_bias, &weights.v_bias].map(|b| b.as_deref()),
             self.cos,
             self.sin,
-            self.shape(),
+            attention::Shape::of(&self.model.weights.config),
         );
-    }
-
-    fn shape(&self) -> attention::Shape {
-        let c = &self.model.weights.config;
-        attention::Shape {
-            heads: c.n_head,
-            kv_heads: c.n_head_kv,
-            head_dim: c.head_dim,
-            neox: c.rope_neox,
-        }
     }
 
     fn store_in_cache(&self, rows: &RawKv, s: &Scratch) {
@@ -325,7 +315,6 @@ impl Step<'_> {
         let dim = c.head_dim;
         let group = c.n_head / c.n_head_kv;
         let past = self.position;
-        let scale = 1.0 / (dim as f32).sqrt();
         loop {
             let head = counter.fetch_add(1, Ordering::Relaxed);
             if head >= c.n_head {
@@ -351,11 +340,8 @@ impl Step<'_> {
             let kv_rows = kv * dim..(kv + 1) * dim;
             attention::single_query(
                 &s.q[head * dim..(head + 1) * dim],
-                keys,
-                values,
-                &s.k[kv_rows.clone()],
-                &s.v[kv_rows],
-                scale,
+                (keys, values),
+                (&s.k[kv_rows.clone()], &s.v[kv_rows]),
                 &mut s.scores,
                 out,
             );

@@ -1,10 +1,10 @@
 //! Matrix products with weights that stay quantized in memory.
 //!
-//! One or a few rows go through the fused dot kernels of `dot` (or candle's quantized matmul
-//! for the formats without one): activations are quantized to Q8_0/Q8_K and dotted with the
-//! weight blocks, reading each weight byte once, as ggml's CPU backend does. (Generation of
-//! single tokens bypasses this module's products: see `decode`.) Many rows (prompt processing, perplexity) go through an f32 GEMM
-//! on weights dequantized one panel of rows at a time: the dequantization is paid once per
+//! One or a few rows go through the row kernels of `dot`: activations are quantized to
+//! Q8_0/Q8_K and dotted with the weight blocks, reading each weight byte once, as ggml's CPU
+//! backend does. (Generation of single tokens goes through `decode`, on the same kernels.)
+//! Many rows (prompt processing, perplexity) go through the integer GEMM of `gemm` where the
+//! format has one, else through an f32 GEMM on weights dequantized one panel of rows at a time: the dequantization is paid once per
 //! panel and shared by every activation row, the panel stays in cache, and the arithmetic runs
 //! at f32 GEMM speed. This is the strategy of llama.cpp's CUDA backend for large batches
 //! (dequantize, then a float GEMM), and its results differ from the Q8-activation path only
@@ -95,9 +95,7 @@ impl Linear {
         let parts: Option<Vec<super::dot::Part>> = linears
             .iter()
             .map(|l| match &l.kind {
-                Kind::Quantized {
-                    file, index, ty, ..
-                } if l.cols == cols => Some(super::dot::Part {
+                Kind::Quantized { file, index, ty } if l.cols == cols => Some(super::dot::Part {
                     ty: *ty,
                     weight: file.tensor_data(&file.tensors[*index]),
                     n: l.rows,
@@ -109,10 +107,8 @@ impl Linear {
             if m < BATCH_ROWS {
                 return Ok(super::dot::matmul_many(&parts, cols, x, m));
             }
-            if m >= BATCH_ROWS {
-                if let Some(outs) = super::gemm::matmul_many(&parts, cols, x) {
-                    return Ok(outs);
-                }
+            if let Some(outs) = super::gemm::matmul_many(&parts, cols, x) {
+                return Ok(outs);
             }
         }
         linears.iter().map(|l| l.forward(x)).collect()
@@ -130,9 +126,7 @@ impl Linear {
                     len: self.rows * self.cols,
                 }
             }
-            Kind::Quantized {
-                file, index, ty, ..
-            } => WeightGuard::Quantized {
+            Kind::Quantized { file, index, ty } => WeightGuard::Quantized {
                 ty: *ty,
                 bytes: file.tensor_data(&file.tensors[*index]),
             },

@@ -104,7 +104,6 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
         })
         .map(|f| f.name().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let notes = Vec::new();
     let model_name = file
         .get("general.name")
         .and_then(Value::as_str)
@@ -120,7 +119,7 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
         n_params,
         model: Model::new(weights),
         tokenizer,
-        notes,
+        notes: Vec::new(),
     })
 }
 

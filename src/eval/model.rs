@@ -250,12 +250,7 @@ impl Model {
             qkv.pop().expect("three outputs"),
             qkv.pop().expect("three outputs"),
         );
-        let shape = attention::Shape {
-            heads: h,
-            kv_heads: hkv,
-            head_dim: hd,
-            neox: c.rope_neox,
-        };
+        let shape = attention::Shape::of(c);
         attention::prepare_batch(
             [&mut q, &mut k, &mut v],
             [&w.q_bias, &w.k_bias, &w.v_bias].map(|b| b.as_deref()),
@@ -269,17 +264,16 @@ impl Model {
             // The decoding team's arithmetic (`decode.rs`), so both give the same logits.
             let mut out = vec![0f32; h * hd];
             let mut scores = Vec::new();
-            let scale = 1.0 / (hd as f32).sqrt();
             for (head, o) in out.chunks_mut(hd).enumerate() {
                 let kv = head / group;
                 let kv_rows = kv * hd..(kv + 1) * hd;
                 attention::single_query(
                     &q[head * hd..(head + 1) * hd],
-                    cache.rows(&cache.k, kv, offset, hd),
-                    cache.rows(&cache.v, kv, offset, hd),
-                    &k[kv_rows.clone()],
-                    &v[kv_rows],
-                    scale,
+                    (
+                        cache.rows(&cache.k, kv, offset, hd),
+                        cache.rows(&cache.v, kv, offset, hd),
+                    ),
+                    (&k[kv_rows.clone()], &v[kv_rows]),
                     &mut scores,
                     o,
                 );

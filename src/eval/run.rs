@@ -188,20 +188,19 @@ pub fn evaluate(
             for (row, &t) in targets.iter().enumerate() {
                 nll.add(log_probs[row * n_vocab + t as usize] as f64);
             }
-            match &mut compare {
-                Compare::None => {}
-                Compare::Record(store) => store.write_chunk(&log_probs)?,
-                Compare::Against(store) => {
-                    let base = store.read_chunk(i)?;
-                    let chunk: Vec<TokenDivergence> = (0..scored)
-                        .into_par_iter()
-                        .map(|row| {
-                            let r = row * n_vocab..(row + 1) * n_vocab;
-                            token_divergence(&base[r.clone()], &log_probs[r], targets[row] as usize)
-                        })
-                        .collect();
-                    divergences.extend(chunk);
-                }
+            if let Compare::Record(store) = &mut compare {
+                store.write_chunk(&log_probs)?;
+            }
+            if let Compare::Against(store) = &mut compare {
+                let base = store.read_chunk(i)?;
+                let chunk: Vec<TokenDivergence> = (0..scored)
+                    .into_par_iter()
+                    .map(|row| {
+                        let r = row * n_vocab..(row + 1) * n_vocab;
+                        token_divergence(&base[r.clone()], &log_probs[r], targets[row] as usize)
+                    })
+                    .collect();
+                divergences.extend(chunk);
             }
         }
         let secs = start.elapsed().as_secs_f64();

@@ -61,28 +61,6 @@ pub fn max_and_sum_exp(row: &[f32]) -> (f32, f64) {
     log_sum_exp_body(row)
 }
 
-/// Causal softmax in place over `rows` score rows of length `keys`, scaled by `scale`: row
-/// `r` (query position `offset + r % queries`) sees keys `0..=offset + r % queries`; later
-/// keys get probability 0. Replaces a mask pass plus a full softmax, and skips the
-/// exponentials of masked keys.
-pub fn causal_softmax(scores: &mut [f32], keys: usize, queries: usize, offset: usize, scale: f32) {
-    use rayon::prelude::*;
-    if scores.len() < 1 << 14 {
-        // One token's attention: forking would cost more than the work.
-        for (r, row) in scores.chunks_mut(keys).enumerate() {
-            causal_row(row, (offset + r % queries + 1).min(keys), scale);
-        }
-        return;
-    }
-    scores
-        .par_chunks_mut(keys)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let seen = (offset + r % queries + 1).min(keys);
-            causal_row(row, seen, scale);
-        });
-}
-
 /// Lanes of the softmax reductions: independent accumulators let the compiler vectorize the
 /// max and the sum (a single running f32 accumulator is a dependency chain it must keep).
 const LANES: usize = 16;
@@ -128,6 +106,8 @@ unsafe fn causal_row_avx2(row: &mut [f32], seen: usize, scale: f32) {
     causal_row_body(row, seen, scale)
 }
 
+/// Causal softmax of one score row in place, scaled by `scale`: the query sees keys
+/// `0..seen`; later keys get probability 0 without their exponentials being computed.
 pub(super) fn causal_row(row: &mut [f32], seen: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -209,11 +189,13 @@ mod tests {
     }
 
     #[test]
-    fn causal_softmax_masks_and_normalizes() {
+    fn causal_rows_mask_and_normalize() {
         // 2 heads x 3 queries after 1 cached position: 4 keys.
         let mut s: Vec<f32> = (0..24).map(|i| (i % 5) as f32 * 0.3).collect();
         let orig = s.clone();
-        causal_softmax(&mut s, 4, 3, 1, 0.5);
+        for (r, row) in s.chunks_mut(4).enumerate() {
+            causal_row(row, 1 + r % 3 + 1, 0.5);
+        }
         for r in 0..6 {
             let seen = 1 + r % 3 + 1;
             let row = &s[r * 4..r * 4 + 4];

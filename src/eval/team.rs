@@ -65,17 +65,27 @@ impl Barrier {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
-        let mut spins = 0u32;
+        let mut backoff = Backoff::default();
         while self.generation.load(Ordering::Acquire) == generation {
             if self.poisoned.load(Ordering::Relaxed) {
                 panic!("another thread of the team panicked");
             }
-            spins += 1;
-            if spins < BARRIER_SPINS {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            backoff.snooze();
+        }
+    }
+}
+
+/// Waiting on another team member: spin, then (past `BARRIER_SPINS` polls) yield the core.
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn snooze(&mut self) {
+        self.0 = self.0.saturating_add(1);
+        if self.0 < BARRIER_SPINS {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
         }
     }
 }
@@ -154,14 +164,9 @@ impl Team {
         if mine.is_err() {
             shared.barrier.poisoned.store(true, Ordering::Relaxed);
         }
-        let mut spins = 0u32;
+        let mut backoff = Backoff::default();
         while shared.done.load(Ordering::Acquire) < self.workers.len() {
-            spins += 1;
-            if spins < BARRIER_SPINS {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            backoff.snooze();
         }
         // SAFETY: every worker is done with the job.
         unsafe { *shared.job.get() = None };

@@ -132,7 +132,7 @@ impl GgufLoader {
         Ok(self.dense(name)?.0)
     }
 
-    fn linear(&mut self, name: &str) -> Result<Linear> {
+    fn linear(&self, name: &str) -> Result<Linear> {
         let (index, t) = self.info(name)?;
         let ty = self.ty(name)?;
         if t.dims.len() != 2 {
@@ -219,7 +219,7 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
 pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
     let path = file.path.clone();
     let mut config = gguf_config(&file)?;
-    let mut loader = GgufLoader { file: file.clone() };
+    let loader = GgufLoader { file: file.clone() };
     let embd_name = "token_embd.weight";
     let (embd_index, embd_info) = loader.info(embd_name)?;
     if embd_info.dims.len() != 2 || embd_info.dims[0] as usize != config.n_embd {
@@ -329,9 +329,6 @@ fn load_dense(
             .remove(name)
             .ok_or_else(|| anyhow!("{path}: tensor for {name} is missing"))
     };
-    fn vector((data, _): (Vec<f32>, Vec<usize>)) -> Result<Vec<f32>> {
-        Ok(data)
-    }
     fn matrix((data, shape): (Vec<f32>, Vec<usize>)) -> Result<Linear> {
         Linear::dense(Tensor::from_vec(data, shape, &Device::Cpu)?)
     }
@@ -345,7 +342,7 @@ fn load_dense(
         let n = |s: &str| format!("blk.{i}.{s}");
         let mut bias = |s: &str| -> Result<Option<Vec<f32>>> {
             match take(&n(s)) {
-                Ok(t) => Ok(Some(vector(t)?)),
+                Ok((data, _)) => Ok(Some(data)),
                 Err(_) => Ok(None),
             }
         };
@@ -355,7 +352,7 @@ fn load_dense(
             bias("attn_v.bias")?,
         );
         layers.push(LayerWeights {
-            attn_norm: vector(take(&n("attn_norm.weight"))?)?,
+            attn_norm: take(&n("attn_norm.weight"))?.0,
             q: matrix(take(&n("attn_q.weight"))?)?,
             k: matrix(take(&n("attn_k.weight"))?)?,
             v: matrix(take(&n("attn_v.weight"))?)?,
@@ -363,7 +360,7 @@ fn load_dense(
             k_bias,
             v_bias,
             o: matrix(take(&n("attn_output.weight"))?)?,
-            ffn_norm: vector(take(&n("ffn_norm.weight"))?)?,
+            ffn_norm: take(&n("ffn_norm.weight"))?.0,
             gate: matrix(take(&n("ffn_gate.weight"))?)?,
             up: matrix(take(&n("ffn_up.weight"))?)?,
             down: matrix(take(&n("ffn_down.weight"))?)?,
@@ -374,7 +371,7 @@ fn load_dense(
         Err(_) => Linear::dense(Tensor::from_slice(&embd, embd_shape, &Device::Cpu)?)?,
     };
     Ok(ModelWeights {
-        output_norm: vector(take("output_norm.weight")?)?,
+        output_norm: take("output_norm.weight")?.0,
         output,
         rope_freqs: None,
         config,

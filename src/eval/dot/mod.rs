@@ -169,10 +169,19 @@ impl Rounding {
         }
     }
 
+    /// The 8-bit block format of a quantizing rounding.
+    pub fn quantized_type(self) -> Option<GgmlType> {
+        match self {
+            Rounding::Q8_0 => Some(GgmlType::Q8_0),
+            Rounding::Q8K => Some(GgmlType::Q8_K),
+            Rounding::None | Rounding::F16 | Rounding::BF16 => None,
+        }
+    }
+
     /// Rounds one activation row in place.
     pub fn apply(self, row: &mut [f32]) {
         use crate::quant::fp16::*;
-        let via = match self {
+        match self {
             Rounding::None => return,
             Rounding::F16 => {
                 row.iter_mut()
@@ -184,10 +193,9 @@ impl Rounding {
                     .for_each(|v| *v = bf16_bits_to_f32(f32_to_bf16_bits(*v)));
                 return;
             }
-            Rounding::Q8_0 => GgmlType::Q8_0,
-            Rounding::Q8K => GgmlType::Q8_K,
-        };
-        let info = via.info();
+            Rounding::Q8_0 | Rounding::Q8K => {}
+        }
+        let info = self.quantized_type().expect("a quantizing rounding").info();
         if !row.len().is_multiple_of(info.block_elems) {
             return;
         }

@@ -39,11 +39,12 @@ pub fn supported(ty: GgmlType) -> bool {
     )
 }
 
+/// The format ggml quantizes activations to for weights of type `ty` (Q8_0 or Q8_K for every
+/// type `supported` here).
 fn activation_type(ty: GgmlType) -> GgmlType {
-    match ty {
-        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::IQ4_XS => GgmlType::Q8_K,
-        _ => GgmlType::Q8_0,
-    }
+    super::dot::Rounding::for_weight(ty)
+        .quantized_type()
+        .expect("an 8-bit activation format for the integer GEMM's types")
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
