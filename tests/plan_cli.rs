@@ -1,7 +1,9 @@
-//! `quantfit plan` end to end: JSON rows with the documented keys, filters, charts, and clear
-//! errors for unknown ids and malformed profiles.
+//! `quantfit plan` end to end: the choice across model sizes, automatic configurations, JSON
+//! keys, charts, licences in three parts, measured results, and clear errors for bad input.
 
 use std::process::Command;
+
+use serde_json::Value;
 
 fn quantfit(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_quantfit"))
@@ -10,124 +12,352 @@ fn quantfit(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+fn plan_json(args: &[&str]) -> Value {
+    let mut all = vec!["plan", "--json"];
+    all.extend_from_slice(args);
+    let out = quantfit(&all);
+    assert!(
+        out.status.success(),
+        "plan {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn rows(doc: &Value) -> &Vec<Value> {
+    doc["rows"].as_array().unwrap()
+}
+
+fn row<'a>(doc: &'a Value, model: &str, quant: &str) -> &'a Value {
+    rows(doc)
+        .iter()
+        .find(|r| r["model"] == model && r["quant"] == quant)
+        .unwrap_or_else(|| panic!("no row {model} {quant}"))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn fail(args: &[&str]) -> String {
+    let out = quantfit(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    err
+}
+
+/// The defaults (Llama-2 7B/13B/70B on an RTX 4090, ctx 4096): the answer is a 13B or 70B
+/// row, with the lowest expected perplexity of the rows that run (ties within 1% to the
+/// cheaper); 70B runs on several cards; the sentence names every size's best.
 #[test]
-fn json_rows_have_documented_keys_and_a_recommendation() {
-    let out = quantfit(&[
-        "plan",
+fn default_plan_chooses_across_sizes() {
+    let doc = plan_json(&[]);
+    let all = rows(&doc);
+    assert_eq!(all.len(), 24);
+    let i = doc["recommended"].as_u64().unwrap() as usize;
+    let rec = &all[i];
+    assert_eq!(rec["recommended"], true);
+    assert_eq!(all.iter().filter(|r| r["recommended"] == true).count(), 1);
+    let model = rec["model"].as_str().unwrap();
+    assert!(model == "Llama-2-13B" || model == "Llama-2-70B", "{model}");
+    let lowest = all
+        .iter()
+        .filter(|r| r["fits"] == true)
+        .map(|r| f(&r["ppl"]))
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        f(&rec["ppl"]) <= lowest * 1.01,
+        "{} vs {lowest}",
+        rec["ppl"]
+    );
+    for r in all.iter().filter(|r| r["model"] == "Llama-2-70B") {
+        assert_eq!(r["fits"], true, "{}", r["config"]);
+        assert!(r["devices"].as_u64().unwrap() >= 2, "{}", r["config"]);
+        assert!(r["config"].as_str().unwrap().contains("layer split"));
+    }
+    let why = doc["recommendation"].as_str().unwrap();
+    assert!(
+        why.contains("best Llama-2-7B: PPL 5.795") && why.contains("best Llama-2-13B"),
+        "{why}"
+    );
+    // Sizes compare on one scale: the 13B at Q4_K_M beats the 7B at F16.
+    let p = |m, q| f(&row(&doc, m, q)["ppl"]);
+    assert!(p("Llama-2-13B", "Q4_K_M") < p("Llama-2-7B", "F16"));
+    assert_eq!(row(&doc, "Llama-2-7B", "F16")["ppl_basis"], "published");
+    assert_eq!(row(&doc, "Llama-2-13B", "Q6_K")["ppl_basis"], "estimated");
+    assert_eq!(
+        row(&doc, "Llama-2-70B", "Q4_K_M")["ppl_scale"],
+        "wikitext-2 test, ctx 512, Llama 1/2 tokenizer"
+    );
+}
+
+#[test]
+fn json_rows_have_the_documented_keys() {
+    let doc = plan_json(&[
         "--model",
         "llama-3.1-8b,llama-3.1-70b",
         "--quant",
         "Q4_K_M,Q8_0",
         "--hardware",
         "h100-sxm,rtx-4090",
-        "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = doc["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows(&doc).len(), 8);
     for key in [
         "model",
         "quant",
         "hardware",
+        "config",
         "devices",
+        "gpu_layers",
+        "kv_type",
         "ctx",
         "batch",
         "weights_bytes",
         "kv_bytes",
         "overhead_bytes",
+        "device_bytes",
+        "host_bytes",
         "total_bytes",
         "fits",
+        "headroom_bytes",
         "decode_tokens_per_s",
         "prefill_tokens_per_s",
         "usd_per_million_tokens",
-        "quality_delta_pct",
+        "ppl",
+        "ppl_basis",
+        "ppl_scale",
         "quality_source",
         "license",
+        "license_architecture",
+        "license_weights",
+        "license_data",
     ] {
         assert!(
-            rows.iter()
-                .all(|r| !r[key].is_null() || key == "quality_delta_pct"),
+            rows(&doc).iter().all(|r| !r[key].is_null()),
             "missing {key}"
         );
     }
-    // 70B Q8_0 (~70 GiB of weights) fits an 80 GB H100 only barely or not, never a 24 GB card.
-    let row = |m: &str, q: &str, h: &str| {
-        rows.iter()
+    let on = |m: &str, q: &str, h: &str| {
+        rows(&doc)
+            .iter()
             .find(|r| r["model"] == m && r["quant"] == q && r["hardware"] == h)
             .unwrap()
             .clone()
     };
-    assert_eq!(row("Llama-3.1-70B", "Q4_K_M", "rtx-4090")["fits"], false);
-    assert_eq!(row("Llama-3.1-8B", "Q4_K_M", "rtx-4090")["fits"], true);
-    let fast = row("Llama-3.1-8B", "Q4_K_M", "h100-sxm")["decode_tokens_per_s"]
-        .as_f64()
-        .unwrap();
-    let slow = row("Llama-3.1-8B", "Q4_K_M", "rtx-4090")["decode_tokens_per_s"]
-        .as_f64()
-        .unwrap();
-    assert!(fast > slow, "more bandwidth must decode faster");
+    // A 70B at 4 bits needs two 24 GB cards; an 8B at 4 bits needs one.
+    assert_eq!(on("Llama-3.1-70B", "Q4_K_M", "rtx-4090")["devices"], 2);
+    assert_eq!(on("Llama-3.1-8B", "Q4_K_M", "rtx-4090")["devices"], 1);
     assert!(
-        row("Llama-3.1-8B", "Q8_0", "rtx-4090")["quality_delta_pct"]
-            .as_f64()
-            .unwrap()
-            < row("Llama-3.1-8B", "Q4_K_M", "rtx-4090")["quality_delta_pct"]
-                .as_f64()
-                .unwrap()
+        f(&on("Llama-3.1-8B", "Q4_K_M", "h100-sxm")["decode_tokens_per_s"])
+            > f(&on("Llama-3.1-8B", "Q4_K_M", "rtx-4090")["decode_tokens_per_s"])
     );
-    assert_eq!(rows.iter().filter(|r| r["recommended"] == true).count(), 1);
-    assert!(doc["recommendation"].as_str().unwrap().contains("fits"));
-    assert!(row("Llama-3.1-8B", "Q8_0", "h100-sxm")["license"]
+    assert!(
+        f(&on("Llama-3.1-8B", "Q8_0", "rtx-4090")["ppl"])
+            < f(&on("Llama-3.1-8B", "Q4_K_M", "rtx-4090")["ppl"])
+    );
+    let src = on("Llama-3.1-8B", "Q8_0", "rtx-4090")["quality_source"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(src.contains("llama-3-8b"), "a stand-in is named: {src}");
+    let lic = on("Llama-3.1-8B", "Q8_0", "h100-sxm");
+    assert!(lic["license_weights"]
         .as_str()
         .unwrap()
         .contains("Llama 3.1"));
+    assert!(lic["license_data"]
+        .as_str()
+        .unwrap()
+        .contains("not released"));
+    assert!(doc["recommended"].is_u64());
 }
 
 #[test]
-fn filters_and_multi_device() {
-    let out = quantfit(&[
-        "plan",
+fn configurations_with_one_or_two_devices() {
+    let two = plan_json(&[
+        "--model",
+        "llama-2-70b",
+        "--hardware",
+        "rtx-4090",
+        "--max-devices",
+        "2",
+    ]);
+    assert!(rows(&two)
+        .iter()
+        .any(|r| r["fits"] == true && r["devices"] == 2 && f(&r["bits_per_weight"]) >= 4.0));
+    let one = plan_json(&[
+        "--model",
+        "llama-2-70b",
+        "--hardware",
+        "rtx-4090",
+        "--max-devices",
+        "1",
+    ]);
+    let partial: Vec<&Value> = rows(&one).iter().filter(|r| r["fits"] == true).collect();
+    assert!(partial.len() >= 6);
+    for r in &partial {
+        let layers = r["gpu_layers"].as_u64().unwrap();
+        assert!(layers < 80, "{}", r["config"]);
+        assert!(r["config"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{layers}/80 layers on GPU")));
+        // Slower than the same file on devices that hold all of it.
+        let full = plan_json(&[
+            "--model",
+            "llama-2-70b",
+            "--quant",
+            r["quant"].as_str().unwrap(),
+            "--devices",
+            "4",
+        ]);
+        assert!(
+            f(&r["decode_tokens_per_s"]) < f(&rows(&full)[0]["decode_tokens_per_s"]),
+            "{}: {}",
+            r["config"],
+            r["decode_tokens_per_s"]
+        );
+        assert!(f(&r["host_bytes"]) > 1e9 && f(&r["headroom_bytes"]) >= 0.0);
+    }
+    // A pinned layer count: device and host memory apart, the headroom the device's.
+    let pinned = plan_json(&[
         "--model",
         "llama-2-70b",
         "--quant",
         "Q4_K_M",
-        "--hardware",
-        "rtx-4090",
-        "--devices",
-        "2",
-        "--json",
+        "--gpu-layers",
+        "40",
     ]);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        doc["rows"][0]["fits"], true,
-        "70B Q4_K_M fits two 24 GB cards"
-    );
-    let out = quantfit(&[
-        "plan",
+    let r = &rows(&pinned)[0];
+    assert_eq!(r["gpu_layers"], 40);
+    assert_eq!(r["fits"], true);
+    assert!(f(&r["headroom_bytes"]) > 0.0 && f(&r["host_bytes"]) > 15e9);
+    // A context that f16 cannot hold takes a smaller KV type.
+    let long = plan_json(&[
         "--model",
-        "llama-2-7b",
-        "--hardware",
-        "rtx-4090",
-        "--max-memory",
-        "6",
-        "--json",
+        "llama-3.1-8b",
+        "--quant",
+        "Q8_0",
+        "--ctx",
+        "131072",
+        "--max-devices",
+        "1",
     ]);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = doc["rows"].as_array().unwrap();
-    assert!(
-        !rows.is_empty()
-            && rows
-                .iter()
-                .all(|r| r["total_bytes"].as_f64().unwrap() <= 6e9)
-    );
+    let r = &rows(&long)[0];
+    assert_ne!(r["kv_type"], "f16", "{}", r["config"]);
+    assert!(r["config"].as_str().unwrap().contains("KV q"));
 }
 
 #[test]
-fn charts_are_written() {
+fn filters_and_budgets() {
+    let doc = plan_json(&["--model", "llama-2-7b", "--max-memory", "6"]);
+    assert!(!rows(&doc).is_empty());
+    assert!(rows(&doc)
+        .iter()
+        .all(|r| f(&r["total_bytes"]) <= 6.0 * (1u64 << 30) as f64));
+    let err = fail(&["plan", "--max-usd-per-mtok", "0.01"]);
+    assert!(
+        err.contains("--max-usd-per-mtok 0.01") && err.contains("cheapest"),
+        "{err}"
+    );
+    let err = fail(&["plan", "--model", "llama-2-7b", "--min-ctx", "8192"]);
+    assert!(err.contains("context") && err.contains("4096"), "{err}");
+    let slow = plan_json(&[
+        "--model",
+        "llama-2-70b",
+        "--quant",
+        "Q4_K_M",
+        "--min-tps",
+        "15",
+    ]);
+    assert!(f(&rows(&slow)[0]["decode_tokens_per_s"]) >= 15.0);
+}
+
+#[test]
+fn conflicting_pins_are_refused() {
+    let err = fail(&["plan", "--gpu-layers", "40", "--devices", "2"]);
+    assert!(
+        err.contains("--gpu-layers") && err.contains("--devices"),
+        "{err}"
+    );
+    let err = fail(&["plan", "--devices", "3", "--max-devices", "2"]);
+    assert!(err.contains("--max-devices 2"), "{err}");
+    let err = fail(&[
+        "plan",
+        "--gpu-layers",
+        "10",
+        "--hardware",
+        "apple-m2-ultra-76c",
+    ]);
+    assert!(err.contains("GPU profile"), "{err}");
+    fail(&["plan", "--max-devices", "0"]);
+}
+
+/// Perplexities of different tokenizers never compare: across families the sentence says so
+/// and ranks by the published MMLU.
+#[test]
+fn across_families_mmlu_decides_and_says_so() {
+    let doc = plan_json(&[
+        "--model",
+        "llama-3.1-8b,mistral-7b,qwen2.5-7b",
+        "--quant",
+        "Q8_0,Q4_K_M",
+    ]);
+    let why = doc["recommendation"].as_str().unwrap();
+    assert!(
+        why.contains("do not compare") && why.contains("MMLU"),
+        "{why}"
+    );
+    let rec = &rows(&doc)[doc["recommended"].as_u64().unwrap() as usize];
+    assert_eq!(
+        rec["model"], "Qwen2.5-7B",
+        "highest MMLU of the three: {why}"
+    );
+    assert!(row(&doc, "Qwen2.5-7B", "Q8_0")["ppl"].is_null());
+}
+
+#[test]
+fn measured_results_take_precedence_and_unknown_lines_are_errors() {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/plan-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("results.jsonl");
+    std::fs::write(
+        &good,
+        "{\"kind\":\"eval\",\"model\":\"Llama-2-13B\",\"file\":\"l13-q4.gguf\",\"quant\":\"Q4_K_M\",\"ppl\":7.0,\"baseline_ppl\":6.9,\"kld_mean\":0.01}\n{\"kind\":\"bench\",\"model\":\"Llama-2-13B\",\"quant\":\"Q4_K_M\"}\n",
+    )
+    .unwrap();
+    let doc = plan_json(&["--results", good.to_str().unwrap()]);
+    let r = row(&doc, "Llama-2-13B", "Q4_K_M");
+    assert_eq!(r["ppl_basis"], "measured");
+    let f16 = f(&row(&doc, "Llama-2-13B", "F16")["ppl"]);
+    assert!(
+        (f(&r["ppl"]) - f16 * 7.0 / 6.9).abs() < 1e-9,
+        "ratio carried to the scale"
+    );
+    assert_eq!(r["kld"], 0.01);
+
+    let bad = dir.join("unknown.jsonl");
+    std::fs::write(&bad, "{\"kind\":\"eval\",\"model\":\"Falcon-180B\",\"quant\":\"Q4_K_M\",\"ppl\":3.0,\"ppl_ratio\":1.01}\n").unwrap();
+    let err = fail(&["plan", "--results", bad.to_str().unwrap()]);
+    assert!(
+        err.contains("unknown.jsonl: line 1")
+            && err.contains("Falcon-180B")
+            && err.contains("--model"),
+        "{err}"
+    );
+    std::fs::write(&bad, "{\"model\":\"Llama-2-7B\"}\n").unwrap();
+    let err = fail(&["plan", "--results", bad.to_str().unwrap()]);
+    assert!(err.contains("line 1") && err.contains("quant"), "{err}");
+}
+
+#[test]
+fn charts_are_written_for_every_size() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/charts");
     let _ = std::fs::remove_dir_all(&dir);
     let out = quantfit(&["plan", "--chart", dir.to_str().unwrap()]);
@@ -136,34 +366,37 @@ fn charts_are_written() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for f in [
-        "quality-vs-memory.png",
-        "quality-vs-memory.svg",
-        "quality-vs-cost.png",
-        "quality-vs-cost.svg",
-    ] {
-        let len = std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
-        assert!(len > 5000, "{f}: {len} bytes");
+    for stem in ["quality-vs-memory", "quality-vs-cost", "quality-vs-speed"] {
+        for ext in ["png", "svg"] {
+            let len = std::fs::metadata(dir.join(format!("{stem}.{ext}")))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            assert!(len > 5000, "{stem}.{ext}: {len} bytes");
+        }
+        let svg = std::fs::read_to_string(dir.join(format!("{stem}.svg"))).unwrap();
+        for want in [
+            "Llama-2-7B",
+            "Llama-2-13B",
+            "Llama-2-70B",
+            "Pareto frontier",
+            "lower is better",
+            "Q4_K_M 2x",
+        ] {
+            assert!(svg.contains(want), "{stem}.svg lacks {want:?}");
+        }
     }
     let svg = std::fs::read_to_string(dir.join("quality-vs-memory.svg")).unwrap();
-    assert!(
-        svg.contains("Llama-2-13B")
-            && svg.contains("Pareto frontier")
-            && svg.contains("rtx-4090 memory")
-    );
+    assert!(svg.contains("one rtx-4090 (24 GiB)"));
 }
 
 #[test]
 fn bad_ids_and_profiles() {
-    let out = quantfit(&["plan", "--hardware", "gtx-9999"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
+    let err = fail(&["plan", "--hardware", "gtx-9999"]);
     assert!(
         err.contains("gtx-9999") && err.contains("h100-sxm") && err.contains("apple-m2-ultra-76c"),
         "{err}"
     );
-    let out = quantfit(&["plan", "--model", "gpt-5"]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fail(&["plan", "--model", "gpt-5"]);
     assert!(
         err.contains("gpt-5") && err.contains("llama-2-70b") && err.contains("qwen2.5-72b"),
         "{err}"
@@ -172,11 +405,112 @@ fn bad_ids_and_profiles() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad-profile.toml");
     std::fs::write(&bad, "id = \"x\"\nname = \"X\"\nkind = \"gpu\"\nbackend = \"cuda\"\nmemory_gb = 24\nmemory_bandwidth_gbs = \"fast\"\nfp16_tflops = 1\npower_w = 1\npurchase_usd = 1\n").unwrap();
-    let out = quantfit(&["plan", "--hardware", bad.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
+    let err = fail(&["plan", "--hardware", bad.to_str().unwrap()]);
     assert!(
         err.contains("bad-profile.toml") && err.contains("memory_bandwidth_gbs"),
         "{err}"
     );
+}
+
+mod common;
+
+/// `inspect` and `plan` give the licence of a folder in three parts; a fine-tune inherits its
+/// base model's terms, and parts nobody states say `unknown`.
+#[test]
+fn licences_in_three_parts_from_a_model_card() {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/licence-folder");
+    let _ = std::fs::remove_dir_all(&dir);
+    common::write_tiny_llama(&dir, 1);
+    std::fs::write(
+        dir.join("README.md"),
+        "---\nlicense: other\nlicense_name: my-terms\nbase_model: meta-llama/Llama-2-7b-hf\ndatasets:\n- some/chat-data\n---\n# a fine-tune\n",
+    )
+    .unwrap();
+    let out = quantfit(&["inspect", dir.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let weights = doc["license_weights"].as_str().unwrap();
+    assert!(
+        weights.contains("my-terms")
+            && weights.contains("fine-tune of Llama-2-7B")
+            && weights.contains("Llama 2 Community License"),
+        "{weights}"
+    );
+    assert!(doc["license_data"]
+        .as_str()
+        .unwrap()
+        .contains("some/chat-data"));
+    assert!(doc["license_architecture"]
+        .as_str()
+        .unwrap()
+        .contains("inherited from Llama-2-7B"));
+    let text =
+        String::from_utf8_lossy(&quantfit(&["inspect", dir.to_str().unwrap()]).stdout).to_string();
+    for key in ["license_architecture", "license_weights", "license_data"] {
+        assert!(text.contains(key), "{key} missing from:\n{text}");
+    }
+    let doc = plan_json(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--quant",
+        "Q8_0",
+        "--ctx",
+        "1024",
+    ]);
+    assert!(rows(&doc)[0]["license_weights"]
+        .as_str()
+        .unwrap()
+        .contains("my-terms"));
+
+    std::fs::write(dir.join("README.md"), "# no front matter\n").unwrap();
+    let doc = plan_json(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--quant",
+        "Q8_0",
+        "--ctx",
+        "1024",
+    ]);
+    for key in ["license_weights", "license_data"] {
+        assert!(
+            rows(&doc)[0][key].as_str().unwrap().starts_with("unknown"),
+            "{key}"
+        );
+    }
+}
+
+/// Measured perplexities of one family's models on the same tokens compare directly: no
+/// published scale is needed.
+#[test]
+fn measured_results_on_the_same_tokens_share_a_scale() {
+    let config = common::shared_dir().join("models/smollm2-135m/config.json");
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/plan-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("same-tokens.jsonl");
+    let line = |q: &str, ppl: f64| {
+        format!("{{\"kind\":\"eval\",\"model\":\"SmolLM2-135M-Instruct\",\"quant\":\"{q}\",\"ppl\":{ppl},\"text\":\"mine.txt\",\"ctx\":512,\"tokens_sha256\":\"abcdef0123456789\"}}\n")
+    };
+    std::fs::write(&file, line("Q8_0", 21.08) + &line("Q4_K_M", 22.03)).unwrap();
+    let doc = plan_json(&[
+        "--model",
+        config.to_str().unwrap(),
+        "--quant",
+        "Q8_0,Q4_K_M",
+        "--results",
+        file.to_str().unwrap(),
+    ]);
+    let scale = row(&doc, "SmolLM2-135M-Instruct", "Q8_0")["ppl_scale"].clone();
+    assert_eq!(
+        scale,
+        row(&doc, "SmolLM2-135M-Instruct", "Q4_K_M")["ppl_scale"]
+    );
+    assert!(scale.as_str().unwrap().contains("mine.txt"));
+    let rec = &rows(&doc)[doc["recommended"].as_u64().unwrap() as usize];
+    assert_eq!(rec["quant"], "Q8_0", "{}", doc["recommendation"]);
 }

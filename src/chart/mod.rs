@@ -1,14 +1,23 @@
-//! Charts of quality loss versus memory and versus cost, one curve per model, the Pareto
-//! frontier highlighted and the hardware's memory drawn as a line. PNG and SVG, drawn with an
-//! embedded font so no system font library is needed.
+//! Charts of expected perplexity (absolute, lower is better) against memory, cost and decode
+//! speed: one curve per model, one Pareto frontier across all of them, the hardware's memory
+//! as a line, estimated points hollow, labels placed clear of each other and of the markers.
+//! PNG and SVG, drawn with an embedded font so no system font library is needed. One set of
+//! charts per perplexity scale: values on different scales are never drawn on one axis.
+
+pub mod labels;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use anyhow::{Context, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use crate::plan::estimate::GIB;
+use crate::plan::hardware::HardwareProfile;
+use crate::plan::quality::Basis;
 use crate::plan::PlanRow;
+use labels::Rect;
 
 static FONT: Once = Once::new();
 
@@ -21,18 +30,43 @@ fn register_font() {
     });
 }
 
-/// One chart: x from a row accessor, y the quality loss.
-struct ChartSpec<'a> {
-    file_stem: &'a str,
-    note: &'a str,
-    title: String,
-    x_label: &'a str,
-    x: fn(&PlanRow) -> f64,
-    x_line: Option<(f64, String)>,
-    log_x: bool,
+/// Which x axis a chart has.
+#[derive(Clone, Copy, PartialEq)]
+enum XAxis {
+    Memory,
+    Cost,
+    Speed,
 }
 
-/// Points (x, y) on the lower-left frontier: no other point is both smaller and better.
+impl XAxis {
+    fn stem(self) -> &'static str {
+        match self {
+            XAxis::Memory => "quality-vs-memory",
+            XAxis::Cost => "quality-vs-cost",
+            XAxis::Speed => "quality-vs-speed",
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            XAxis::Memory => {
+                "memory: weights + KV cache + buffers, devices and host (GiB, log scale)"
+            }
+            XAxis::Cost => "$ per million generated tokens (log scale)",
+            XAxis::Speed => "decode tokens/s, one sequence (log scale; right is faster)",
+        }
+    }
+    fn value(self, r: &PlanRow) -> Option<f64> {
+        let v = match self {
+            XAxis::Memory => r.total_bytes as f64 / GIB,
+            XAxis::Cost if r.fits => r.usd_per_million_tokens,
+            XAxis::Speed if r.fits => r.decode_tokens_per_s,
+            _ => return None,
+        };
+        (v.is_finite() && v > 0.0).then_some(v)
+    }
+}
+
+/// Points on the lower-left frontier: no other point is both smaller and better.
 pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..points.len()).collect();
     idx.sort_by(|&a, &b| {
@@ -52,225 +86,413 @@ pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
     out
 }
 
+/// Tick values for a log axis over [lo, hi]: 1-2-5 per decade, denser when the span is short.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let sets: [&[f64]; 3] = [
+        &[1.0, 2.0, 5.0],
+        &[1.0, 1.5, 2.0, 3.0, 5.0, 7.0],
+        &[1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+    ];
+    let mut ticks = Vec::new();
+    for set in sets {
+        ticks.clear();
+        let (d0, d1) = (lo.log10().floor() as i32 - 1, hi.log10().ceil() as i32 + 1);
+        for d in d0..=d1 {
+            for m in set {
+                let v = m * 10f64.powi(d);
+                if v >= lo && v <= hi {
+                    ticks.push(v);
+                }
+            }
+        }
+        if ticks.len() >= 4 {
+            break;
+        }
+    }
+    ticks
+}
+
+/// A tick label: short and exact for the 1-2-5 values.
+fn tick_text(v: f64, axis: XAxis) -> String {
+    let num = if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        let s = format!("{v:.1}");
+        s.trim_end_matches(".0").to_string()
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
+    match axis {
+        XAxis::Cost => format!("${num}"),
+        _ => num,
+    }
+}
+
+fn short_config(r: &PlanRow) -> String {
+    let mut parts = vec![r.quant.clone()];
+    if r.devices > 1 {
+        parts.push(format!("{}x", r.devices));
+    }
+    if r.gpu_layers < r.n_layer && r.config.contains("layers on GPU") {
+        parts.push(format!("{}/{} on GPU", r.gpu_layers, r.n_layer));
+    }
+    if r.kv_type != crate::plan::estimate::KvType::F16 {
+        parts.push(format!("KV {}", r.kv_type.name()));
+    }
+    if !r.fits {
+        parts.push("does not run".into());
+    }
+    parts.join(" ")
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("{e:?}")
+}
+
 fn draw<DB: DrawingBackend>(
-    root: DrawingArea<DB, plotters::coord::Shift>,
+    root: DrawingArea<DB, Shift>,
     rows: &[&PlanRow],
-    spec: &ChartSpec,
+    axis: XAxis,
+    hw: &HardwareProfile,
+    scale: &str,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let pts: Vec<(f64, f64)> = rows
+    root.fill(&WHITE).map_err(err)?;
+    let pts: Vec<(&PlanRow, f64, f64)> = rows
         .iter()
-        .map(|r| ((spec.x)(r), r.quality_delta_pct.unwrap_or(f64::NAN)))
+        .filter_map(|r| Some((*r, axis.value(r)?, r.ppl?)))
         .collect();
-    let valid: Vec<(f64, f64)> = pts
-        .iter()
-        .copied()
-        .filter(|(x, y)| x.is_finite() && y.is_finite() && *x > 0.0)
-        .collect();
-    let (mut x0, mut x1) = valid
-        .iter()
-        .fold((f64::INFINITY, 0.0f64), |a, p| (a.0.min(p.0), a.1.max(p.0)));
-    if let Some((lx, _)) = &spec.x_line {
-        x1 = x1.max(*lx * 1.05);
-        x0 = x0.min(*lx * 0.95);
+    let mut xs: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    if axis == XAxis::Memory {
+        xs.push(hw.memory_gb);
     }
-    let y1 = valid.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1.0) * 1.1;
-    // A log axis only labels whole decades: use it when the data spans one.
-    let log_x = spec.log_x && x1 / x0 > 8.0;
-    let (x0, x1) = if log_x {
-        (x0 * 0.8, x1 * 1.25)
+    let (xmin, xmax) = xs
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |a, &x| (a.0.min(x), a.1.max(x)));
+    let (xmin, xmax) = if xmin.is_finite() {
+        (xmin / 1.3, xmax * 1.3)
     } else {
-        (0.0, x1 * 1.08)
+        (1.0, 10.0)
     };
-    let caption = spec.title.clone();
-    let mut chart_builder = ChartBuilder::on(&root);
-    chart_builder
-        .caption(caption, ("sans-serif", 26))
-        .margin(16)
-        .x_label_area_size(50)
-        .y_label_area_size(70);
-    macro_rules! body {
-        ($chart:expr) => {{
-            let mut chart = $chart;
-            chart
-                .configure_mesh()
-                .x_desc(spec.x_label)
-                .y_desc(format!("perplexity increase over FP16 (%) - {}", spec.note))
-                .label_style(("sans-serif", 16))
-                .axis_desc_style(("sans-serif", 18))
-                .draw()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let mut models: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
-            models.dedup();
-            let palette = [
-                RGBColor(31, 119, 180),
-                RGBColor(255, 127, 14),
-                RGBColor(44, 160, 44),
-                RGBColor(214, 39, 40),
-                RGBColor(148, 103, 189),
-                RGBColor(140, 86, 75),
-            ];
-            for (mi, model) in models.iter().enumerate() {
-                let color = palette[mi % palette.len()];
-                let mut series: Vec<(f64, f64)> = rows
-                    .iter()
-                    .zip(&pts)
-                    .filter(|(r, p)| {
-                        r.model == *model && p.0.is_finite() && p.1.is_finite() && p.0 > 0.0
-                    })
-                    .map(|(_, p)| *p)
-                    .collect();
-                series.sort_by(|a, b| a.0.total_cmp(&b.0));
-                chart
-                    .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                    .label(model.to_string())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-                    });
-                chart
-                    .draw_series(series.iter().map(|p| Circle::new(*p, 4, color.filled())))
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            }
-            // Quant labels next to each point.
-            chart
-                .draw_series(
-                    rows.iter()
-                        .zip(&pts)
-                        .filter(|(_, p)| p.0.is_finite() && p.1.is_finite() && p.0 > 0.0)
-                        .map(|(r, p)| {
-                            Text::new(
-                                r.quant.clone(),
-                                (p.0, p.1),
-                                ("sans-serif", 12).into_font().color(&BLACK.mix(0.7)),
-                            )
-                        }),
-                )
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let front: Vec<(f64, f64)> = pareto(&valid).into_iter().map(|i| valid[i]).collect();
-            chart
-                .draw_series(LineSeries::new(front.clone(), BLACK.stroke_width(3)))
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                .label("Pareto frontier")
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3))
-                });
-            chart
-                .draw_series(
-                    front
-                        .iter()
-                        .map(|p| Circle::new(*p, 7, BLACK.stroke_width(2))),
-                )
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if let Some((lx, label)) = &spec.x_line {
-                let red = RGBColor(200, 0, 0);
-                chart
-                    .draw_series(LineSeries::new(
-                        vec![(*lx, 0.0), (*lx, y1)],
-                        red.stroke_width(2),
-                    ))
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                    .label(label.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2))
-                    });
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 16))
-                .draw()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        }};
-    }
-    if log_x {
-        body!(chart_builder
-            .build_cartesian_2d((x0..x1).log_scale(), 0.0..y1)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?);
+    let (ymin, ymax) = pts
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |a, p| (a.0.min(p.2), a.1.max(p.2)));
+    let (ymin, ymax) = if ymin.is_finite() {
+        let pad = ((ymax - ymin) * 0.08).max(ymin * 0.01);
+        (ymin - pad, ymax + pad)
     } else {
-        body!(chart_builder
-            .build_cartesian_2d(x0..x1, 0.0..y1)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?);
+        (0.0, 1.0)
+    };
+    let keys: Vec<f64> = log_ticks(xmin, xmax).iter().map(|v| v.log10()).collect();
+    let title = match axis {
+        XAxis::Memory => format!("Expected perplexity vs memory needed ({})", hw.id),
+        XAxis::Cost => format!("Expected perplexity vs cost per million tokens ({})", hw.id),
+        XAxis::Speed => format!("Expected perplexity vs decode speed ({})", hw.id),
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 26))
+        .margin(18)
+        .margin_bottom(40)
+        .x_label_area_size(55)
+        .y_label_area_size(75)
+        .build_cartesian_2d(xmin.log10()..xmax.log10(), ymin..ymax)
+        .map_err(err)?;
+    // The x axis is log10 of the value; its ticks are drawn by hand at round values.
+    chart
+        .configure_mesh()
+        .x_labels(0)
+        .disable_x_mesh()
+        .x_desc(axis.label())
+        .y_desc(format!("expected perplexity, lower is better ({scale})"))
+        .y_label_formatter(&|v| format!("{v:.2}"))
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(err)?;
+    let tick_font = ("sans-serif", 16).into_font().color(&BLACK);
+    for &k in &keys {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(k, ymin), (k, ymax)],
+                BLACK.mix(0.1).stroke_width(1),
+            ))
+            .map_err(err)?;
+        let (px, py) = chart.backend_coord(&(k, ymin));
+        let text = tick_text(10f64.powf(k), axis);
+        let (tw, _) = root
+            .estimate_text_size(&text, &tick_font)
+            .unwrap_or((20, 16));
+        root.draw(&PathElement::new(
+            vec![(px, py), (px, py + 5)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(err)?;
+        root.draw(&Text::new(
+            text,
+            (px - tw as i32 / 2, py + 8),
+            tick_font.clone(),
+        ))
+        .map_err(err)?;
     }
-    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+
+    let mut models: Vec<&str> = Vec::new();
+    for p in &pts {
+        if !models.contains(&p.0.model.as_str()) {
+            models.push(&p.0.model);
+        }
+    }
+    let mut markers = Vec::new();
+    for (mi, model) in models.iter().enumerate() {
+        let color = PALETTE[mi % PALETTE.len()];
+        let mut series: Vec<&(&PlanRow, f64, f64)> =
+            pts.iter().filter(|p| p.0.model == *model).collect();
+        series.sort_by(|a, b| a.1.total_cmp(&b.1));
+        chart
+            .draw_series(LineSeries::new(
+                series
+                    .iter()
+                    .filter(|p| p.0.fits)
+                    .map(|p| (p.1.log10(), p.2)),
+                color.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(model.to_string())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        for p in &series {
+            let at = (p.1.log10(), p.2);
+            markers.push(at);
+            if !p.0.fits {
+                chart
+                    .draw_series(std::iter::once(Cross::new(at, 6, color.stroke_width(2))))
+                    .map_err(err)?;
+            } else if p.0.ppl_basis == Some(Basis::Estimated) {
+                chart
+                    .draw_series(std::iter::once(Circle::new(at, 5, WHITE.filled())))
+                    .map_err(err)?;
+                chart
+                    .draw_series(std::iter::once(Circle::new(at, 5, color.stroke_width(2))))
+                    .map_err(err)?;
+            } else {
+                chart
+                    .draw_series(std::iter::once(Circle::new(at, 5, color.filled())))
+                    .map_err(err)?;
+            }
+        }
+    }
+    // One frontier across every model: the best perplexity for what it takes.
+    let running: Vec<(f64, f64)> = pts
+        .iter()
+        .filter(|p| p.0.fits)
+        .map(|p| (if axis == XAxis::Speed { -p.1 } else { p.1 }, p.2))
+        .collect();
+    let mut front: Vec<(f64, f64)> = pareto(&running)
+        .into_iter()
+        .map(|i| (running[i].0.abs().log10(), running[i].1))
+        .collect();
+    front.sort_by(|a, b| a.0.total_cmp(&b.0));
+    chart
+        .draw_series(LineSeries::new(front, BLACK.mix(0.55).stroke_width(3)))
+        .map_err(err)?
+        .label("Pareto frontier (all sizes)")
+        .legend(|(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.55).stroke_width(3))
+        });
+    if axis == XAxis::Memory {
+        let red = RGBColor(200, 0, 0);
+        let lx = hw.memory_gb.log10();
+        chart
+            .draw_series(LineSeries::new(
+                vec![(lx, ymin), (lx, ymax)],
+                red.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(format!("one {} ({:.0} GiB)", hw.id, hw.memory_gb))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
+    }
+    // Perplexity falls as memory and cost grow (upper right free) but rises with speed (lower
+    // right free): the legend goes where the points are not.
+    let legend_at = if axis == XAxis::Speed {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
+    };
+    chart
+        .configure_series_labels()
+        .position(legend_at)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+
+    // Labels, placed in pixels around the markers, clear of the legend box.
+    let font = ("sans-serif", 13).into_font().color(&BLACK.mix(0.8));
+    let (xr, yr) = chart.plotting_area().get_pixel_range();
+    let bounds = Rect {
+        x0: xr.start,
+        y0: yr.start,
+        x1: xr.end,
+        y1: yr.end,
+    };
+    let legend_entries = models.len() + 1 + usize::from(axis == XAxis::Memory);
+    let legend_w = models
+        .iter()
+        .map(|m| m.len())
+        .chain([28, 12 + hw.id.len()])
+        .max()
+        .unwrap_or(20) as i32
+        * 9
+        + 50;
+    let legend_h = legend_entries as i32 * 22 + 20;
+    let mut obstacles = vec![if axis == XAxis::Speed {
+        Rect {
+            x0: xr.end - legend_w - 12,
+            y0: yr.end - legend_h,
+            x1: xr.end,
+            y1: yr.end,
+        }
+    } else {
+        Rect {
+            x0: xr.end - legend_w - 12,
+            y0: yr.start,
+            x1: xr.end,
+            y1: yr.start + legend_h,
+        }
+    }];
+    let pixel: Vec<(i32, i32)> = markers.iter().map(|m| chart.backend_coord(m)).collect();
+    obstacles.extend(pixel.iter().map(|&(x, y)| Rect::around(x, y, 6)));
+    // Markers were pushed model by model in x order; labels follow the same order.
+    let mut ordered = Vec::new();
+    for model in &models {
+        let mut series: Vec<&(&PlanRow, f64, f64)> =
+            pts.iter().filter(|p| p.0.model == *model).collect();
+        series.sort_by(|a, b| a.1.total_cmp(&b.1));
+        ordered.extend(series.into_iter().map(|p| short_config(p.0)));
+    }
+    let sizes: Vec<(i32, i32)> = ordered
+        .iter()
+        .map(|t| {
+            root.estimate_text_size(t, &font)
+                .map(|(w, h)| (w as i32 + 2, h as i32 + 2))
+                .unwrap_or((t.len() as i32 * 8, 16))
+        })
+        .collect();
+    let placed = labels::place(&pixel, &sizes, bounds, &obstacles);
+    for ((text, p), &(px, py)) in ordered.iter().zip(&placed).zip(&pixel) {
+        if p.leader {
+            let cx = (p.rect.x0 + p.rect.x1) / 2;
+            let cy = (p.rect.y0 + p.rect.y1) / 2;
+            root.draw(&PathElement::new(
+                vec![(px, py), (cx, cy)],
+                BLACK.mix(0.3).stroke_width(1),
+            ))
+            .map_err(err)?;
+        }
+        root.draw(&Text::new(
+            text.clone(),
+            (p.rect.x0 + 1, p.rect.y0 + 1),
+            font.clone(),
+        ))
+        .map_err(err)?;
+    }
+    let (_, h) = root.dim_in_pixel();
+    let notes = [
+        "filled: published or measured; hollow: estimated; x: no configuration runs; labels: type, and the configuration when it is not one device".to_string(),
+        format!("estimates: {}", crate::plan::quality::fit::summary_line(crate::plan::quality::fit::held_out_median_pct())),
+    ];
+    let note_font = ("sans-serif", 12).into_font().color(&BLACK.mix(0.7));
+    for (i, note) in notes.iter().enumerate() {
+        root.draw(&Text::new(
+            note.clone(),
+            (18, h as i32 - 34 + i as i32 * 15),
+            note_font.clone(),
+        ))
+        .map_err(err)?;
+    }
+    root.present().map_err(err)?;
     Ok(())
 }
 
-/// Write quality-vs-memory and quality-vs-cost charts (PNG and SVG) for the rows of one
-/// hardware profile. Returns the files written.
-pub fn write_charts(
-    rows: &[PlanRow],
-    hardware_memory_gb: f64,
-    hardware_label: &str,
-    quality_note: &str,
-    dir: &Path,
-) -> Result<Vec<PathBuf>> {
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+/// Writes the quality-vs-memory, -cost and -speed charts (PNG and SVG) of one hardware
+/// profile's rows, one set per perplexity scale. Returns the files written.
+pub fn write_charts(rows: &[PlanRow], hw: &HardwareProfile, dir: &Path) -> Result<Vec<PathBuf>> {
     register_font();
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create chart folder", dir.display()))?;
-    let rows: Vec<&PlanRow> = rows
-        .iter()
-        .filter(|r| r.quality_delta_pct.is_some())
-        .collect();
-    let specs = [
-        ChartSpec {
-            file_stem: "quality-vs-memory",
-            note: quality_note,
-            title: format!("Quality loss vs memory needed ({hardware_label})"),
-            x_label: "memory: weights + KV cache + buffers (GB)",
-            x: |r| r.total_bytes as f64 / 1e9,
-            x_line: Some((
-                hardware_memory_gb,
-                format!("{hardware_label} memory ({hardware_memory_gb:.0} GB)"),
-            )),
-            log_x: true,
-        },
-        ChartSpec {
-            file_stem: "quality-vs-cost",
-            note: quality_note,
-            title: format!("Quality loss vs cost per million tokens ({hardware_label})"),
-            x_label: "$ per million generated tokens",
-            x: |r| {
-                if r.fits {
-                    r.usd_per_million_tokens
-                } else {
-                    f64::NAN
-                }
-            },
-            x_line: None,
-            log_x: true,
-        },
-    ];
+    let mut scales: Vec<&str> = Vec::new();
+    for r in rows {
+        if let Some(s) = r.ppl_scale.as_deref() {
+            if !scales.contains(&s) {
+                scales.push(s);
+            }
+        }
+    }
     let mut written = Vec::new();
-    for spec in &specs {
-        let png = dir.join(format!("{}.png", spec.file_stem));
-        draw(
-            BitMapBackend::new(&png, (1200, 750)).into_drawing_area(),
-            &rows,
-            spec,
-        )
-        .with_context(|| png.display().to_string())?;
-        let svg = dir.join(format!("{}.svg", spec.file_stem));
-        draw(
-            SVGBackend::new(&svg, (1200, 750)).into_drawing_area(),
-            &rows,
-            spec,
-        )
-        .with_context(|| svg.display().to_string())?;
-        written.push(png);
-        written.push(svg);
+    for scale in &scales {
+        let these: Vec<&PlanRow> = rows
+            .iter()
+            .filter(|r| r.ppl_scale.as_deref() == Some(*scale))
+            .collect();
+        let suffix = if scales.len() > 1 {
+            format!("-{}", slug(scale))
+        } else {
+            String::new()
+        };
+        for axis in [XAxis::Memory, XAxis::Cost, XAxis::Speed] {
+            let png = dir.join(format!("{}{suffix}.png", axis.stem()));
+            draw(
+                BitMapBackend::new(&png, (1280, 800)).into_drawing_area(),
+                &these,
+                axis,
+                hw,
+                scale,
+            )
+            .with_context(|| png.display().to_string())?;
+            let svg = dir.join(format!("{}{suffix}.svg", axis.stem()));
+            draw(
+                SVGBackend::new(&svg, (1280, 800)).into_drawing_area(),
+                &these,
+                axis,
+                hw,
+                scale,
+            )
+            .with_context(|| svg.display().to_string())?;
+            written.push(png);
+            written.push(svg);
+        }
     }
     Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::pareto;
+    use super::*;
 
     #[test]
     fn pareto_keeps_only_undominated_points() {
@@ -278,5 +500,15 @@ mod tests {
         let mut f = pareto(&pts);
         f.sort();
         assert_eq!(f, vec![0, 1, 3, 4]);
+    }
+
+    #[test]
+    fn log_ticks_are_round_and_enough() {
+        assert_eq!(log_ticks(3.0, 150.0), vec![5.0, 10.0, 20.0, 50.0, 100.0]);
+        let short = log_ticks(4.0, 9.0);
+        assert!(short.len() >= 4, "{short:?}");
+        assert_eq!(tick_text(0.5, XAxis::Cost), "$0.5");
+        assert_eq!(tick_text(20.0, XAxis::Memory), "20");
+        assert_eq!(tick_text(1.5, XAxis::Speed), "1.5");
     }
 }

@@ -34,7 +34,9 @@ pub fn run(args: Args) -> Result<()> {
         "parameters",
         "size_label",
         "context_length",
-        "license",
+        "license_architecture",
+        "license_weights",
+        "license_data",
         "file_bytes",
         "bits_per_weight",
     ] {
@@ -44,12 +46,12 @@ pub fn run(args: Args) -> Result<()> {
                 None if v.is_f64() => format!("{:.3}", v.as_f64().unwrap_or(0.0)),
                 None => v.to_string(),
             };
-            println!("{key:<16} {text}");
+            println!("{key:<21} {text}");
         }
     }
     if let Some(types) = doc.get("type_counts").and_then(|t| t.as_object()) {
         let parts: Vec<String> = types.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        println!("{:<16} {}", "tensor types", parts.join(", "));
+        println!("{:<21} {}", "tensor types", parts.join(", "));
     }
     println!();
     println!(
@@ -100,6 +102,7 @@ fn inspect_gguf(path: &std::path::Path) -> Result<serde_json::Value> {
         .map(|t| t.dims.iter().product::<u64>())
         .sum();
     let tensor_bytes: u64 = f.tensors.iter().map(|t| t.bytes).sum();
+    let lic = crate::plan::license::from_gguf(&f, &path.display().to_string());
     let tensors: Vec<_> = f
         .tensors
         .iter()
@@ -119,6 +122,9 @@ fn inspect_gguf(path: &std::path::Path) -> Result<serde_json::Value> {
         "size_label": size_label(params),
         "context_length": f.get(&format!("{arch}.context_length")).and_then(|v| v.as_u64()),
         "license": f.get("general.license").and_then(|v| v.as_str()),
+        "license_architecture": lic.architecture,
+        "license_weights": format!("{} ({})", lic.weights, lic.weights_terms),
+        "license_data": lic.data,
         "file_bytes": f.file_size(),
         "tensor_bytes": tensor_bytes,
         "bits_per_weight": tensor_bytes as f64 * 8.0 / params.max(1) as f64,
@@ -131,6 +137,12 @@ fn inspect_gguf(path: &std::path::Path) -> Result<serde_json::Value> {
 fn inspect_folder(path: &std::path::Path) -> Result<serde_json::Value> {
     let m = ModelDir::open(path)?;
     let params = m.parameter_count();
+    let lic = crate::plan::license::from_card(
+        &m.card,
+        &m.arch_class,
+        m.config.get("auto_map").is_some(),
+        &path.join("README.md").display().to_string(),
+    );
     let mut bytes = 0u64;
     let tensors: Vec<_> = m
         .tensor_names
@@ -150,6 +162,9 @@ fn inspect_folder(path: &std::path::Path) -> Result<serde_json::Value> {
         "size_label": size_label(params),
         "context_length": m.hparams.context_length,
         "license": m.card.license,
+        "license_architecture": lic.architecture,
+        "license_weights": format!("{} ({})", lic.weights, lic.weights_terms),
+        "license_data": lic.data,
         "file_bytes": m.shards.iter().map(|s| std::fs::metadata(&s.path).map(|md| md.len()).unwrap_or(0)).sum::<u64>(),
         "bits_per_weight": bytes as f64 * 8.0 / params.max(1) as f64,
         "type_counts": count_types(&tensors),

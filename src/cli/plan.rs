@@ -3,15 +3,33 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use crate::chart::write_charts;
-use crate::plan::estimate::{held_out_report, KvType, Scenario, GIB};
-use crate::plan::quality::read_results;
-use crate::plan::{catalog, hardware, plan, Filters};
+use crate::plan::config::Search;
+use crate::plan::estimate::{held_out_report, KvType, Scenario, Split, GIB};
+use crate::plan::quality::fit;
+use crate::plan::quality::measured::read_results;
+use crate::plan::{catalog, hardware, plan, Filters, Plan, Request};
 use crate::quant::rules::FileType;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Layer,
+    Row,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KvArg {
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Models: catalog ids (llama-2-7b, llama-2-13b, llama-2-70b, llama-3.1-8b, llama-3.1-70b,
-    /// mistral-7b, qwen2.5-7b, qwen2.5-72b, phi-3-mini) or paths (model folder, config.json, GGUF).
+    /// mistral-7b, qwen2.5-7b, qwen2.5-72b, phi-3-mini, and the reference models llama-1-*,
+    /// llama-3-8b, llama-3-70b, mistral-7b-v0.1) or paths (model folder, config.json, GGUF).
     #[arg(long, default_value = "llama-2-7b,llama-2-13b,llama-2-70b")]
     model: String,
     /// File types (comma list) or `all`.
@@ -20,50 +38,65 @@ pub struct Args {
     /// Hardware profile ids or profile files (comma list).
     #[arg(long, default_value = "rtx-4090")]
     hardware: String,
-    /// Devices of each hardware profile working together.
-    #[arg(long, default_value_t = 1)]
-    devices: u64,
+    /// Use exactly this many devices of each profile (default: the cheapest count that runs).
+    #[arg(long)]
+    devices: Option<u64>,
+    /// The most devices a configuration may use.
+    #[arg(long, default_value_t = 8)]
+    max_devices: u64,
     /// How a model is split across devices: layer (pipeline, llama.cpp's default) or row (tensor).
-    #[arg(long, default_value = "layer")]
-    split: String,
-    /// Layers kept on the accelerator (like llama.cpp -ngl); the rest run from system memory.
+    #[arg(long, value_enum, default_value = "layer")]
+    split: SplitArg,
+    /// Keep this many layers on one device (llama.cpp -ngl); the rest run from host memory.
     #[arg(long)]
     gpu_layers: Option<u64>,
+    /// System memory for what is not on the devices, GiB.
+    #[arg(long, default_value_t = 64.0)]
+    host_memory: f64,
     /// System memory bandwidth for layers not offloaded, GB/s.
     #[arg(long, default_value_t = 80.0)]
     host_bandwidth: f64,
     /// Context length per sequence.
     #[arg(long, default_value_t = 4096)]
     ctx: u64,
+    /// Keep configurations that hold at least this context (default: --ctx).
+    #[arg(long)]
+    min_ctx: Option<u64>,
     /// Parallel sequences.
     #[arg(long, default_value_t = 1)]
     batch: u64,
-    /// KV cache type: f16, q8_0, q4_0.
-    #[arg(long, default_value = "f16")]
-    kv_type: String,
-    /// Keep rows needing at most this much memory (GB).
+    /// KV cache type (default: f16, else q8_0, else q4_0, the first that holds the context).
+    #[arg(long, value_enum)]
+    kv_type: Option<KvArg>,
+    /// Keep rows needing at most this much memory, devices and host together (GiB).
     #[arg(long)]
     max_memory: Option<f64>,
     /// Keep rows costing at most this much per million generated tokens (USD).
     #[arg(long)]
     max_usd_per_mtok: Option<f64>,
-    /// Keep rows decoding at least this many tokens per second.
+    /// Keep configurations decoding at least this many tokens per second.
     #[arg(long)]
     min_tps: Option<f64>,
-    /// Measured results (JSON lines: model, quant, ppl and baseline_ppl or ppl_ratio); they take
-    /// precedence over published figures.
+    /// Results of `quantfit eval` (the results file); they take precedence over published and
+    /// estimated figures.
     #[arg(long)]
     results: Option<PathBuf>,
+    /// Expected quality of files quantized with an importance matrix.
+    #[arg(long)]
+    imatrix: bool,
     /// Electricity price for owned hardware, USD per kWh.
     #[arg(long, default_value_t = 0.15)]
     electricity: f64,
-    /// Write quality-versus-memory and quality-versus-cost charts (PNG and SVG) here.
+    /// Write quality-versus-memory, -cost and -speed charts (PNG and SVG) here.
     #[arg(long)]
     chart: Option<PathBuf>,
     /// Print the speed model's calibration data and its leave-one-out accuracy, then exit.
     #[arg(long)]
     calibration_report: bool,
-    /// Print JSON: {"rows": [...], "recommendation": ...}.
+    /// Print the perplexity estimator's leave-one-out check, then exit.
+    #[arg(long)]
+    quality_report: bool,
+    /// Print JSON: {"rows": [...], "recommendation": ..., "recommended": ...}.
     #[arg(long)]
     json: bool,
 }
@@ -72,9 +105,67 @@ fn split_list(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').map(str::trim).filter(|x| !x.is_empty())
 }
 
+fn search_of(args: &Args, hw: &[hardware::HardwareProfile]) -> Result<Search> {
+    if args.max_devices == 0 || args.devices == Some(0) || args.batch == 0 || args.ctx == 0 {
+        bail!("--devices, --max-devices, --batch and --ctx must be at least 1");
+    }
+    for (name, v) in [
+        ("--host-memory", args.host_memory),
+        ("--host-bandwidth", args.host_bandwidth),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("{name} must be a positive number, got {v}");
+        }
+    }
+    if let Some(d) = args.devices {
+        if d > args.max_devices {
+            bail!(
+                "--devices {d} is more than --max-devices {}",
+                args.max_devices
+            );
+        }
+    }
+    if let Some(l) = args.gpu_layers {
+        if args.devices.is_some_and(|d| d > 1) {
+            bail!("--gpu-layers {l} keeps the other layers in host memory beside one device; it cannot be combined with --devices {}", args.devices.unwrap_or(1));
+        }
+        if matches!(args.split, SplitArg::Row) {
+            bail!("--gpu-layers and --split row conflict: a row split puts every layer on every device");
+        }
+        if let Some(h) = hw.iter().find(|h| h.kind != "gpu") {
+            bail!("--gpu-layers needs a GPU profile; {} is a {} profile whose one memory holds everything", h.id, h.kind);
+        }
+    }
+    if let Some(c) = args.min_ctx {
+        if c == 0 {
+            bail!("--min-ctx must be at least 1");
+        }
+    }
+    Ok(Search {
+        devices: args.devices,
+        max_devices: args.max_devices,
+        split: match args.split {
+            SplitArg::Layer => Split::Layer,
+            SplitArg::Row => Split::Row,
+        },
+        gpu_layers: args.gpu_layers,
+        kv: args.kv_type.map(|k| match k {
+            KvArg::F16 => KvType::F16,
+            KvArg::Q8_0 => KvType::Q8_0,
+            KvArg::Q4_0 => KvType::Q4_0,
+        }),
+        min_tps: args.min_tps,
+        min_ctx: args.min_ctx.unwrap_or(args.ctx).max(args.ctx),
+    })
+}
+
 pub fn run(args: Args) -> Result<()> {
     if args.calibration_report {
         print_calibration();
+        return Ok(());
+    }
+    if args.quality_report {
+        print!("{}", fit::report());
         return Ok(());
     }
     let models = split_list(&args.model)
@@ -101,37 +192,33 @@ pub fn run(args: Args) -> Result<()> {
     let hw = split_list(&args.hardware)
         .map(hardware::resolve)
         .collect::<Result<Vec<_>>>()?;
-    let kv = KvType::from_name(&args.kv_type)
-        .with_context(|| format!("unknown KV type {:?}; known: f16, q8_0, q4_0", args.kv_type))?;
-    if !["layer", "row"].contains(&args.split.as_str()) {
-        bail!("unknown split {:?}; known: layer, row", args.split);
-    }
-    if args.devices == 0 || args.batch == 0 || args.ctx == 0 {
-        bail!("--devices, --batch and --ctx must be at least 1");
-    }
-    let scenario = Scenario {
-        ctx: args.ctx,
-        batch: args.batch,
-        kv,
-        devices: args.devices,
-        split: args.split.clone(),
-        gpu_layers: args.gpu_layers,
-        host_bandwidth_gbs: args.host_bandwidth,
-        electricity_usd_per_kwh: args.electricity,
-        amortize_years: 3.0,
-    };
-    let filters = Filters {
-        max_memory_gb: args.max_memory,
-        max_usd_per_mtok: args.max_usd_per_mtok,
-        min_tps: args.min_tps,
-    };
+    let search = search_of(&args, &hw)?;
     let measured = args
         .results
         .as_deref()
         .map(read_results)
         .transpose()?
         .unwrap_or_default();
-    let result = plan(&models, &quants, &hw, &scenario, &filters, &measured);
+    let result = plan(&Request {
+        models: &models,
+        quants: &quants,
+        hardware: &hw,
+        scenario: Scenario {
+            ctx: search.min_ctx,
+            batch: args.batch,
+            host_memory_gb: args.host_memory,
+            host_bandwidth_gbs: args.host_bandwidth,
+            electricity_usd_per_kwh: args.electricity,
+            amortize_years: 3.0,
+        },
+        search,
+        filters: Filters {
+            max_memory_gb: args.max_memory,
+            max_usd_per_mtok: args.max_usd_per_mtok,
+        },
+        measured: &measured,
+        imatrix: args.imatrix,
+    })?;
 
     if let Some(dir) = &args.chart {
         for h in &hw {
@@ -146,18 +233,7 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 dir.clone()
             };
-            let label = if args.devices > 1 {
-                format!("{}x {}", args.devices, h.id)
-            } else {
-                h.id.clone()
-            };
-            let families: Vec<&str> = models.iter().map(|m| m.family.as_str()).collect();
-            let note = if families.iter().all(|f| *f == "llama-2") {
-                "llama.cpp's published Llama-2-7B figures"
-            } else {
-                "published llama.cpp figures or your results"
-            };
-            let files = write_charts(&rows, h.memory_gb * args.devices as f64, &label, note, &sub)?;
+            let files = write_charts(&rows, h, &sub)?;
             if !args.json {
                 for f in files {
                     eprintln!("wrote {}", f.display());
@@ -168,76 +244,132 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "rows": result.rows, "recommendation": result.recommendation })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "rows": result.rows,
+                "recommendation": result.recommendation.as_ref().map(|r| &r.0),
+                "recommended": result.recommendation.as_ref().map(|r| r.1),
+            }))?
         );
-        return Ok(());
+    } else {
+        print_table(&result, &args);
     }
+    match result.unmet {
+        Some(why) => bail!("{why}"),
+        None => Ok(()),
+    }
+}
+
+fn print_table(result: &Plan, args: &Args) {
     println!(
-        "{:<2}{:<15} {:<7} {:<18} {:>7} {:>6} {:>7} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8}  licence",
+        "{:<2}{:<15} {:<7} {:<34} {:>7} {:>6} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7}  basis",
         "",
         "model",
         "quant",
-        "hardware",
+        "configuration",
         "weights",
         "KV",
-        "total",
+        "device",
+        "host",
         "headroom",
         "max ctx",
         "decode",
-        "prefill",
         "$/Mtok",
-        "ΔPPL"
+        "PPL"
     );
     for r in &result.rows {
         let headroom = if r.fits {
             format!("{:+.1}", r.headroom_bytes as f64 / GIB)
         } else {
-            format!("NO {:+.1}", r.headroom_bytes as f64 / GIB)
+            "NO".to_string()
         };
         println!(
-            "{:<2}{:<15} {:<7} {:<18} {:>7.2} {:>6.2} {:>7.2} {:>9} {:>8} {:>8.1} {:>9.0} {:>9.3} {:>8}  {}",
+            "{:<2}{:<15} {:<7} {:<34} {:>7.2} {:>6.2} {:>7.2} {:>9.2} {:>8} {:>8} {:>8.1} {:>9.3} {:>7}  {}",
             if r.recommended { "*" } else { "" },
             r.model,
             r.quant,
-            if r.devices > 1 { format!("{}x {}", r.devices, r.hardware) } else { r.hardware.clone() },
+            r.config,
             r.weights_bytes as f64 / GIB,
             r.kv_bytes as f64 / GIB,
-            r.total_bytes as f64 / GIB,
+            r.device_bytes as f64 / GIB,
+            r.host_bytes as f64 / GIB,
             headroom,
             r.max_ctx,
             r.decode_tokens_per_s,
-            r.prefill_tokens_per_s,
             r.usd_per_million_tokens,
-            r.quality_delta_pct.map(|d| format!("+{d:.2}%")).unwrap_or_else(|| "?".into()),
-            r.license
+            r.ppl.map_or("?".to_string(), |p| format!("{p:.3}")),
+            r.ppl_basis.map_or("-", |b| b.name()),
         );
     }
-    println!("\nsizes in GiB; decode/prefill in tokens/s at ctx {}, batch {}; $/Mtok for generated tokens at batch {}", args.ctx, args.batch, args.batch);
-    let mut sources: Vec<&str> = result
+    println!(
+        "\nsizes in GiB (device: all devices together; host: system memory); headroom: free GiB on the fullest device; decode in tokens/s at ctx {}, batch {}; $/Mtok for generated tokens at batch {}",
+        args.ctx, args.batch, args.batch
+    );
+    let mut scales: Vec<&str> = result
         .rows
         .iter()
-        .map(|r| r.quality_source.as_str())
+        .filter_map(|r| r.ppl_scale.as_deref())
+        .collect();
+    scales.sort();
+    scales.dedup();
+    println!(
+        "PPL: expected perplexity, lower is better, on {}{}",
+        scales.join("; "),
+        if scales.len() > 1 {
+            " (values on different scales do not compare)"
+        } else {
+            ""
+        }
+    );
+    let mut sources: Vec<String> = result
+        .rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.ppl_basis.map_or("none", |b| b.name()),
+                r.quality_source
+            )
+        })
         .collect();
     sources.sort();
     sources.dedup();
-    println!("quality: {}", sources.join("; "));
-    let mut licences: Vec<String> = result
-        .rows
-        .iter()
-        .map(|r| format!("{}: {}", r.license, r.license_terms))
-        .collect();
-    licences.sort();
-    licences.dedup();
-    for l in licences {
-        println!("licence {l}");
+    for s in sources {
+        println!("  {s}");
     }
-    match &result.recommendation {
-        Some(why) => println!("\n* recommended: {why}"),
-        None => println!("\nno configuration fits; try more devices, a smaller type, a shorter context or --gpu-layers"),
+    // One block per distinct licence, naming the models it covers.
+    let mut licences: Vec<(Vec<&str>, &crate::plan::PlanRow)> = Vec::new();
+    for r in &result.rows {
+        let same = |o: &crate::plan::PlanRow| {
+            (&o.license_architecture, &o.license_weights, &o.license_data)
+                == (&r.license_architecture, &r.license_weights, &r.license_data)
+        };
+        match licences.iter_mut().find(|(_, o)| same(o)) {
+            Some((names, _)) if !names.contains(&r.model.as_str()) => names.push(&r.model),
+            Some(_) => {}
+            None => licences.push((vec![&r.model], r)),
+        }
     }
-    Ok(())
+    for (names, r) in licences {
+        println!("licence of {}:", names.join(", "));
+        println!("  architecture: {}", r.license_architecture);
+        println!(
+            "  weights:      {} ({})",
+            r.license_weights, r.license_terms
+        );
+        println!("  data:         {}", r.license_data);
+        println!("  sources:      {}", r.license_source);
+    }
+    for r in result.rows.iter().filter(|r| !r.fits) {
+        if let Some(why) = &r.shortfall {
+            println!(
+                "{} {} on {} does not run: {why}",
+                r.model, r.quant, r.hardware
+            );
+        }
+    }
+    if let Some((why, _)) = &result.recommendation {
+        println!("\n* recommended: {why}");
+    }
 }
 
 fn print_calibration() {

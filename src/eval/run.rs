@@ -39,9 +39,26 @@ pub struct EvalResult {
     /// llama-perplexity's timing covers.
     pub eval_tokens_per_s: f64,
     pub seconds: f64,
+    /// sha256 of the token ids scored (and the BOS put first in each chunk, if any): two
+    /// results on the same tokens and ctx are perplexities on one scale.
+    pub tokens_sha256: String,
     #[serde(flatten)]
     pub kld: Option<KldSummary>,
     pub notes: Vec<String>,
+}
+
+fn tokens_fingerprint(tokens: &[u32], bos: Option<u32>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(bos.map_or([0u8; 5], |b| {
+        let mut v = [1u8; 5];
+        v[1..].copy_from_slice(&b.to_le_bytes());
+        v
+    }));
+    for t in tokens {
+        h.update(t.to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Baseline log-probabilities on disk, chunk after chunk.
@@ -228,6 +245,7 @@ pub fn evaluate(
         ppl_err: nll.ppl_err(),
         eval_tokens_per_s: (plan.chunks * plan.ctx) as f64 / seconds,
         seconds,
+        tokens_sha256: tokens_fingerprint(tokens, bos),
         kld: summarize_divergence(&divergences),
         notes: m.notes.clone(),
     })

@@ -4,24 +4,34 @@
 //! it, so planned sizes come from the same per-tensor rules.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::license::{self, Licence};
 use crate::gguf::GgufFile;
 
-#[derive(Clone, Debug, Serialize)]
-pub struct License {
-    pub name: String,
-    pub summary: String,
+/// A published benchmark score of the unquantized model, with its source.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Benchmark {
+    pub score: f64,
+    pub source: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelSpec {
     pub id: String,
     pub name: String,
-    /// Key into the published quality data ("llama-2", "llama-3", ...).
+    /// Hugging Face repository, to recognize the model as the base of a fine-tune.
+    pub repo: Option<String>,
+    /// Model family ("llama-2", "llama-3", ...).
     pub family: String,
+    /// Perplexity scale of its published figures (one per tokenizer family).
+    pub scale: Option<String>,
+    /// Catalog model whose published perplexities stand in for this one's.
+    pub quality_proxy: Option<String>,
     /// llama.cpp architecture name.
     pub arch: String,
     pub n_layer: u64,
@@ -36,201 +46,120 @@ pub struct ModelSpec {
     pub attn_bias: bool,
     /// Phi-3 style fused attn_qkv and gate+up.
     pub fused: bool,
-    pub license: License,
+    /// MMLU 5-shot of the unquantized base model, as its authors report it.
+    pub mmlu: Option<Benchmark>,
+    pub license: Licence,
 }
 
-fn license(name: &str) -> License {
-    let summary = match name {
-        "Llama 2 Community License" => "free use, but services with over 700 million monthly active users need a separate licence from Meta; acceptable use policy applies",
-        "Llama 3.1 Community License" => "free use; over 700 million monthly active users need a licence from Meta; 'Built with Llama' attribution; acceptable use policy applies",
-        "Qwen License" => "free use; services with over 100 million monthly active users need a licence from Alibaba Cloud",
-        "Apache-2.0" => "permissive: use, modify, redistribute with notice; patent grant",
-        "MIT" => "permissive: use, modify, redistribute with notice",
-        _ => "see the model card",
-    };
-    License {
-        name: name.to_string(),
-        summary: summary.to_string(),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn llama_like(
-    id: &str,
-    name: &str,
-    family: &str,
-    arch: &str,
-    l: u64,
-    e: u64,
-    ff: u64,
-    h: u64,
-    kv: u64,
+/// One `[[model]]` of catalog.toml.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    id: String,
+    name: String,
+    repo: String,
+    family: String,
+    scale: Option<String>,
+    quality_proxy: Option<String>,
+    arch: String,
+    n_layer: u64,
+    n_embd: u64,
+    n_ff: u64,
+    n_head: u64,
+    n_head_kv: u64,
+    head_dim: Option<u64>,
     vocab: u64,
-    ctx: u64,
-    lic: &str,
-) -> ModelSpec {
-    ModelSpec {
-        id: id.into(),
-        name: name.into(),
-        family: family.into(),
-        arch: arch.into(),
-        n_layer: l,
-        n_embd: e,
-        n_ff: ff,
-        n_head: h,
-        n_head_kv: kv,
-        head_dim: e / h,
-        vocab,
-        context: ctx,
-        tied_embeddings: false,
-        attn_bias: arch == "qwen2",
-        fused: false,
-        license: license(lic),
-    }
+    context: u64,
+    #[serde(default)]
+    tied_embeddings: bool,
+    #[serde(default)]
+    attn_bias: bool,
+    #[serde(default)]
+    fused: bool,
+    /// Where the hyperparameters come from (documentation only).
+    #[serde(rename = "config")]
+    _config: String,
+    mmlu: Option<Benchmark>,
+    license: String,
 }
 
-/// The embedded catalog (values from each model's official config.json).
-pub fn catalog() -> Vec<ModelSpec> {
-    let mut phi3 = llama_like(
-        "phi-3-mini",
-        "Phi-3-mini-4k-instruct (3.8B)",
-        "phi-3",
-        "phi3",
-        32,
-        3072,
-        8192,
-        32,
-        32,
-        32064,
-        4096,
-        "MIT",
-    );
-    phi3.fused = true;
-    vec![
-        llama_like(
-            "llama-2-7b",
-            "Llama-2-7B",
-            "llama-2",
-            "llama",
-            32,
-            4096,
-            11008,
-            32,
-            32,
-            32000,
-            4096,
-            "Llama 2 Community License",
-        ),
-        llama_like(
-            "llama-2-13b",
-            "Llama-2-13B",
-            "llama-2",
-            "llama",
-            40,
-            5120,
-            13824,
-            40,
-            40,
-            32000,
-            4096,
-            "Llama 2 Community License",
-        ),
-        llama_like(
-            "llama-2-70b",
-            "Llama-2-70B",
-            "llama-2",
-            "llama",
-            80,
-            8192,
-            28672,
-            64,
-            8,
-            32000,
-            4096,
-            "Llama 2 Community License",
-        ),
-        llama_like(
-            "llama-3.1-8b",
-            "Llama-3.1-8B",
-            "llama-3",
-            "llama",
-            32,
-            4096,
-            14336,
-            32,
-            8,
-            128256,
-            131072,
-            "Llama 3.1 Community License",
-        ),
-        llama_like(
-            "llama-3.1-70b",
-            "Llama-3.1-70B",
-            "llama-3",
-            "llama",
-            80,
-            8192,
-            28672,
-            64,
-            8,
-            128256,
-            131072,
-            "Llama 3.1 Community License",
-        ),
-        llama_like(
-            "mistral-7b",
-            "Mistral-7B-v0.3",
-            "mistral",
-            "llama",
-            32,
-            4096,
-            14336,
-            32,
-            8,
-            32768,
-            32768,
-            "Apache-2.0",
-        ),
-        llama_like(
-            "qwen2.5-7b",
-            "Qwen2.5-7B",
-            "qwen2.5",
-            "qwen2",
-            28,
-            3584,
-            18944,
-            28,
-            4,
-            152064,
-            32768,
-            "Apache-2.0",
-        ),
-        llama_like(
-            "qwen2.5-72b",
-            "Qwen2.5-72B",
-            "qwen2.5",
-            "qwen2",
-            80,
-            8192,
-            29568,
-            64,
-            8,
-            152064,
-            32768,
-            "Qwen License",
-        ),
-        phi3,
-    ]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    model: Vec<Entry>,
+    license: std::collections::BTreeMap<String, Licence>,
+}
+
+fn build(text: &str) -> Result<Vec<ModelSpec>> {
+    let file: CatalogFile = toml::from_str(text).context("catalog.toml")?;
+    file.model
+        .into_iter()
+        .map(|e| {
+            let license = file
+                .license
+                .get(&e.license)
+                .with_context(|| format!("catalog.toml: {}: no [license.{}]", e.id, e.license))?
+                .clone();
+            Ok(ModelSpec {
+                head_dim: e.head_dim.unwrap_or(e.n_embd / e.n_head.max(1)),
+                id: e.id,
+                name: e.name,
+                repo: Some(e.repo),
+                family: e.family,
+                scale: e.scale,
+                quality_proxy: e.quality_proxy,
+                arch: e.arch,
+                n_layer: e.n_layer,
+                n_embd: e.n_embd,
+                n_ff: e.n_ff,
+                n_head: e.n_head,
+                n_head_kv: e.n_head_kv,
+                vocab: e.vocab,
+                context: e.context,
+                tied_embeddings: e.tied_embeddings,
+                attn_bias: e.attn_bias,
+                fused: e.fused,
+                mmlu: e.mmlu,
+                license,
+            })
+        })
+        .collect()
+}
+
+/// The embedded catalog (src/plan/catalog.toml), parsed once.
+pub fn catalog() -> &'static [ModelSpec] {
+    static CATALOG: OnceLock<Vec<ModelSpec>> = OnceLock::new();
+    CATALOG.get_or_init(|| build(include_str!("catalog.toml")).expect("embedded catalog is valid"))
+}
+
+/// A catalog model by id.
+pub fn by_id(id: &str) -> Option<&'static ModelSpec> {
+    catalog().iter().find(|m| m.id == id)
+}
+
+/// The catalog model published as this Hugging Face repository (`org/name`, any case; a
+/// `-hf` suffix ignored), to follow a fine-tune's `base_model` to its base.
+pub fn by_repo(repo: &str) -> Option<&'static ModelSpec> {
+    let norm = |r: &str| {
+        r.trim()
+            .to_ascii_lowercase()
+            .trim_end_matches("-hf")
+            .to_string()
+    };
+    let want = norm(repo);
+    catalog()
+        .iter()
+        .find(|m| m.repo.as_deref().is_some_and(|r| norm(r) == want))
 }
 
 pub fn ids() -> Vec<String> {
-    catalog().into_iter().map(|m| m.id).collect()
+    catalog().iter().map(|m| m.id.clone()).collect()
 }
 
 /// A catalog id, or a path: a Hugging Face folder, its config.json, or a GGUF file.
 pub fn resolve(spec: &str) -> Result<ModelSpec> {
-    if let Some(m) = catalog().into_iter().find(|m| m.id == spec) {
-        return Ok(m);
+    if let Some(m) = by_id(spec) {
+        return Ok(m.clone());
     }
     let path = Path::new(spec);
     if path.is_dir() {
@@ -270,14 +199,16 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
         .get("num_key_value_heads")
         .and_then(|v| v.as_u64())
         .unwrap_or(h);
-    let card = std::fs::read_to_string(folder.join("README.md"))
+    let card_path = folder.join("README.md");
+    let card = std::fs::read_to_string(&card_path)
         .map(|t| crate::source::hf::ModelCard::parse(&t))
         .unwrap_or_default();
-    let lic = card
-        .license_name
-        .clone()
-        .or(card.license.clone())
-        .unwrap_or_else(|| "unknown (no model card licence)".into());
+    let license = license::from_card(
+        &card,
+        class,
+        c.get("auto_map").is_some(),
+        &card_path.display().to_string(),
+    );
     let id = folder
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -285,10 +216,16 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
     // The same name the converter writes as general.name, so measured results of the folder
     // and of its GGUF files find this model.
     let name = crate::source::hf::model_name(&card, &c, folder);
+    let base = card.base_models.iter().find_map(|b| by_repo(b));
     Ok(ModelSpec {
         id,
         name,
-        family: "unknown".into(),
+        repo: None,
+        family: base
+            .map(|b| b.family.clone())
+            .unwrap_or_else(|| "unknown".into()),
+        scale: None,
+        quality_proxy: None,
         arch: arch.gguf_name.into(),
         n_layer: get("num_hidden_layers")?,
         n_embd: e,
@@ -307,7 +244,8 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
             .unwrap_or(false),
         attn_bias: arch.gguf_name == "qwen2",
         fused: false,
-        license: license(&lic),
+        mmlu: None,
+        license,
     })
 }
 
@@ -337,15 +275,14 @@ fn from_gguf(path: &Path) -> Result<ModelSpec> {
         .and_then(|v| v.as_str())
         .unwrap_or("model")
         .to_string();
-    let lic = f
-        .get("general.license")
-        .and_then(|v| v.as_str())
-        .unwrap_or("unknown (no general.license)")
-        .to_string();
+    let license = license::from_gguf(&f, &path.display().to_string());
     Ok(ModelSpec {
         id: name.clone(),
         name,
+        repo: None,
         family: "unknown".into(),
+        scale: None,
+        quality_proxy: None,
         arch: arch.clone(),
         n_layer: get("block_count")?,
         n_embd: e,
@@ -358,7 +295,8 @@ fn from_gguf(path: &Path) -> Result<ModelSpec> {
         tied_embeddings: f.tensor("output.weight").is_none(),
         attn_bias: f.tensor("blk.0.attn_q.bias").is_some(),
         fused: f.tensor("blk.0.attn_qkv.weight").is_some(),
-        license: license(&lic),
+        mmlu: None,
+        license,
     })
 }
 

@@ -1,6 +1,8 @@
-//! The estimator: memory (weights from the converter's own per-tensor rules, KV cache, compute
-//! buffers), speed (decode from bytes read per token against bandwidth, prefill from FLOPs
-//! against compute, both with efficiencies fitted to published llama-bench results) and cost.
+//! The estimator: memory (weights from the converter's own per-tensor rules, placed as llama.cpp
+//! places them: layers on the devices or in host memory, the token embeddings always in host
+//! memory, KV cache and compute buffers), speed (decode from bytes read per token against
+//! bandwidth, prefill from FLOPs against compute, both with efficiencies fitted to published
+//! llama-bench results) and cost, for one configuration (`Config`).
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +14,7 @@ pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// KV cache element type (llama.cpp `--cache-type-k/v`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KvType {
     F16,
     Q8_0,
@@ -27,6 +30,17 @@ impl KvType {
             _ => None,
         }
     }
+    /// In the order a context that does not fit tries them.
+    pub const ALL: [KvType; 3] = [KvType::F16, KvType::Q8_0, KvType::Q4_0];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
+
     pub fn bytes_per_element(self) -> f64 {
         match self {
             KvType::F16 => 2.0,
@@ -36,8 +50,21 @@ impl KvType {
     }
 }
 
-/// Exact tensor bytes of the GGUF file the converter writes for this model and file type.
-pub fn weight_bytes(m: &ModelSpec, ft: FileType) -> u64 {
+/// Where a file's tensor bytes live: per layer, the token embeddings (kept in host memory by
+/// llama.cpp, "little benefit to offloading the input layer"), and the output head (the norm and
+/// `output.weight`, or a second copy of the token embeddings when they are tied).
+#[derive(Clone, Debug)]
+pub struct Footprint {
+    pub layers: Vec<u64>,
+    pub token_embd: u64,
+    pub output: u64,
+    /// Bytes of the file's tensors (a tied output is stored once).
+    pub file: u64,
+}
+
+/// Exact tensor bytes of the GGUF file the converter writes for this model and file type,
+/// through the converter's own per-tensor rules.
+pub fn footprint(m: &ModelSpec, ft: FileType) -> Footprint {
     let list = tensors(m);
     let facts = ModelFacts {
         n_layer: m.n_layer as u32,
@@ -47,13 +74,37 @@ pub fn weight_bytes(m: &ModelSpec, ft: FileType) -> u64 {
         has_output: list.iter().any(|(n, _)| n == "output.weight"),
     };
     let opts = RuleOptions::default();
-    list.iter()
-        .map(|(name, dims)| {
-            let ty = tensor_type(ft, &facts, &opts, name, dims);
-            let info = ty.info();
-            dims.iter().product::<u64>() / info.block_elems as u64 * info.block_bytes as u64
-        })
-        .sum()
+    let mut fp = Footprint {
+        layers: vec![0; m.n_layer as usize],
+        token_embd: 0,
+        output: 0,
+        file: 0,
+    };
+    for (name, dims) in &list {
+        let ty = tensor_type(ft, &facts, &opts, name, dims);
+        let info = ty.info();
+        let bytes =
+            dims.iter().product::<u64>() / info.block_elems as u64 * info.block_bytes as u64;
+        fp.file += bytes;
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok());
+        match (layer, name.as_str()) {
+            (Some(i), _) => fp.layers[i] += bytes,
+            (None, "token_embd.weight") => fp.token_embd += bytes,
+            _ => fp.output += bytes,
+        }
+    }
+    if !facts.has_output {
+        fp.output += fp.token_embd;
+    }
+    fp
+}
+
+/// Exact tensor bytes of the GGUF file the converter writes for this model and file type.
+pub fn weight_bytes(m: &ModelSpec, ft: FileType) -> u64 {
+    footprint(m, ft).file
 }
 
 /// KV cache bytes per token of context (K and V, every layer).
@@ -216,20 +267,38 @@ pub fn held_out_report() -> Vec<(CalibrationPoint, f64)> {
     out
 }
 
-/// Inputs of one estimate.
+/// What the deployment must serve, and the prices around it.
 #[derive(Clone, Debug)]
 pub struct Scenario {
     pub ctx: u64,
     pub batch: u64,
-    pub kv: KvType,
-    pub devices: u64,
-    /// Split across devices: "layer" (pipeline, llama.cpp's default) or "row" (tensor).
-    pub split: String,
-    /// Layers on the accelerator (None: all); the rest run from system memory on the CPU.
-    pub gpu_layers: Option<u64>,
+    /// System memory for what is not on the devices (token embeddings, layers not offloaded),
+    /// GiB (RAM "GB" are binary too).
+    pub host_memory_gb: f64,
+    /// System memory bandwidth for layers not offloaded, GB/s.
     pub host_bandwidth_gbs: f64,
     pub electricity_usd_per_kwh: f64,
     pub amortize_years: f64,
+}
+
+/// How a model is split across devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Pipeline (llama.cpp's default `-sm layer`): consecutive layers per device.
+    Layer,
+    /// Tensor (`-sm row`): every layer cut across the devices.
+    Row,
+}
+
+/// One way to run a model on a hardware profile.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Config {
+    pub devices: u64,
+    pub split: Split,
+    /// Layers on the devices (llama.cpp `-ngl`); the rest run from host memory on the CPU.
+    pub gpu_layers: u64,
+    pub kv: KvType,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -237,9 +306,17 @@ pub struct Estimate {
     pub weights_bytes: u64,
     pub kv_bytes: f64,
     pub overhead_bytes: f64,
-    pub total_bytes: f64,
+    /// On all devices together.
+    pub device_bytes: f64,
+    /// On the fullest device.
+    pub device_bytes_max: f64,
+    pub host_bytes: f64,
+    /// Per device.
     pub capacity_bytes: f64,
+    pub host_capacity_bytes: f64,
     pub fits: bool,
+    /// Free memory on the fullest device.
+    pub headroom_bytes: f64,
     pub max_ctx: u64,
     pub decode_tokens_per_s: f64,
     pub batch_tokens_per_s: f64,
@@ -250,57 +327,176 @@ pub struct Estimate {
     pub monthly_usd: f64,
 }
 
-pub fn estimate(m: &ModelSpec, ft: FileType, hw: &HardwareProfile, s: &Scenario) -> Estimate {
-    let eff = efficiency(&hw.backend);
-    let weights = weight_bytes(m, ft);
-    let kv_per_token = kv_bytes_per_token(m, s.kv);
-    let kv = kv_per_token * (s.ctx * s.batch) as f64;
-    let n = s.devices.max(1) as f64;
-    let overhead = overhead_bytes(m, hw, 512) * n;
-    // Layers kept off the accelerator live in host memory (partial offload, like -ngl).
-    let on_gpu_frac = match s.gpu_layers {
-        Some(l) if hw.kind != "cpu" => (l.min(m.n_layer) as f64 / m.n_layer as f64).clamp(0.0, 1.0),
-        _ => 1.0,
-    };
-    let device_bytes = (weights as f64 + kv) * on_gpu_frac + overhead;
-    let capacity = hw.memory_gb * 1e9 * n;
-    let fits = device_bytes <= capacity;
-    let free_for_kv = capacity - weights as f64 * on_gpu_frac - overhead;
-    let max_ctx = if free_for_kv > 0.0 {
-        (free_for_kv / (kv_per_token * on_gpu_frac.max(1e-9) * s.batch as f64))
-            .floor()
-            .min(m.context as f64) as u64
-    } else {
-        0
-    };
+/// Memory per device and in the host for a context of `tokens` KV entries per layer.
+struct Placement {
+    per_device: Vec<f64>,
+    host: f64,
+    /// Weight and KV bytes read per generated token on the devices and in the host.
+    device_read: f64,
+    host_read: f64,
+}
 
-    // Decode: every weight and the KV read so far (at mid-context) per token.
+fn place(
+    fp: &Footprint,
+    m: &ModelSpec,
+    hw: &HardwareProfile,
+    c: &Config,
+    tokens: f64,
+    kv_read_tokens: f64,
+) -> Placement {
+    let kv_layer = kv_bytes_per_token(m, c.kv) / m.n_layer.max(1) as f64;
+    let overhead = overhead_bytes(m, hw, 512);
+    let n_layer = fp.layers.len();
+    // CPUs and unified-memory machines hold everything in the one memory the profile describes.
+    if hw.kind != "gpu" {
+        let w = fp.file as f64;
+        let kv = kv_layer * n_layer as f64;
+        return Placement {
+            per_device: vec![w + kv * tokens + overhead],
+            host: 0.0,
+            device_read: w - fp.token_embd as f64 + kv * kv_read_tokens,
+            host_read: 0.0,
+        };
+    }
+    let n = c.devices.max(1) as usize;
+    let on_gpu = (c.gpu_layers as usize).min(n_layer);
+    let first_gpu = n_layer - on_gpu;
+    let full = on_gpu == n_layer;
+    let mut per_device = vec![overhead; n];
+    let mut host = fp.token_embd as f64;
+    let (mut device_read, mut host_read) = (0.0, 0.0);
+    for (i, &w) in fp.layers.iter().enumerate() {
+        let w = w as f64;
+        let bytes = w + kv_layer * tokens;
+        if i < first_gpu {
+            host += bytes;
+            host_read += w + kv_layer * kv_read_tokens;
+            continue;
+        }
+        device_read += w + kv_layer * kv_read_tokens;
+        match c.split {
+            Split::Row => per_device.iter_mut().for_each(|d| *d += bytes / n as f64),
+            Split::Layer => per_device[(i - first_gpu) * n / on_gpu.max(1)] += bytes,
+        }
+    }
+    let output = fp.output as f64;
+    if full {
+        device_read += output;
+        match c.split {
+            Split::Row => per_device.iter_mut().for_each(|d| *d += output / n as f64),
+            Split::Layer => per_device[n - 1] += output,
+        }
+    } else {
+        host += output;
+        host_read += output;
+    }
+    Placement {
+        per_device,
+        host,
+        device_read,
+        host_read,
+    }
+}
+
+pub fn estimate(
+    m: &ModelSpec,
+    ft: FileType,
+    hw: &HardwareProfile,
+    s: &Scenario,
+    c: &Config,
+) -> Estimate {
+    let fp = footprint(m, ft);
+    estimate_with(&fp, m, hw, s, c)
+}
+
+/// `estimate` on a footprint already computed (the configuration search tries many configs).
+pub fn estimate_with(
+    fp: &Footprint,
+    m: &ModelSpec,
+    hw: &HardwareProfile,
+    s: &Scenario,
+    c: &Config,
+) -> Estimate {
+    let eff = efficiency(&hw.backend);
+    let n = c.devices.max(1) as f64;
+    let tokens = (s.ctx * s.batch) as f64;
+    // Decode reads the whole KV cache written so far: at mid-context on average.
+    let p = place(fp, m, hw, c, tokens, s.ctx as f64 / 2.0);
+    let capacity = hw.memory_bytes();
+    let host_capacity = if hw.kind == "gpu" {
+        s.host_memory_gb * GIB
+    } else {
+        0.0
+    };
+    let device_max = p.per_device.iter().copied().fold(0.0, f64::max);
+    let fits = device_max <= capacity && (hw.kind != "gpu" || p.host <= host_capacity);
+
+    // The longest context that still fits: memory grows linearly in the context.
+    let empty = place(fp, m, hw, c, 0.0, 0.0);
+    let per_token_dev = p
+        .per_device
+        .iter()
+        .zip(&empty.per_device)
+        .map(|(a, b)| (a - b) / tokens.max(1.0))
+        .collect::<Vec<_>>();
+    let mut max_ctx = m.context as f64;
+    for (free, per) in empty
+        .per_device
+        .iter()
+        .map(|e| capacity - e)
+        .zip(&per_token_dev)
+    {
+        if *per > 0.0 {
+            max_ctx = max_ctx.min(free / per / s.batch as f64);
+        } else if free < 0.0 {
+            max_ctx = 0.0;
+        }
+    }
+    if hw.kind == "gpu" {
+        let host_per = (p.host - empty.host) / tokens.max(1.0);
+        let host_free = host_capacity - empty.host;
+        if host_per > 0.0 {
+            max_ctx = max_ctx.min(host_free / host_per / s.batch as f64);
+        } else if host_free < 0.0 {
+            max_ctx = 0.0;
+        }
+    }
+    let max_ctx = max_ctx.max(0.0).floor() as u64;
+
     let bw = hw.memory_bandwidth_gbs * 1e9 * eff.bandwidth;
-    let kv_read = kv_per_token * (s.ctx as f64 / 2.0);
-    let gpu_bytes = (weights as f64 + kv_read) * on_gpu_frac;
-    let host_bytes = (weights as f64 + kv_read) * (1.0 - on_gpu_frac);
-    let mut step_s = if s.split == "row" && n > 1.0 {
-        // Tensor split: bandwidth adds up, each layer pays two all-reduces over the link.
-        let comm = 2.0 * m.n_layer as f64 * m.n_embd as f64 * 2.0 * (n - 1.0)
+    let host_bw = s.host_bandwidth_gbs * 1e9 * DEFAULTS.bandwidth;
+    let row = c.split == Split::Row && n > 1.0;
+    // Tensor split: bandwidth adds up, each layer pays two all-reduces over the link. Layer
+    // split: the devices work one after another on a single sequence.
+    let comm = if row {
+        2.0 * m.n_layer as f64 * m.n_embd as f64 * 2.0 * (n - 1.0)
             / n
             / (hw.interconnect_gbs.max(1.0) * 1e9)
-            + 2.0 * m.n_layer as f64 * 10e-6;
-        gpu_bytes / (bw * n) + comm
+            + 2.0 * m.n_layer as f64 * 10e-6
     } else {
-        // Layer split: devices work one after another on a single sequence.
-        gpu_bytes / bw
+        0.0
     };
-    step_s += host_bytes / (s.host_bandwidth_gbs * 1e9 * DEFAULTS.bandwidth) + eff.per_token_s;
+    let device_bw = if row { bw * n } else { bw };
+    let step_s = p.device_read / device_bw + comm + p.host_read / host_bw + eff.per_token_s;
     let decode = 1.0 / step_s;
     // Batched decode: weights are read once per step for all sequences; compute caps it.
     let params = parameter_count(m) as f64;
-    let batch_step = (gpu_bytes + kv_read * on_gpu_frac * (s.batch as f64 - 1.0))
-        / (bw * if s.split == "row" { n } else { 1.0 })
-        + host_bytes / (s.host_bandwidth_gbs * 1e9 * DEFAULTS.bandwidth)
-        + eff.per_token_s;
-    let compute_rate = eff.compute * hw.fp16_tflops * 1e12 * n;
+    let kv_step = kv_bytes_per_token(m, c.kv) * s.ctx as f64 / 2.0 * (s.batch as f64 - 1.0);
+    let gpu_frac = c.gpu_layers.min(m.n_layer) as f64 / m.n_layer.max(1) as f64;
+    let batch_step = step_s + kv_step * gpu_frac / device_bw + kv_step * (1.0 - gpu_frac) / host_bw;
+    // A prompt batch does not pipeline across layer-split devices (pp512 on 1, 4 or 8 GPUs
+    // measures about the same): one device's compute, or all of them under a row split.
+    let compute_rate = eff.compute * hw.fp16_tflops * 1e12 * if row { n } else { 1.0 };
     let batch_tps = (s.batch as f64 / batch_step).min(compute_rate / (2.0 * params));
-    let prefill = compute_rate / (2.0 * params) / (1.0 + (1.0 - on_gpu_frac) * 10.0);
+    // With layers in host memory, llama.cpp's GPU backends copy those weights over the link for
+    // every prompt batch (512 tokens) and compute there.
+    let ubatch = 512.0;
+    let upload_s = if hw.kind == "gpu" {
+        p.host_read / (hw.interconnect_gbs.max(1.0) * 1e9)
+    } else {
+        0.0
+    };
+    let prefill = ubatch / (ubatch * 2.0 * params / compute_rate + upload_s);
 
     let hourly = match (hw.cloud_usd_per_hour, hw.purchase_usd) {
         (Some(c), _) => c * n,
@@ -310,13 +506,19 @@ pub fn estimate(m: &ModelSpec, ft: FileType, hw: &HardwareProfile, s: &Scenario)
         }
         (None, None) => f64::NAN,
     };
+    let kv_bytes = kv_bytes_per_token(m, c.kv) * tokens;
+    let overhead = overhead_bytes(m, hw, 512) * if hw.kind == "gpu" { n } else { 1.0 };
     Estimate {
-        weights_bytes: weights,
-        kv_bytes: kv,
+        weights_bytes: fp.file,
+        kv_bytes,
         overhead_bytes: overhead,
-        total_bytes: weights as f64 + kv + overhead,
+        device_bytes: p.per_device.iter().sum(),
+        device_bytes_max: device_max,
+        host_bytes: p.host,
         capacity_bytes: capacity,
+        host_capacity_bytes: host_capacity,
         fits,
+        headroom_bytes: capacity - device_max,
         max_ctx,
         decode_tokens_per_s: decode,
         batch_tokens_per_s: batch_tps,

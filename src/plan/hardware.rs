@@ -108,6 +108,14 @@ pub fn ids() -> Vec<&'static str> {
     EMBEDDED.iter().map(|(id, _)| *id).collect()
 }
 
+impl HardwareProfile {
+    /// Device memory in bytes. Vendors' memory "GB" are binary: a 24 GB RTX 4090 has 24 GiB
+    /// (nvidia-smi: 24564 MiB), an 80 GB H100 80 GiB, a 192 GB M2 Ultra 192 GiB.
+    pub fn memory_bytes(&self) -> f64 {
+        self.memory_gb * 1024.0 * 1024.0 * 1024.0
+    }
+}
+
 /// An embedded id, or a path to a profile file.
 pub fn resolve(spec: &str) -> Result<HardwareProfile> {
     if let Some((_, text)) = EMBEDDED.iter().find(|(id, _)| *id == spec) {

@@ -1,18 +1,26 @@
-//! Size and choose: for each (model, file type, hardware) the memory, speed, cost and quality
-//! loss, the rows that pass the budget filters, and a recommendation.
+//! Size and choose: for each (model, file type, hardware) the cheapest configuration that runs
+//! it, its memory on the devices and in the host, speed, cost, expected perplexity on the
+//! family's absolute scale and licence; the rows that pass the budget filters, and a
+//! recommendation across model sizes.
 
 pub mod catalog;
+pub mod config;
 pub mod estimate;
 pub mod hardware;
+pub mod license;
 pub mod quality;
+pub mod recommend;
 
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::quant::rules::FileType;
-use catalog::ModelSpec;
-use estimate::{estimate, Scenario};
+use catalog::{parameter_count, ModelSpec};
+use config::{choose, describe, Search};
+use estimate::{KvType, Scenario, Split};
 use hardware::HardwareProfile;
-use quality::{published, Measured};
+use quality::measured::Measured;
+use quality::{expected, f16_ppl, published, Basis, Quality};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanRow {
@@ -20,7 +28,13 @@ pub struct PlanRow {
     pub model_id: String,
     pub quant: String,
     pub hardware: String,
+    /// The configuration in one line, e.g. `2x rtx-4090, layer split`.
+    pub config: String,
     pub devices: u64,
+    pub split: Split,
+    pub gpu_layers: u64,
+    pub n_layer: u64,
+    pub kv_type: KvType,
     pub ctx: u64,
     pub batch: u64,
     pub parameters: u64,
@@ -28,9 +42,17 @@ pub struct PlanRow {
     pub weights_bytes: u64,
     pub kv_bytes: u64,
     pub overhead_bytes: u64,
+    /// On all devices together.
+    pub device_bytes: u64,
+    /// In system memory (token embeddings, layers not offloaded).
+    pub host_bytes: u64,
     pub total_bytes: u64,
+    /// Memory of all the configuration's devices.
     pub capacity_bytes: u64,
+    /// The configuration runs: it fits the devices and the host, holds the context and meets
+    /// --min-tps.
     pub fits: bool,
+    /// Free memory on the fullest device.
     pub headroom_bytes: i64,
     pub max_ctx: u64,
     pub decode_tokens_per_s: f64,
@@ -40,11 +62,24 @@ pub struct PlanRow {
     pub usd_per_million_tokens: f64,
     pub usd_per_million_prefill_tokens: f64,
     pub monthly_usd: f64,
+    /// Expected perplexity on `ppl_scale` (lower is better).
+    pub ppl: Option<f64>,
+    pub ppl_basis: Option<Basis>,
+    pub ppl_scale: Option<String>,
+    /// Perplexity increase over the same model's F16, percent.
     pub quality_delta_pct: Option<f64>,
     pub kld: Option<f64>,
     pub quality_source: String,
+    /// MMLU of the unquantized model as its authors report it (compares across tokenizers).
+    pub mmlu: Option<f64>,
     pub license: String,
     pub license_terms: String,
+    pub license_architecture: String,
+    pub license_weights: String,
+    pub license_data: String,
+    pub license_source: String,
+    /// Why no configuration runs the model, when none does.
+    pub shortfall: Option<String>,
     pub recommended: bool,
 }
 
@@ -52,44 +87,108 @@ pub struct PlanRow {
 pub struct Filters {
     pub max_memory_gb: Option<f64>,
     pub max_usd_per_mtok: Option<f64>,
-    pub min_tps: Option<f64>,
+}
+
+pub struct Request<'a> {
+    pub models: &'a [ModelSpec],
+    pub quants: &'a [FileType],
+    pub hardware: &'a [HardwareProfile],
+    pub scenario: Scenario,
+    pub search: Search,
+    pub filters: Filters,
+    pub measured: &'a [Measured],
+    /// Quality of files made with an importance matrix.
+    pub imatrix: bool,
 }
 
 pub struct Plan {
     pub rows: Vec<PlanRow>,
-    pub recommendation: Option<String>,
+    /// The recommendation sentence and the recommended row's index.
+    pub recommendation: Option<(String, usize)>,
+    /// When no row meets every constraint: what came closest, and why.
+    pub unmet: Option<String>,
 }
 
-pub fn plan(
-    models: &[ModelSpec],
-    quants: &[FileType],
-    hardware: &[HardwareProfile],
-    s: &Scenario,
-    filters: &Filters,
+/// The quality of one row: a measured result first, else published or estimated.
+fn row_quality(
+    m: &ModelSpec,
+    q: FileType,
+    imatrix: bool,
     measured: &[Measured],
-) -> Plan {
+) -> Option<Quality> {
+    let line = measured.iter().rev().find(|r| {
+        r.names().any(|n| *n == m.id || *n == m.name) && FileType::from_name(&r.quant) == Some(q)
+    });
+    if let Some(line) = line {
+        let scale = m.scale.as_deref().and_then(|s| published().scale_label(s));
+        let base = f16_ppl(m).zip(scale).map(|(b, s)| {
+            let basis = if published().find(&m.id, "F16", false).is_some() {
+                Basis::Published
+            } else {
+                Basis::Estimated
+            };
+            (b, s, basis)
+        });
+        return line.quality(base);
+    }
+    expected(m, q, imatrix)
+}
+
+/// Every results line must be about a planned model: a line nobody planned is a mistake the
+/// user should hear about, not a silent no-op.
+fn check_measured(models: &[ModelSpec], measured: &[Measured]) -> Result<()> {
+    for r in measured {
+        if !models
+            .iter()
+            .any(|m| r.names().any(|n| *n == m.id || *n == m.name))
+        {
+            let planned: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+            bail!(
+                "{}: results for model {:?}{}, which is not among the planned models ({}); add it with --model (its folder, GGUF file or catalog id) or leave the line out",
+                r.origin,
+                r.model,
+                r.aliases
+                    .first()
+                    .map(|f| format!(" (file {f})"))
+                    .unwrap_or_default(),
+                planned.join(", ")
+            );
+        }
+        if FileType::from_name(&r.quant).is_none() {
+            bail!(
+                "{}: unknown type {:?}; known: {}",
+                r.origin,
+                r.quant,
+                FileType::names().join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn plan(req: &Request) -> Result<Plan> {
+    check_measured(req.models, req.measured)?;
+    let s = &req.scenario;
     let mut rows = Vec::new();
-    for m in models {
-        let params = catalog::parameter_count(m);
-        for &q in quants {
-            let quality = measured
-                .iter()
-                .find(|r| {
-                    std::iter::once(&r.model)
-                        .chain(&r.aliases)
-                        .any(|n| *n == m.id || *n == m.name)
-                        && FileType::from_name(&r.quant) == Some(q)
-                })
-                .map(|r| r.quality.clone())
-                .or_else(|| published(&m.family, &m.name, q.name()));
-            for hw in hardware {
-                let e = estimate(m, q, hw, s);
+    for m in req.models {
+        let params = parameter_count(m);
+        for &q in req.quants {
+            let quality = row_quality(m, q, req.imatrix, req.measured);
+            for hw in req.hardware {
+                let choice = choose(m, q, hw, s, &req.search);
+                let (c, e) = (&choice.config, &choice.estimate);
+                let devices = if hw.kind == "gpu" { c.devices } else { 1 };
                 rows.push(PlanRow {
                     model: m.name.clone(),
                     model_id: m.id.clone(),
                     quant: q.name().to_string(),
                     hardware: hw.id.clone(),
-                    devices: s.devices,
+                    config: describe(c, hw, m.n_layer),
+                    devices,
+                    split: c.split,
+                    gpu_layers: c.gpu_layers.min(m.n_layer),
+                    n_layer: m.n_layer,
+                    kv_type: c.kv,
                     ctx: s.ctx,
                     batch: s.batch,
                     parameters: params,
@@ -97,10 +196,12 @@ pub fn plan(
                     weights_bytes: e.weights_bytes,
                     kv_bytes: e.kv_bytes as u64,
                     overhead_bytes: e.overhead_bytes as u64,
-                    total_bytes: e.total_bytes as u64,
-                    capacity_bytes: e.capacity_bytes as u64,
-                    fits: e.fits,
-                    headroom_bytes: e.capacity_bytes as i64 - e.total_bytes as i64,
+                    device_bytes: e.device_bytes as u64,
+                    host_bytes: e.host_bytes as u64,
+                    total_bytes: (e.device_bytes + e.host_bytes) as u64,
+                    capacity_bytes: (e.capacity_bytes * devices as f64) as u64,
+                    fits: choice.shortfall.is_none(),
+                    headroom_bytes: e.headroom_bytes as i64,
                     max_ctx: e.max_ctx,
                     decode_tokens_per_s: e.decode_tokens_per_s,
                     batch_tokens_per_s: e.batch_tokens_per_s,
@@ -109,72 +210,48 @@ pub fn plan(
                     usd_per_million_tokens: e.usd_per_million_tokens,
                     usd_per_million_prefill_tokens: e.usd_per_million_prefill_tokens,
                     monthly_usd: e.monthly_usd,
-                    quality_delta_pct: quality.as_ref().map(|q| q.delta_pct),
-                    kld: quality.as_ref().and_then(|q| q.kld),
+                    ppl: quality.as_ref().map(|x| x.ppl),
+                    ppl_basis: quality.as_ref().map(|x| x.basis),
+                    ppl_scale: quality.as_ref().map(|x| x.scale.clone()),
+                    quality_delta_pct: quality.as_ref().and_then(|x| x.delta_pct),
+                    kld: quality.as_ref().and_then(|x| x.kld),
                     quality_source: quality
                         .as_ref()
-                        .map(|q| q.source.clone())
-                        .unwrap_or_else(|| "no published or measured figure".into()),
-                    license: m.license.name.clone(),
-                    license_terms: m.license.summary.clone(),
+                        .map(|x| x.source.clone())
+                        .unwrap_or_else(|| "no published, estimated or measured perplexity for this model (run quantfit eval and pass --results)".into()),
+                    mmlu: m.mmlu.as_ref().map(|b| b.score),
+                    license: m.license.weights.clone(),
+                    license_terms: m.license.weights_terms.clone(),
+                    license_architecture: m.license.architecture.clone(),
+                    license_weights: m.license.weights.clone(),
+                    license_data: m.license.data.clone(),
+                    license_source: m.license.source.clone(),
+                    shortfall: choice.shortfall.clone(),
                     recommended: false,
                 });
             }
         }
     }
+    let all = rows.clone();
+    let f = &req.filters;
     rows.retain(|r| {
-        filters
-            .max_memory_gb
-            .is_none_or(|g| r.total_bytes as f64 <= g * 1e9)
-            && filters
-                .max_usd_per_mtok
-                .is_none_or(|c| r.usd_per_million_tokens <= c)
-            && filters.min_tps.is_none_or(|t| r.decode_tokens_per_s >= t)
+        !r.fits
+            || (f
+                .max_memory_gb
+                .is_none_or(|g| r.total_bytes as f64 <= g * estimate::GIB)
+                && f.max_usd_per_mtok
+                    .is_none_or(|c| r.usd_per_million_tokens <= c))
     });
-    let recommendation = recommend(&mut rows);
-    Plan {
+    let recommendation = recommend::recommend(&rows, req.models);
+    if let Some((_, i)) = &recommendation {
+        rows[*i].recommended = true;
+    }
+    let unmet = recommendation
+        .is_none()
+        .then(|| recommend::closest(&all, f, &req.search));
+    Ok(Plan {
         rows,
         recommendation,
-    }
-}
-
-/// The best quality among rows that fit; ties (within 0.5% PPL) go to the cheaper, then faster.
-fn recommend(rows: &mut [PlanRow]) -> Option<String> {
-    let candidates: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].fits).collect();
-    if candidates.is_empty() {
-        return None;
-    }
-    let q = |r: &PlanRow| r.quality_delta_pct.unwrap_or(f64::INFINITY);
-    let best_q = candidates
-        .iter()
-        .map(|&i| q(&rows[i]))
-        .fold(f64::INFINITY, f64::min);
-    let pick = candidates
-        .iter()
-        .copied()
-        .filter(|&i| q(&rows[i]) <= best_q + 0.5)
-        .min_by(|&a, &b| {
-            rows[a]
-                .usd_per_million_tokens
-                .total_cmp(&rows[b].usd_per_million_tokens)
-                .then(
-                    rows[b]
-                        .decode_tokens_per_s
-                        .total_cmp(&rows[a].decode_tokens_per_s),
-                )
-        })?;
-    rows[pick].recommended = true;
-    let r = &rows[pick];
-    Some(format!(
-        "{} {} on {}x {}: the lowest quality loss that fits ({}), cheapest of those within 0.5% of it at ${:.2}/Mtok, {:.0} tok/s decode; {} of {} configurations fit",
-        r.model,
-        r.quant,
-        r.devices,
-        r.hardware,
-        r.quality_delta_pct.map(|d| format!("+{d:.2}% PPL")).unwrap_or_else(|| "quality unknown".into()),
-        r.usd_per_million_tokens,
-        r.decode_tokens_per_s,
-        candidates.len(),
-        rows.len()
-    ))
+        unmet,
+    })
 }

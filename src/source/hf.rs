@@ -46,10 +46,18 @@ pub struct ModelDir {
 pub struct ModelCard {
     pub license: Option<String>,
     pub license_name: Option<String>,
+    pub license_link: Option<String>,
+    /// The first base model (`base_model`, a string or a list).
     pub base_model: Option<String>,
+    /// Every base model listed.
+    pub base_models: Vec<String>,
+    /// `datasets`: the data the model was trained or fine-tuned on, as the card names it.
+    pub datasets: Vec<String>,
 }
 
 impl ModelCard {
+    /// Reads the keys above from the YAML front matter. A small line parser rather than a YAML
+    /// crate: cards use only `key: value` and `key:` followed by `- item` lines for these keys.
     pub fn parse(text: &str) -> ModelCard {
         let mut card = ModelCard::default();
         let Some(rest) = text.strip_prefix("---") else {
@@ -58,31 +66,49 @@ impl ModelCard {
         let Some(end) = rest.find("\n---") else {
             return card;
         };
-        let mut base_models = Vec::new();
-        let mut in_base_list = false;
+        let mut list: Option<&str> = None;
         for line in rest[..end].lines() {
             let trimmed = line.trim();
-            if in_base_list {
+            if let Some(key) = list {
                 if let Some(item) = trimmed.strip_prefix("- ") {
-                    base_models.push(unquote(item));
+                    let item = unquote(item);
+                    match key {
+                        "base_model" => card.base_models.push(item),
+                        _ => card.datasets.push(item),
+                    }
                     continue;
                 }
-                in_base_list = false;
+                list = None;
             }
             if let Some((key, value)) = line.split_once(':') {
                 let (key, value) = (key.trim(), unquote(value.trim()));
                 match key {
                     "license" if !value.is_empty() => card.license = Some(value),
                     "license_name" if !value.is_empty() => card.license_name = Some(value),
-                    "base_model" if value.is_empty() => in_base_list = true,
-                    "base_model" => base_models.push(value),
+                    "license_link" if !value.is_empty() => card.license_link = Some(value),
+                    "base_model" if value.is_empty() => list = Some("base_model"),
+                    "base_model" => card.base_models.push(value),
+                    "datasets" if value.is_empty() => list = Some("datasets"),
+                    "datasets" => card.datasets.extend(inline_list(&value)),
                     _ => {}
                 }
             }
         }
-        card.base_model = base_models.into_iter().next();
+        card.base_models.retain(|b| !b.is_empty() && b != "none");
+        card.base_model = card.base_models.first().cloned();
         card
     }
+}
+
+/// `[a, b]` or a single value.
+fn inline_list(value: &str) -> Vec<String> {
+    value
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(unquote)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn unquote(s: &str) -> String {
@@ -392,5 +418,13 @@ mod tests {
         assert_eq!(card.license_name.as_deref(), Some("llama3.1"));
         assert_eq!(card.base_model.as_deref(), Some("meta/x"));
         assert!(ModelCard::parse("no front matter").license.is_none());
+        let card = ModelCard::parse(
+            "---\nlicense: other\nlicense_link: https://x/LICENSE\nbase_model: none\ndatasets:\n- a/b\n- 'c'\nlanguage: [en]\n---\n",
+        );
+        assert_eq!(card.license_link.as_deref(), Some("https://x/LICENSE"));
+        assert_eq!(card.base_model, None, "'none' names no base model");
+        assert_eq!(card.datasets, ["a/b", "c"]);
+        let card = ModelCard::parse("---\ndatasets: [x, \"y\"]\n---\n");
+        assert_eq!(card.datasets, ["x", "y"]);
     }
 }

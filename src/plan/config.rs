@@ -1,0 +1,228 @@
+//! Automatic configurations: for a model, file type and hardware profile, the cheapest way to
+//! run it (lowest $ per million generated tokens) among 1..max devices with the model split
+//! across them, and one device with as many layers as fit and the rest in host memory; each
+//! with the first KV cache type (f16, q8_0, q4_0) that holds the context. Pinned choices
+//! (`--devices`, `--gpu-layers`, `--kv-type`) narrow the search.
+
+use super::catalog::ModelSpec;
+use super::estimate::{
+    estimate_with, footprint, Config, Estimate, Footprint, KvType, Scenario, Split, GIB,
+};
+use super::hardware::HardwareProfile;
+use crate::quant::rules::FileType;
+
+/// The user's pins and limits.
+#[derive(Clone, Debug)]
+pub struct Search {
+    pub devices: Option<u64>,
+    pub max_devices: u64,
+    pub split: Split,
+    pub gpu_layers: Option<u64>,
+    pub kv: Option<KvType>,
+    /// Configurations slower than this do not count as running the model.
+    pub min_tps: Option<f64>,
+    /// The context every configuration must hold (at least `Scenario::ctx`).
+    pub min_ctx: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub config: Config,
+    pub estimate: Estimate,
+    /// Why nothing runs, when nothing does (`config` is then the closest try).
+    pub shortfall: Option<String>,
+}
+
+/// One line describing a configuration, e.g. `2x rtx-4090, layer split` or
+/// `1x rtx-4090, 46/80 layers on GPU`.
+pub fn describe(c: &Config, hw: &HardwareProfile, n_layer: u64) -> String {
+    let mut s = format!("{}x {}", c.devices, hw.id);
+    if c.devices > 1 {
+        s.push_str(match c.split {
+            Split::Layer => ", layer split",
+            Split::Row => ", row split",
+        });
+    }
+    if hw.kind == "gpu" && c.gpu_layers < n_layer {
+        s.push_str(&format!(", {}/{n_layer} layers on GPU", c.gpu_layers));
+    }
+    if c.kv != KvType::F16 {
+        s.push_str(&format!(", KV {}", c.kv.name()));
+    }
+    s
+}
+
+fn runs(e: &Estimate, search: &Search) -> bool {
+    e.fits
+        && e.max_ctx >= search.min_ctx
+        && search.min_tps.is_none_or(|t| e.decode_tokens_per_s >= t)
+}
+
+struct Tried {
+    config: Config,
+    estimate: Estimate,
+}
+
+/// The cheapest configuration that runs `m` as `ft` on `hw`, or the closest one with the reason.
+pub fn choose(
+    m: &ModelSpec,
+    ft: FileType,
+    hw: &HardwareProfile,
+    s: &Scenario,
+    search: &Search,
+) -> Choice {
+    let fp = footprint(m, ft);
+    let gpu = hw.kind == "gpu";
+    let kvs: Vec<KvType> = search.kv.map_or(KvType::ALL.to_vec(), |k| vec![k]);
+    let eval = |c: Config| Tried {
+        estimate: estimate_with(&fp, m, hw, s, &c),
+        config: c,
+    };
+    // The first KV type with which the configuration runs, else the last tried.
+    let with_kv = |devices: u64, gpu_layers: u64| -> Tried {
+        let mut last = None;
+        for &kv in &kvs {
+            let t = eval(Config {
+                devices,
+                split: search.split,
+                gpu_layers,
+                kv,
+            });
+            if runs(&t.estimate, search) {
+                return t;
+            }
+            last = Some(t);
+        }
+        last.expect("at least one KV type")
+    };
+    let mut tried: Vec<Tried> = Vec::new();
+    if let Some(layers) = search.gpu_layers {
+        tried.push(with_kv(search.devices.unwrap_or(1), layers.min(m.n_layer)));
+    } else {
+        let counts: Vec<u64> = match (search.devices, gpu) {
+            (Some(d), _) => vec![d],
+            (None, true) => (1..=search.max_devices.max(1)).collect(),
+            (None, false) => vec![1],
+        };
+        for n in counts {
+            tried.push(with_kv(n, m.n_layer));
+        }
+        let one_device = search.devices.is_none_or(|d| d == 1);
+        if gpu && one_device && !runs(&tried[0].estimate, search) {
+            if let Some(t) = most_layers(&fp, m, hw, s, search, &kvs) {
+                tried.push(t);
+            }
+        }
+    }
+    let best = tried
+        .iter()
+        .filter(|t| runs(&t.estimate, search))
+        .min_by(|a, b| {
+            a.estimate
+                .usd_per_million_tokens
+                .total_cmp(&b.estimate.usd_per_million_tokens)
+                .then(a.config.devices.cmp(&b.config.devices))
+                .then(b.config.gpu_layers.cmp(&a.config.gpu_layers))
+        });
+    if let Some(t) = best {
+        return Choice {
+            config: t.config,
+            estimate: t.estimate.clone(),
+            shortfall: None,
+        };
+    }
+    // Nothing runs: report the cheapest that fits in memory (too slow or too short a context),
+    // else the one with the most memory, and what it lacks.
+    let closest = tried
+        .iter()
+        .filter(|t| t.estimate.fits)
+        .min_by(|a, b| {
+            a.estimate
+                .usd_per_million_tokens
+                .total_cmp(&b.estimate.usd_per_million_tokens)
+        })
+        .or_else(|| tried.iter().max_by_key(|t| t.config.devices))
+        .expect("at least one configuration tried");
+    Choice {
+        config: closest.config,
+        estimate: closest.estimate.clone(),
+        shortfall: Some(shortfall(&closest.estimate, &closest.config, m, hw, search)),
+    }
+}
+
+/// One device with as many layers as fit (at least one), the rest in host memory.
+fn most_layers(
+    fp: &Footprint,
+    m: &ModelSpec,
+    hw: &HardwareProfile,
+    s: &Scenario,
+    search: &Search,
+    kvs: &[KvType],
+) -> Option<Tried> {
+    let kv = kvs[0];
+    let at = |layers: u64| {
+        let c = Config {
+            devices: 1,
+            split: search.split,
+            gpu_layers: layers,
+            kv,
+        };
+        Tried {
+            estimate: estimate_with(fp, m, hw, s, &c),
+            config: c,
+        }
+    };
+    // Device memory grows with the layers on it, so the layers that fit are a prefix.
+    let (mut lo, mut hi) = (0u64, m.n_layer.saturating_sub(1));
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if at(mid).estimate.device_bytes_max <= hw.memory_bytes() {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    (lo >= 1).then(|| at(lo))
+}
+
+fn shortfall(
+    e: &Estimate,
+    c: &Config,
+    m: &ModelSpec,
+    hw: &HardwareProfile,
+    search: &Search,
+) -> String {
+    let gib = |b: f64| b / GIB;
+    if e.device_bytes_max > e.capacity_bytes {
+        return format!(
+            "needs {:.1} GiB on a device with {} ({:.1} GiB each){}",
+            gib(e.device_bytes_max),
+            describe(c, hw, m.n_layer),
+            gib(e.capacity_bytes),
+            if search.devices.is_none() && search.gpu_layers.is_none() {
+                format!(" even at --max-devices {}", search.max_devices)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if e.host_bytes > e.host_capacity_bytes && hw.kind == "gpu" {
+        return format!(
+            "needs {:.1} GiB of host memory with {} (--host-memory {:.0})",
+            gib(e.host_bytes),
+            describe(c, hw, m.n_layer),
+            gib(e.host_capacity_bytes)
+        );
+    }
+    if e.max_ctx < search.min_ctx {
+        return format!(
+            "holds a context of {} tokens at most (model: {}), {} needed",
+            e.max_ctx, m.context, search.min_ctx
+        );
+    }
+    format!(
+        "decodes {:.1} tokens/s at best, --min-tps {}",
+        e.decode_tokens_per_s,
+        search.min_tps.unwrap_or(0.0)
+    )
+}
