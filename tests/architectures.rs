@@ -32,6 +32,8 @@ fn convert_f32(model_dir: &std::path::Path) -> GgufFile {
         imatrix: None,
         isa: Isa::best(),
         progress: false,
+        force: false,
+        extra_inputs: vec![],
     };
     convert(&model, &opts).unwrap();
     GgufFile::open(&out).unwrap()
@@ -208,6 +210,8 @@ fn sentencepiece_vocabulary_from_tokenizer_model() {
             imatrix: None,
             isa: Isa::best(),
             progress: false,
+            force: false,
+            extra_inputs: vec![],
         };
         convert(&m, &opts)
     });

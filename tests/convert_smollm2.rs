@@ -66,6 +66,8 @@ fn every_reference_type_matches_llama_cpp_tensor_bytes() {
         imatrix: None,
         isa: Isa::best(),
         progress: false,
+        force: false,
+        extra_inputs: vec![],
     };
     let outputs = convert(&model, &opts).unwrap();
     assert_eq!(outputs.len(), types.len());
@@ -171,6 +173,8 @@ fn sharded_input_gives_identical_files() {
             imatrix: None,
             isa: Isa::best(),
             progress: false,
+            force: false,
+            extra_inputs: vec![],
         };
         convert(&model, &opts).unwrap();
     }
@@ -210,6 +214,8 @@ fn imatrix_conversion_matches_llama_cpp() {
         imatrix: Some(imatrix),
         isa: Isa::best(),
         progress: false,
+        force: false,
+        extra_inputs: vec![],
     };
     let outputs = convert(&model, &opts).unwrap();
     for (ft, out) in types.iter().zip(&outputs) {

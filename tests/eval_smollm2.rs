@@ -58,6 +58,8 @@ fn reference_ggufs() -> &'static Vec<(String, PathBuf)> {
             imatrix: None,
             isa: Isa::best(),
             progress: false,
+            force: false,
+            extra_inputs: vec![],
         };
         let outputs = convert(&model, &opts).unwrap();
         names

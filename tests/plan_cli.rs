@@ -514,3 +514,79 @@ fn measured_results_on_the_same_tokens_share_a_scale() {
     let rec = &rows(&doc)[doc["recommended"].as_u64().unwrap() as usize];
     assert_eq!(rec["quant"], "Q8_0", "{}", doc["recommendation"]);
 }
+
+/// Fixes from review: stand-ins take the published F16 of the model they stand in for; an
+/// importance matrix never makes a published figure worse and leaves Q8_0 as published; CPU
+/// and Apple profiles refuse multi-device pins; a measured absolute perplexity on another
+/// text does not split a family's scale; --min-ctx is a filter, not the sizing context.
+#[test]
+fn stand_ins_imatrix_profiles_measured_and_min_ctx_behave() {
+    let doc = plan_json(&[
+        "--model",
+        "llama-3-8b,llama-3.1-8b",
+        "--quant",
+        "F16,Q8_0,Q2_K",
+        "--hardware",
+        "h200",
+        "--imatrix",
+    ]);
+    assert_eq!(f(&row(&doc, "Llama-3.1-8B", "F16")["ppl"]), 6.233160);
+    assert_eq!(row(&doc, "Llama-3-8B", "Q8_0")["ppl_basis"], "published");
+    assert_eq!(f(&row(&doc, "Llama-3-8B", "Q8_0")["ppl"]), 6.234284);
+    let plain = plan_json(&["--model", "llama-2-7b", "--quant", "Q2_K,Q4_K_M"]);
+    let im = plan_json(&[
+        "--model",
+        "llama-2-7b",
+        "--quant",
+        "Q2_K,Q4_K_M",
+        "--imatrix",
+    ]);
+    for q in ["Q2_K", "Q4_K_M"] {
+        assert!(
+            f(&row(&im, "Llama-2-7B", q)["ppl"]) < f(&row(&plain, "Llama-2-7B", q)["ppl"]),
+            "{q}"
+        );
+    }
+
+    for hw in ["cpu-epyc-9654-12ch", "apple-m2-ultra-76c"] {
+        let err = fail(&["plan", "--hardware", hw, "--devices", "2"]);
+        assert!(err.contains("GPU profiles"), "{err}");
+        fail(&["plan", "--hardware", hw, "--split", "row"]);
+    }
+    fail(&["plan", "--electricity=-5"]);
+    fail(&["plan", "--max-devices", "100000"]);
+    fail(&["plan", "--quant", ""]);
+
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/plan-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("other-text.jsonl");
+    std::fs::write(&file, "{\"kind\":\"eval\",\"model\":\"Llama-2-13B\",\"quant\":\"Q4_K_M\",\"ppl\":4.9,\"text\":\"mine.txt\",\"ctx\":512,\"tokens_sha256\":\"abcdef0123456789\"}\n").unwrap();
+    let doc = plan_json(&["--results", file.to_str().unwrap()]);
+    let r = row(&doc, "Llama-2-13B", "Q4_K_M");
+    assert_eq!(
+        r["ppl_scale"],
+        "wikitext-2 test, ctx 512, Llama 1/2 tokenizer"
+    );
+    assert!(r["quality_source"]
+        .as_str()
+        .unwrap()
+        .contains("also measured: PPL 4.9000"));
+    assert!(!doc["recommendation"]
+        .as_str()
+        .unwrap()
+        .contains("do not compare"));
+
+    let doc = plan_json(&[
+        "--model",
+        "llama-3.1-8b",
+        "--quant",
+        "Q4_K_M",
+        "--min-ctx",
+        "65536",
+    ]);
+    let r = &rows(&doc)[0];
+    assert_eq!(r["ctx"], 4096, "sized at --ctx");
+    assert!(r["max_ctx"].as_u64().unwrap() >= 65536);
+    assert!(f(&r["kv_bytes"]) < 1.0e9, "KV for 4096 tokens, not 65536");
+}

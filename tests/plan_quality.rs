@@ -248,7 +248,8 @@ fn leave_one_out_report_is_current_and_accurate() {
         committed, now,
         "reports/quality-estimate.txt is stale: run `quantfit plan --quality-report > reports/quality-estimate.txt`"
     );
-    let median = fit::held_out_median_pct();
+    let median = fit::held_out_median_pct(None);
+    assert!(fit::held_out_median_pct(Some("llama-3")) > 0.0);
     assert!(median < 1.0, "median held-out error {median}%");
     let p90: f64 = now
         .lines()

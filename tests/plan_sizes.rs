@@ -109,6 +109,8 @@ fn planned_size_equals_converted_file() {
         imatrix: None,
         isa: quantfit::quant::Isa::best(),
         progress: false,
+        force: false,
+        extra_inputs: vec![],
     };
     let outputs = convert(&model, &opts).unwrap();
     for (t, o) in types.iter().zip(&outputs) {

@@ -6,7 +6,6 @@
 
 pub mod labels;
 
-use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use anyhow::{Context, Result};
@@ -412,7 +411,10 @@ where
     let (_, h) = root.dim_in_pixel();
     let notes = [
         "filled: published or measured; hollow: estimated; x: no configuration runs; labels: type, and the configuration when it is not one device".to_string(),
-        format!("estimates: {}", crate::plan::quality::fit::summary_line(crate::plan::quality::fit::held_out_median_pct())),
+        format!("estimates: {}", {
+            let id = crate::plan::quality::published().scales.iter().find(|s| s.label == scale).map(|s| s.id.clone());
+            crate::plan::quality::fit::summary_line(crate::plan::quality::fit::held_out_median_pct(id.as_deref()))
+        }),
     ];
     let note_font = ("sans-serif", 12).into_font().color(&BLACK.mix(0.7));
     for (i, note) in notes.iter().enumerate() {
@@ -439,12 +441,41 @@ fn slug(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-/// Writes the quality-vs-memory, -cost and -speed charts (PNG and SVG) of one hardware
-/// profile's rows, one set per perplexity scale. Returns the files written.
-pub fn write_charts(rows: &[PlanRow], hw: &HardwareProfile, dir: &Path) -> Result<Vec<PathBuf>> {
+/// One chart as PNG bytes (drawn into an RGB buffer, then encoded).
+fn png_bytes(rows: &[&PlanRow], axis: XAxis, hw: &HardwareProfile, scale: &str) -> Result<Vec<u8>> {
+    use image::ImageEncoder;
+    let (w, h) = (1280u32, 800u32);
+    let mut rgb = vec![0u8; (w * h * 3) as usize];
+    draw(
+        BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area(),
+        rows,
+        axis,
+        hw,
+        scale,
+    )?;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&rgb, w, h, image::ColorType::Rgb8)
+        .map_err(|e| anyhow::anyhow!("PNG encoding failed: {e}"))?;
+    Ok(png)
+}
+
+fn svg_text(rows: &[&PlanRow], axis: XAxis, hw: &HardwareProfile, scale: &str) -> Result<String> {
+    let mut svg = String::new();
+    draw(
+        SVGBackend::with_string(&mut svg, (1280, 800)).into_drawing_area(),
+        rows,
+        axis,
+        hw,
+        scale,
+    )?;
+    Ok(svg)
+}
+
+/// The quality-vs-memory, -cost and -speed charts (PNG and SVG) of one hardware profile's
+/// rows, one set per perplexity scale, as (file name, bytes), drawn in memory.
+pub fn render(rows: &[PlanRow], hw: &HardwareProfile) -> Result<Vec<(String, Vec<u8>)>> {
     register_font();
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create chart folder", dir.display()))?;
     let mut scales: Vec<&str> = Vec::new();
     for r in rows {
         if let Some(s) = r.ppl_scale.as_deref() {
@@ -453,7 +484,7 @@ pub fn write_charts(rows: &[PlanRow], hw: &HardwareProfile, dir: &Path) -> Resul
             }
         }
     }
-    let mut written = Vec::new();
+    let mut out = Vec::new();
     for scale in &scales {
         let these: Vec<&PlanRow> = rows
             .iter()
@@ -465,29 +496,20 @@ pub fn write_charts(rows: &[PlanRow], hw: &HardwareProfile, dir: &Path) -> Resul
             String::new()
         };
         for axis in [XAxis::Memory, XAxis::Cost, XAxis::Speed] {
-            let png = dir.join(format!("{}{suffix}.png", axis.stem()));
-            draw(
-                BitMapBackend::new(&png, (1280, 800)).into_drawing_area(),
-                &these,
-                axis,
-                hw,
-                scale,
-            )
-            .with_context(|| png.display().to_string())?;
-            let svg = dir.join(format!("{}{suffix}.svg", axis.stem()));
-            draw(
-                SVGBackend::new(&svg, (1280, 800)).into_drawing_area(),
-                &these,
-                axis,
-                hw,
-                scale,
-            )
-            .with_context(|| svg.display().to_string())?;
-            written.push(png);
-            written.push(svg);
+            let stem = format!("{}{suffix}", axis.stem());
+            out.push((
+                format!("{stem}.png"),
+                png_bytes(&these, axis, hw, scale).with_context(|| format!("{stem}.png"))?,
+            ));
+            out.push((
+                format!("{stem}.svg"),
+                svg_text(&these, axis, hw, scale)
+                    .with_context(|| format!("{stem}.svg"))?
+                    .into_bytes(),
+            ));
         }
     }
-    Ok(written)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub struct Args {
     /// Instruction set for the kernels (scalar, avx2, avx512, neon); default: the best here.
     #[arg(long)]
     isa: Option<String>,
+    /// Replace an output that is a symbolic link (the link itself, never the file it points to).
+    #[arg(long)]
+    force: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -67,6 +70,18 @@ pub fn run(args: Args) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    // Aliases (Q4_K = Q4_K_M, any case) would write one file twice: refuse before any work.
+    let names: Vec<&str> = args.types.split(',').map(str::trim).collect();
+    for (i, a) in types.iter().enumerate() {
+        if let Some(j) = types[..i].iter().position(|b| b == a) {
+            bail!(
+                "--type: {} and {} are the same file type ({}); give it once",
+                names[j],
+                names[i],
+                a.name()
+            );
+        }
+    }
     let overrides = args
         .tensor_types
         .iter()
@@ -96,6 +111,8 @@ pub fn run(args: Args) -> Result<()> {
         imatrix,
         isa,
         progress: !args.json,
+        force: args.force,
+        extra_inputs: args.imatrix.iter().cloned().collect(),
     };
     let summaries = convert(&model, &opts)?;
     if args.json {

@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::eval::perplexity::ChunkPlan;
 use crate::eval::run::{evaluate, BaselineStore, Compare, EvalResult};
 use crate::eval::{bench, load, results, LoadedModel};
+use crate::output::{self, Inputs};
 
 /// A public-domain excerpt (Jane Austen, Pride and Prejudice) for a first run without --text.
 const SAMPLE_TEXT: &str = include_str!("../../assets/sample-text.txt");
@@ -93,11 +94,23 @@ fn set_threads(threads: Option<usize>) -> Result<usize> {
     Ok(n)
 }
 
+/// The files a run reads (models, folders' files, text, tokenizer), checked to be unchanged
+/// before results are appended and never to be the results file; the results file is
+/// checked before any work starts.
+fn inputs_of<'a>(run: &'a RunArgs, paths: impl IntoIterator<Item = &'a PathBuf>) -> Result<Inputs> {
+    let inputs = Inputs::capture(output::files_of(paths.into_iter().chain(&run.tokenizer)));
+    if !run.no_results {
+        output::check_log(&run.results, &inputs)?;
+    }
+    Ok(inputs)
+}
+
 /// Appends `lines` to the results file unless told not to, and prints them when --json asks;
 /// returns whether they were printed (and the table should not be).
-fn emit(run: &RunArgs, lines: &[serde_json::Value]) -> Result<bool> {
+fn emit(run: &RunArgs, lines: &[serde_json::Value], inputs: &Inputs) -> Result<bool> {
+    inputs.verify()?;
     if !run.no_results {
-        results::append(&run.results, lines)?;
+        results::append(&run.results, lines, inputs)?;
     }
     if run.json {
         println!("{}", serde_json::to_string_pretty(lines)?);
@@ -151,6 +164,10 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
 }
 
 fn eval_in_pool(args: EvalArgs, threads: usize) -> Result<()> {
+    let inputs = inputs_of(
+        &args.run,
+        args.models.iter().chain(&args.baseline).chain(&args.text),
+    )?;
     let (text, text_name) = read_text(args.text.as_deref())?;
     let tok = args.run.tokenizer.as_deref();
     let show = !args.run.json;
@@ -220,7 +237,7 @@ fn eval_in_pool(args: EvalArgs, threads: usize) -> Result<()> {
             v
         })
         .collect();
-    if emit(&args.run, &lines)? {
+    if emit(&args.run, &lines, &inputs)? {
         return Ok(());
     }
     print_eval_table(&rows, &text_name, threads);
@@ -289,6 +306,7 @@ fn bench_in_pool(args: BenchArgs, threads: usize) -> Result<()> {
     if args.reps == 0 {
         bail!("--reps must be at least 1");
     }
+    let inputs = inputs_of(&args.run, [&args.model])?;
     let m = load_noted(&args.model, args.run.tokenizer.as_deref())?;
     let mut tests = Vec::new();
     if args.pp > 0 {
@@ -314,7 +332,7 @@ fn bench_in_pool(args: BenchArgs, threads: usize) -> Result<()> {
             })
         })
         .collect();
-    if emit(&args.run, &lines)? {
+    if emit(&args.run, &lines, &inputs)? {
         return Ok(());
     }
     println!(

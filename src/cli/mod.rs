@@ -69,18 +69,29 @@ pub fn run() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {}", one_line(&e));
             2
         }
     }
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line: control characters (a newline in a file name)
+/// are escaped so that the message stays one line.
 fn one_line(e: &anyhow::Error) -> String {
     e.chain()
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(": ")
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn print_types(json: bool) {

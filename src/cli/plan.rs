@@ -2,7 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::chart::write_charts;
+use crate::chart;
+use crate::output::{self, Inputs};
 use crate::plan::config::Search;
 use crate::plan::estimate::{held_out_report, KvType, Scenario, Split, GIB};
 use crate::plan::quality::fit;
@@ -90,6 +91,9 @@ pub struct Args {
     /// Write quality-versus-memory, -cost and -speed charts (PNG and SVG) here.
     #[arg(long)]
     chart: Option<PathBuf>,
+    /// Replace a chart file that is a symbolic link (the link itself, never the file it points to).
+    #[arg(long)]
+    force: bool,
     /// Print the speed model's calibration data and its leave-one-out accuracy, then exit.
     #[arg(long)]
     calibration_report: bool,
@@ -115,6 +119,28 @@ fn search_of(args: &Args, hw: &[hardware::HardwareProfile]) -> Result<Search> {
     ] {
         if !(v.is_finite() && v > 0.0) {
             bail!("{name} must be a positive number, got {v}");
+        }
+    }
+    if args.max_devices > 64 {
+        bail!(
+            "--max-devices {} is more than quantfit plans for (64)",
+            args.max_devices
+        );
+    }
+    if !(args.electricity.is_finite() && args.electricity >= 0.0) {
+        bail!(
+            "--electricity must be a price of zero or more, got {}",
+            args.electricity
+        );
+    }
+    let several = args.devices.is_some_and(|d| d > 1) || matches!(args.split, SplitArg::Row);
+    if several {
+        if let Some(h) = hw.iter().find(|h| h.kind != "gpu") {
+            bail!(
+                "--devices and --split row need GPU profiles; {} is a {} profile (one machine, one memory)",
+                h.id,
+                h.kind
+            );
         }
     }
     if let Some(d) = args.devices {
@@ -189,6 +215,18 @@ pub fn run(args: Args) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
+    if quants.is_empty() {
+        bail!(
+            "--quant names no file type; known: {}",
+            FileType::names().join(", ")
+        );
+    }
+    if models.is_empty() {
+        bail!(
+            "--model names no model; known: {}",
+            catalog::ids().join(", ")
+        );
+    }
     let hw = split_list(&args.hardware)
         .map(hardware::resolve)
         .collect::<Result<Vec<_>>>()?;
@@ -204,7 +242,7 @@ pub fn run(args: Args) -> Result<()> {
         quants: &quants,
         hardware: &hw,
         scenario: Scenario {
-            ctx: search.min_ctx,
+            ctx: args.ctx,
             batch: args.batch,
             host_memory_gb: args.host_memory,
             host_bandwidth_gbs: args.host_bandwidth,
@@ -221,25 +259,7 @@ pub fn run(args: Args) -> Result<()> {
     })?;
 
     if let Some(dir) = &args.chart {
-        for h in &hw {
-            let rows: Vec<_> = result
-                .rows
-                .iter()
-                .filter(|r| r.hardware == h.id)
-                .cloned()
-                .collect();
-            let sub = if hw.len() > 1 {
-                dir.join(&h.id)
-            } else {
-                dir.clone()
-            };
-            let files = write_charts(&rows, h, &sub)?;
-            if !args.json {
-                for f in files {
-                    eprintln!("wrote {}", f.display());
-                }
-            }
-        }
+        write_charts(&result, &hw, dir, &args)?;
     }
     if args.json {
         println!(
@@ -248,6 +268,7 @@ pub fn run(args: Args) -> Result<()> {
                 "rows": result.rows,
                 "recommendation": result.recommendation.as_ref().map(|r| &r.0),
                 "recommended": result.recommendation.as_ref().map(|r| r.1),
+                "unmet": result.unmet,
             }))?
         );
     } else {
@@ -259,9 +280,88 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
+/// Draws every chart in memory, checks every target, then writes them all or none.
+fn write_charts(
+    result: &Plan,
+    hw: &[hardware::HardwareProfile],
+    dir: &std::path::Path,
+    args: &Args,
+) -> Result<()> {
+    let mut files = Vec::new();
+    for h in hw {
+        let rows: Vec<_> = result
+            .rows
+            .iter()
+            .filter(|r| r.hardware == h.id)
+            .cloned()
+            .collect();
+        let sub = if hw.len() > 1 {
+            dir.join(&h.id)
+        } else {
+            dir.to_path_buf()
+        };
+        for (name, bytes) in chart::render(&rows, h)? {
+            files.push((sub.join(name), bytes));
+        }
+    }
+    if files.is_empty() {
+        eprintln!("note: no chart written: no row has a perplexity to draw (pass --results from quantfit eval, or plan a model whose family has published figures)");
+        return Ok(());
+    }
+    // Nothing the plan read may be replaced by a chart: results, profiles, models.
+    let inputs = Inputs::capture(output::files_of(
+        args.results
+            .iter()
+            .cloned()
+            .chain(split_list(&args.hardware).map(std::path::PathBuf::from))
+            .chain(split_list(&args.model).map(std::path::PathBuf::from)),
+    ));
+    let paths: Vec<_> = files.iter().map(|(p, _)| p.clone()).collect();
+    let mut folders = Vec::new();
+    for p in &paths {
+        if let Some(parent) = p.parent().filter(|d| !d.exists()) {
+            folders.push(output::CreatedDir::create(parent)?);
+        }
+    }
+    let targets = output::check_all(&paths, &inputs, args.force)?;
+    let mut pending = Vec::new();
+    for (t, (_, bytes)) in targets.iter().zip(&files) {
+        let mut f = output::AtomicFile::create(t)?;
+        std::io::Write::write_all(&mut f, bytes)
+            .with_context(|| format!("{}: write failed", t.path().display()))?;
+        pending.push(f.finish()?);
+    }
+    output::commit_all(pending)?;
+    folders.into_iter().for_each(output::CreatedDir::keep);
+    if !args.json {
+        for p in &paths {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
 fn print_table(result: &Plan, args: &Args) {
+    if result.rows.is_empty() {
+        println!("no row is left within the budget");
+        return;
+    }
+    let wm = result
+        .rows
+        .iter()
+        .map(|r| r.model.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let wc = result
+        .rows
+        .iter()
+        .map(|r| r.config.len())
+        .max()
+        .unwrap_or(13)
+        .max(13);
     println!(
-        "{:<2}{:<15} {:<7} {:<34} {:>7} {:>6} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7}  basis",
+        "{:<2}{:<wm$} {:<7} {:<wc$} {:>7} {:>6} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9} {:>7}  basis",
         "",
         "model",
         "quant",
@@ -283,7 +383,7 @@ fn print_table(result: &Plan, args: &Args) {
             "NO".to_string()
         };
         println!(
-            "{:<2}{:<15} {:<7} {:<34} {:>7.2} {:>6.2} {:>7.2} {:>9.2} {:>8} {:>8} {:>8.1} {:>9.3} {:>7}  {}",
+            "{:<2}{:<wm$} {:<7} {:<wc$} {:>7.2} {:>6.2} {:>7.2} {:>7.2} {:>8} {:>7} {:>7.1} {:>9.3} {:>7}  {}",
             if r.recommended { "*" } else { "" },
             r.model,
             r.quant,
@@ -301,8 +401,29 @@ fn print_table(result: &Plan, args: &Args) {
         );
     }
     println!(
-        "\nsizes in GiB (device: all devices together; host: system memory); headroom: free GiB on the fullest device; decode in tokens/s at ctx {}, batch {}; $/Mtok for generated tokens at batch {}",
+        "\nsizes in GiB (device: all devices together; host: system memory); headroom: free GiB on the fullest device; decode: tokens/s per sequence at ctx {}, batch {}; $/Mtok for generated tokens at batch {}",
         args.ctx, args.batch, args.batch
+    );
+    if result
+        .rows
+        .iter()
+        .any(|r| r.split == Split::Row && r.devices > 1)
+    {
+        println!("row-split speeds are the model's assumption (bandwidth adds up, two all-reduces per layer): no published multi-GPU llama-bench point calibrates them yet");
+    }
+    let mut bases: Vec<&str> = result.rows.iter().map(|r| r.cost_basis.as_str()).collect();
+    bases.sort();
+    bases.dedup();
+    println!(
+        "cost: {}{}",
+        bases.join("; "),
+        if bases.iter().any(|b| b.starts_with("rented"))
+            && bases.iter().any(|b| b.starts_with("owned"))
+        {
+            " (rented and owned prices side by side: compare with care)"
+        } else {
+            ""
+        }
     );
     let mut scales: Vec<&str> = result
         .rows

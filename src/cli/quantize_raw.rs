@@ -3,7 +3,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::output::write_atomic;
+use crate::output::{self, AtomicFile, Inputs};
 use crate::quant::{dequantize, error_stats, quantize_into, GgmlType, Isa, QuantizeOptions};
 use crate::source::raw::{read_f32_file, read_matrix};
 
@@ -32,6 +32,9 @@ pub struct Args {
     /// Quantize each type this many times into the same buffer and report the fastest run.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
+    /// Replace an output that is a symbolic link (the link itself, never the file it points to).
+    #[arg(long)]
+    force: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -70,6 +73,31 @@ pub fn run(args: Args) -> Result<()> {
             ),
         },
     };
+    // Every output planned and checked before any work: no two types to one file, no input
+    // overwritten, nothing written until every type is done.
+    let inputs = Inputs::capture(std::iter::once(&args.input).chain(&args.imatrix));
+    let mut created = None;
+    let targets = match &args.output {
+        None => Vec::new(),
+        Some(out) => {
+            let folder_like = out.is_dir() || out.as_os_str().as_encoded_bytes().ends_with(b"/");
+            let paths: Vec<PathBuf> = if types.len() == 1 && !folder_like {
+                vec![out.clone()]
+            } else {
+                created = Some(output::CreatedDir::create(out)?);
+                let stem = args
+                    .input
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                types
+                    .iter()
+                    .map(|ty| out.join(format!("{stem}.{}.bin", ty.name())))
+                    .collect()
+            };
+            output::check_all(&paths, &inputs, args.force)?
+        }
+    };
     let data = read_matrix(&args.input, args.cols)?;
     let imatrix = args.imatrix.as_deref().map(read_f32_file).transpose()?;
     let rows = data.len() / args.cols;
@@ -79,7 +107,8 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let mut results = Vec::new();
-    for &ty in &types {
+    let mut pending = Vec::new();
+    for (i, &ty) in types.iter().enumerate() {
         let mut bytes = vec![0u8; rows * ty.info().row_bytes(args.cols)];
         let mut seconds = f64::INFINITY;
         for _ in 0..args.repeat {
@@ -90,20 +119,11 @@ pub fn run(args: Args) -> Result<()> {
         }
         let restored = dequantize(ty, &bytes, args.cols)?;
         let stats = error_stats(&data, &restored);
-        if let Some(out) = &args.output {
-            let path = if types.len() == 1 {
-                out.clone()
-            } else {
-                std::fs::create_dir_all(out)
-                    .with_context(|| format!("{}: cannot create folder", out.display()))?;
-                let stem = args
-                    .input
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                out.join(format!("{stem}.{}.bin", ty.name()))
-            };
-            write_atomic(&path, &bytes)?;
+        if let Some(target) = targets.get(i) {
+            let mut f = AtomicFile::create(target)?;
+            std::io::Write::write_all(&mut f, &bytes)
+                .with_context(|| format!("{}: write failed", target.path().display()))?;
+            pending.push(f.finish()?);
         }
         results.push(serde_json::json!({
             "type": ty.name(),
@@ -115,6 +135,11 @@ pub fn run(args: Args) -> Result<()> {
             "seconds": seconds,
             "mb_per_s": data.len() as f64 * 4.0 / 1e6 / seconds,
         }));
+    }
+    inputs.verify()?;
+    output::commit_all(pending)?;
+    if let Some(d) = created {
+        d.keep();
     }
 
     if args.json {

@@ -2,10 +2,9 @@
 //! --results` and by charts. Lines carry what is needed to compare them later: the model, its
 //! type and size, the text and settings, the figures, and the machine that measured them.
 
-use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value as Json;
 
 /// A short description of this machine: host, CPU model, logical CPUs.
@@ -40,20 +39,13 @@ pub fn timestamp() -> u64 {
         .unwrap_or(0)
 }
 
-/// Appends each value as one line. The lines are written with a single `write_all`, so a
-/// failure never leaves half a line behind a complete one of an earlier run.
-pub fn append(path: &Path, values: &[Json]) -> Result<()> {
+/// Appends each value as one line, in one write that is undone if it fails part-way (see
+/// `output::append`: the results file is checked as an output, never one of `inputs`).
+pub fn append(path: &Path, values: &[Json], inputs: &crate::output::Inputs) -> Result<()> {
     let mut text = String::new();
     for v in values {
         text.push_str(&serde_json::to_string(v)?);
         text.push('\n');
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("{}: cannot open the results file", path.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|_| file.flush())
-        .with_context(|| format!("{}: cannot append results", path.display()))
+    crate::output::append(path, text.as_bytes(), inputs)
 }

@@ -67,6 +67,52 @@ pub struct BaselineStore {
     file: File,
     floats_per_chunk: usize,
     written: usize,
+    /// Removes the file if the run is interrupted.
+    _slot: Option<crate::output::guard::TempSlot>,
+}
+
+/// Removes baseline stores left in the temporary folder by runs that were killed: the exact
+/// name pattern, a regular file of this user, its writer's pid gone.
+fn remove_stale_stores(dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("quantfit-baseline-"))
+            .and_then(|r| r.strip_suffix(".f32"))
+        else {
+            continue;
+        };
+        let Some((pid, nanos)) = rest.split_once('-') else {
+            continue;
+        };
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_digit());
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if digits(nanos)
+            && meta.file_type().is_file()
+            && meta.uid() == uid
+            && pid != std::process::id()
+            && !crate::output::guard::process_alive(pid)
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            eprintln!(
+                "note: removed {}, a baseline store left by an interrupted run",
+                e.path().display()
+            );
+        }
+    }
 }
 
 impl BaselineStore {
@@ -75,17 +121,25 @@ impl BaselineStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
+        let dir = std::env::temp_dir();
+        remove_stale_stores(&dir);
+        let path = dir.join(format!(
             "quantfit-baseline-{}-{nanos}.f32",
             std::process::id()
         ));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .with_context(|| format!("{}: cannot create the baseline store", path.display()))?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("{}: cannot create the baseline store", path.display()))?
+        };
         Ok(BaselineStore {
+            _slot: crate::output::guard::register_temp(&path),
             path,
             file,
             floats_per_chunk,

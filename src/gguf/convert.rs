@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use super::imatrix::Imatrix;
 use super::{GgufWriter, TensorSpec, Value};
+use crate::output::{self, Inputs};
 use crate::quant::rules::{tensor_type, FileType, ModelFacts, RuleOptions};
 use crate::quant::{quantize_into, GgmlType, Isa, QuantizeOptions};
 use crate::source::arch::permute_qk_rows;
@@ -25,6 +26,10 @@ pub struct ConvertOptions {
     pub imatrix: Option<Imatrix>,
     pub isa: Isa,
     pub progress: bool,
+    /// Replace an output that is a symbolic link (the link, never its target).
+    pub force: bool,
+    /// Files read besides the model folder's (the importance matrix), which no output may be.
+    pub extra_inputs: Vec<PathBuf>,
 }
 
 /// One tensor of the source, as the outputs will hold it.
@@ -261,16 +266,26 @@ fn metadata(
 }
 
 /// Where each file type goes: the given file for one type, `<folder>/<name>-<TYPE>.gguf` else.
-pub fn output_paths(model_name: &str, types: &[FileType], output: &Path) -> Result<Vec<PathBuf>> {
-    if types.len() == 1 && !output.is_dir() {
-        return Ok(vec![output.to_path_buf()]);
+/// Where each output goes: `output` itself for one type (unless it is, or ends like, a folder),
+/// else `output/MODEL-TYPE.gguf`; the folder is made if missing (and removed again if the run
+/// fails, through the returned guard).
+pub fn output_paths(
+    model_name: &str,
+    types: &[FileType],
+    output: &Path,
+) -> Result<(Vec<PathBuf>, Option<output::CreatedDir>)> {
+    let folder_like = output.is_dir() || output.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if types.len() == 1 && !folder_like {
+        return Ok((vec![output.to_path_buf()], None));
     }
-    std::fs::create_dir_all(output)
-        .with_context(|| format!("{}: cannot create output folder", output.display()))?;
-    Ok(types
-        .iter()
-        .map(|t| output.join(format!("{model_name}-{}.gguf", t.name())))
-        .collect())
+    let dir = output::CreatedDir::create(output)?;
+    Ok((
+        types
+            .iter()
+            .map(|t| output.join(format!("{model_name}-{}.gguf", t.name())))
+            .collect(),
+        Some(dir),
+    ))
 }
 
 pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSummary>> {
@@ -284,7 +299,9 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
         eprintln!("warning: {w}");
     }
     let name = model.display_name();
-    let paths = output_paths(&name, &opts.types, &opts.output)?;
+    let inputs = Inputs::capture(model.input_files().iter().chain(&opts.extra_inputs));
+    let (paths, created) = output_paths(&name, &opts.types, &opts.output)?;
+    let targets = output::check_all(&paths, &inputs, opts.force)?;
     let mut rules = opts.rules.clone();
     rules.has_imatrix = opts.imatrix.is_some();
 
@@ -317,9 +334,9 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
         }
     }
     let mut writers = Vec::new();
-    for ((ft, path), s) in opts.types.iter().zip(&paths).zip(&specs) {
+    for ((ft, target), s) in opts.types.iter().zip(&targets).zip(&specs) {
         writers.push(GgufWriter::create(
-            path,
+            target,
             &metadata(model, &vocab, *ft, &name, opts.imatrix.as_ref()),
             s.clone(),
         )?);
@@ -373,13 +390,17 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
         bar.inc(data.len() as u64 * 4);
     }
     bar.finish_and_clear();
+    // Every output complete and synced, the inputs as they were: only then do the outputs
+    // take their names, all of them or none.
     let mut summaries = Vec::new();
+    let mut pending = Vec::new();
     for ((w, path), (ft, s)) in writers
         .into_iter()
         .zip(paths)
         .zip(opts.types.iter().zip(specs))
     {
-        let file_bytes = w.finish()?;
+        let (done, file_bytes) = w.finish()?;
+        pending.push(done);
         let tensor_bytes: u64 = s.iter().map(|t| t.bytes()).sum();
         let weights: u64 = s.iter().map(|t| t.elements()).sum();
         summaries.push(OutputSummary {
@@ -398,6 +419,11 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
                 })
                 .collect(),
         });
+    }
+    inputs.verify()?;
+    output::commit_all(pending)?;
+    if let Some(d) = created {
+        d.keep();
     }
     if opts.progress {
         eprintln!(

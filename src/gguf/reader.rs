@@ -28,6 +28,8 @@ pub struct GgufFile {
     pub metadata: Vec<(String, Value)>,
     pub tensors: Vec<TensorInfo>,
     pub data_start: u64,
+    // Declared before `map` so it is dropped (unregistered) before the map goes.
+    _watch: Option<crate::output::guard::Watched>,
     map: Mmap,
 }
 
@@ -211,6 +213,7 @@ impl GgufFile {
             metadata,
             tensors,
             data_start,
+            _watch: crate::output::guard::watch_mapping(map.as_ptr(), map.len(), path),
             map,
         })
     }

@@ -4,12 +4,11 @@
 //! a temporary name and appears under its own only when complete.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 use super::{align_up, Value, DEFAULT_ALIGNMENT, MAGIC, VERSION};
-use crate::output::AtomicFile;
+use crate::output::{AtomicFile, Pending, Target};
 use crate::quant::GgmlType;
 
 /// One tensor as the file will describe it. `dims` are innermost first (ggml's `ne`).
@@ -88,12 +87,12 @@ fn write_value(w: &mut impl Write, v: &Value) -> std::io::Result<u64> {
 impl GgufWriter {
     /// Write the header, metadata and tensor descriptors.
     pub fn create(
-        path: &Path,
+        target: &Target,
         metadata: &[(String, Value)],
         tensors: Vec<TensorSpec>,
     ) -> Result<GgufWriter> {
-        let display = path.display().to_string();
-        let mut file = AtomicFile::create(path)?;
+        let display = target.path().display().to_string();
+        let mut file = AtomicFile::create(target)?;
         let mut pos = 0u64;
         let io = |e: std::io::Error| anyhow::anyhow!("{display}: write failed: {e}");
         {
@@ -187,8 +186,9 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// Check every tensor was written, then move the file into place. Returns its size.
-    pub fn finish(self) -> Result<u64> {
+    /// Check every tensor was written and sync the file; it takes its name when the returned
+    /// `Pending` is committed. Returns the file's size too.
+    pub fn finish(self) -> Result<(Pending, u64)> {
         if self.next != self.tensors.len() {
             bail!(
                 "{}: only {} of {} tensors written",
@@ -198,7 +198,6 @@ impl GgufWriter {
             );
         }
         let size = self.position;
-        self.file.commit()?;
-        Ok(size)
+        Ok((self.file.finish()?, size))
     }
 }

@@ -137,14 +137,19 @@ pub fn by_id(id: &str) -> Option<&'static ModelSpec> {
     catalog().iter().find(|m| m.id == id)
 }
 
-/// The catalog model published as this Hugging Face repository (`org/name`, any case; a
-/// `-hf` suffix ignored), to follow a fine-tune's `base_model` to its base.
+/// The catalog model published as this Hugging Face repository (`org/name`, any case), or
+/// as its chat or instruction-tuned sibling (`-Instruct`, `-chat`, `-it`, `-hf` suffixes),
+/// whose licence is the same, to follow a fine-tune's `base_model` to its base.
 pub fn by_repo(repo: &str) -> Option<&'static ModelSpec> {
     let norm = |r: &str| {
-        r.trim()
-            .to_ascii_lowercase()
-            .trim_end_matches("-hf")
-            .to_string()
+        let mut r = r.trim().trim_end_matches('/').to_ascii_lowercase();
+        r = r.trim_start_matches("https://huggingface.co/").to_string();
+        for suffix in ["-hf", "-instruct", "-chat", "-it"] {
+            if let Some(x) = r.strip_suffix(suffix) {
+                r = x.to_string();
+            }
+        }
+        r.trim_end_matches("-hf").to_string()
     };
     let want = norm(repo);
     catalog()

@@ -78,9 +78,10 @@ pub fn choose(
         estimate: estimate_with(&fp, m, hw, s, &c),
         config: c,
     };
-    // The first KV type with which the configuration runs, else the last tried.
+    // The first KV type with which the configuration runs; when none does, the f16 try (the
+    // one to report: a smaller cache would not have been needed had it fit).
     let with_kv = |devices: u64, gpu_layers: u64| -> Tried {
-        let mut last = None;
+        let mut first = None;
         for &kv in &kvs {
             let t = eval(Config {
                 devices,
@@ -91,25 +92,35 @@ pub fn choose(
             if runs(&t.estimate, search) {
                 return t;
             }
-            last = Some(t);
+            first.get_or_insert(t);
         }
-        last.expect("at least one KV type")
+        first.expect("at least one KV type")
     };
     let mut tried: Vec<Tried> = Vec::new();
     if let Some(layers) = search.gpu_layers {
         tried.push(with_kv(search.devices.unwrap_or(1), layers.min(m.n_layer)));
     } else {
+        // More devices than layers leaves devices idle under a layer split.
+        let most = search.max_devices.clamp(1, m.n_layer.max(1));
         let counts: Vec<u64> = match (search.devices, gpu) {
             (Some(d), _) => vec![d],
-            (None, true) => (1..=search.max_devices.max(1)).collect(),
+            (None, true) => (1..=most).collect(),
             (None, false) => vec![1],
         };
         for n in counts {
-            tried.push(with_kv(n, m.n_layer));
+            let t = with_kv(n, m.n_layer);
+            let ran = runs(&t.estimate, search);
+            tried.push(t);
+            // Under a layer split more devices only cost more once one count runs.
+            if ran && search.split == Split::Layer {
+                break;
+            }
         }
         let one_device = search.devices.is_none_or(|d| d == 1);
         if gpu && one_device && !runs(&tried[0].estimate, search) {
-            if let Some(t) = most_layers(&fp, m, hw, s, search, &kvs) {
+            // The cache type that holds the context (f16 unless pinned); a smaller cache only
+            // to squeeze in layers would trade quality the plan does not measure.
+            if let Some(t) = most_layers(&fp, m, hw, s, search, kvs[0]) {
                 tried.push(t);
             }
         }
@@ -157,9 +168,8 @@ fn most_layers(
     hw: &HardwareProfile,
     s: &Scenario,
     search: &Search,
-    kvs: &[KvType],
+    kv: KvType,
 ) -> Option<Tried> {
-    let kv = kvs[0];
     let at = |layers: u64| {
         let c = Config {
             devices: 1,
@@ -214,10 +224,18 @@ fn shortfall(
             gib(e.host_capacity_bytes)
         );
     }
+    if m.context < search.min_ctx {
+        return format!(
+            "the model was trained for a context of {} tokens, {} asked for",
+            m.context, search.min_ctx
+        );
+    }
     if e.max_ctx < search.min_ctx {
         return format!(
-            "holds a context of {} tokens at most (model: {}), {} needed",
-            e.max_ctx, m.context, search.min_ctx
+            "holds a context of {} tokens at most with {}, {} asked for",
+            e.max_ctx,
+            describe(c, hw, m.n_layer),
+            search.min_ctx
         );
     }
     format!(

@@ -322,6 +322,8 @@ pub struct Estimate {
     pub batch_tokens_per_s: f64,
     pub prefill_tokens_per_s: f64,
     pub usd_per_hour: f64,
+    /// How the hourly price is made: rented (cloud) or owned (purchase over years plus power).
+    pub cost_basis: String,
     pub usd_per_million_tokens: f64,
     pub usd_per_million_prefill_tokens: f64,
     pub monthly_usd: f64,
@@ -498,13 +500,17 @@ pub fn estimate_with(
     };
     let prefill = ubatch / (ubatch * 2.0 * params / compute_rate + upload_s);
 
-    let hourly = match (hw.cloud_usd_per_hour, hw.purchase_usd) {
-        (Some(c), _) => c * n,
-        (None, Some(p)) => {
+    let (hourly, cost_basis) = match (hw.cloud_usd_per_hour, hw.purchase_usd) {
+        (Some(c), _) => (c * n, format!("rented: ${c}/h per device")),
+        (None, Some(p)) => (
             p * n / (s.amortize_years * 8760.0)
-                + hw.power_w * n / 1000.0 * s.electricity_usd_per_kwh
-        }
-        (None, None) => f64::NAN,
+                + hw.power_w * n / 1000.0 * s.electricity_usd_per_kwh,
+            format!(
+                "owned: ${p} per device over {} years plus {} W at ${}/kWh",
+                s.amortize_years, hw.power_w, s.electricity_usd_per_kwh
+            ),
+        ),
+        (None, None) => (f64::NAN, "no price in the profile".to_string()),
     };
     let kv_bytes = kv_bytes_per_token(m, c.kv) * tokens;
     let overhead = overhead_bytes(m, hw, 512) * if hw.kind == "gpu" { n } else { 1.0 };
@@ -520,10 +526,16 @@ pub fn estimate_with(
         fits,
         headroom_bytes: capacity - device_max,
         max_ctx,
-        decode_tokens_per_s: decode,
+        // Per sequence at the batch asked for (at batch 1, the single-stream speed).
+        decode_tokens_per_s: if s.batch > 1 {
+            batch_tps / s.batch as f64
+        } else {
+            decode
+        },
         batch_tokens_per_s: batch_tps,
         prefill_tokens_per_s: prefill,
         usd_per_hour: hourly,
+        cost_basis,
         usd_per_million_tokens: hourly / (batch_tps * 3600.0) * 1e6,
         usd_per_million_prefill_tokens: hourly / (prefill * 3600.0) * 1e6,
         monthly_usd: hourly * 730.0,

@@ -111,8 +111,18 @@ pub fn ids() -> Vec<&'static str> {
 impl HardwareProfile {
     /// Device memory in bytes. Vendors' memory "GB" are binary: a 24 GB RTX 4090 has 24 GiB
     /// (nvidia-smi: 24564 MiB), an 80 GB H100 80 GiB, a 192 GB M2 Ultra 192 GiB.
+    ///
+    /// On Apple's unified memory the GPU may wire only Metal's recommendedMaxWorkingSetSize:
+    /// about 75% of the memory on machines up to 64 GB (11.84 of 16 GB reported on an M3,
+    /// 47-49 of 64 GB on an M2 Max, llama.cpp issue #1870), about 84% above (107.5 of 128 GiB,
+    /// antirez/ds4 #909); `sudo sysctl iogpu.wired_limit_mb` raises it (then edit the profile).
     pub fn memory_bytes(&self) -> f64 {
-        self.memory_gb * 1024.0 * 1024.0 * 1024.0
+        let bytes = self.memory_gb * 1024.0 * 1024.0 * 1024.0;
+        if self.kind == "apple" {
+            bytes * if self.memory_gb <= 64.0 { 0.75 } else { 0.84 }
+        } else {
+            bytes
+        }
     }
 }
 

@@ -72,10 +72,13 @@ fn assemble(s: Stated) -> Licence {
                 b.license.weights_terms
             ),
         ),
-        (Some(l), None) => (
-            l.clone(),
-            own_terms.unwrap_or("see the licence text").to_string(),
-        ),
+        (Some(l), None) => match &base_name {
+            Some(n) => (
+                format!("{l}; a fine-tune of {n}, which is not in the catalog: its terms may apply too, check them"),
+                own_terms.unwrap_or("see the licence text").to_string(),
+            ),
+            None => (l.clone(), own_terms.unwrap_or("see the licence text").to_string()),
+        },
         (None, Some(b)) => (
             format!(
                 "{} (inherited: a fine-tune of {}; {} names no licence)",

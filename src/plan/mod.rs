@@ -20,7 +20,25 @@ use config::{choose, describe, Search};
 use estimate::{KvType, Scenario, Split};
 use hardware::HardwareProfile;
 use quality::measured::Measured;
-use quality::{expected, f16_ppl, published, Basis, Quality};
+use quality::{expected, f16_base, published, relative_loss_pct, Basis, Quality};
+
+/// The model's published MMLU, else its stand-in's, labelled.
+fn mmlu_of(m: &ModelSpec) -> (Option<f64>, Option<String>) {
+    if let Some(b) = &m.mmlu {
+        return (Some(b.score), Some(b.source.clone()));
+    }
+    let proxy = m.quality_proxy.as_deref().and_then(catalog::by_id);
+    match proxy.and_then(|p| Some((p, p.mmlu.as_ref()?))) {
+        Some((p, b)) => (
+            Some(b.score),
+            Some(format!(
+                "{} (stand-in: {}'s; {} has none published)",
+                b.source, p.name, m.name
+            )),
+        ),
+        None => (None, None),
+    }
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanRow {
@@ -59,6 +77,7 @@ pub struct PlanRow {
     pub batch_tokens_per_s: f64,
     pub prefill_tokens_per_s: f64,
     pub usd_per_hour: f64,
+    pub cost_basis: String,
     pub usd_per_million_tokens: f64,
     pub usd_per_million_prefill_tokens: f64,
     pub monthly_usd: f64,
@@ -72,6 +91,7 @@ pub struct PlanRow {
     pub quality_source: String,
     /// MMLU of the unquantized model as its authors report it (compares across tokenizers).
     pub mmlu: Option<f64>,
+    pub mmlu_source: Option<String>,
     pub license: String,
     pub license_terms: String,
     pub license_architecture: String,
@@ -109,29 +129,93 @@ pub struct Plan {
     pub unmet: Option<String>,
 }
 
-/// The quality of one row: a measured result first, else published or estimated.
-fn row_quality(
-    m: &ModelSpec,
-    q: FileType,
+fn measured_line<'a>(m: &ModelSpec, q: FileType, measured: &'a [Measured]) -> Option<&'a Measured> {
+    measured.iter().rev().find(|r| {
+        r.names().any(|n| *n == m.id || *n == m.name) && FileType::from_name(&r.quant) == Some(q)
+    })
+}
+
+/// The quality of every (model, type): a measured result first, else published or estimated.
+///
+/// A measured PPL ratio carries over to the family's published scale. An absolute measured
+/// PPL is on the scale of its own tokens: it replaces the family's published scale only when
+/// every planned row of that family was measured on those same tokens; otherwise the row keeps
+/// its published or estimated figure and the measurement is named beside it, so that one
+/// family is never split across two scales.
+fn qualities(
+    models: &[ModelSpec],
+    quants: &[FileType],
     imatrix: bool,
     measured: &[Measured],
-) -> Option<Quality> {
-    let line = measured.iter().rev().find(|r| {
-        r.names().any(|n| *n == m.id || *n == m.name) && FileType::from_name(&r.quant) == Some(q)
-    });
-    if let Some(line) = line {
-        let scale = m.scale.as_deref().and_then(|s| published().scale_label(s));
-        let base = f16_ppl(m).zip(scale).map(|(b, s)| {
-            let basis = if published().find(&m.id, "F16", false).is_some() {
-                Basis::Published
-            } else {
-                Basis::Estimated
-            };
-            (b, s, basis)
-        });
-        return line.quality(base);
+) -> Vec<Vec<Option<Quality>>> {
+    let on_published_scale = |m: &ModelSpec| {
+        let scale = m
+            .scale
+            .as_deref()
+            .and_then(|s| published().scale_label(s))?;
+        f16_base(m).map(|(b, basis, _)| (b, scale, basis))
+    };
+    // Per published scale: the one measured scale every row of that family was measured on.
+    let mut replaced: Vec<(String, Option<String>)> = Vec::new();
+    for m in models {
+        let Some(id) = m.scale.clone() else { continue };
+        let mut common: Option<Option<String>> = replaced
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map(|(_, c)| c.clone());
+        for &q in quants {
+            let own = measured_line(m, q, measured)
+                .filter(|l| l.ratio.is_none())
+                .map(|l| l.scale.clone());
+            common = Some(match common {
+                None => own,
+                Some(c) if c == own => c,
+                Some(_) => None,
+            });
+        }
+        replaced.retain(|(s, _)| *s != id);
+        replaced.push((id, common.flatten()));
     }
-    expected(m, q, imatrix)
+    models
+        .iter()
+        .map(|m| {
+            let family_measured = m
+                .scale
+                .as_ref()
+                .and_then(|id| replaced.iter().find(|(s, _)| s == id))
+                .and_then(|(_, c)| c.clone());
+            quants
+                .iter()
+                .map(|&q| {
+                    let line = measured_line(m, q, measured);
+                    let published_scale = on_published_scale(m);
+                    match line {
+                        Some(l)
+                            if l.ratio.is_some()
+                                || published_scale.is_none()
+                                || family_measured.is_some() =>
+                        {
+                            l.quality(if family_measured.is_some() {
+                                None
+                            } else {
+                                published_scale
+                            })
+                        }
+                        Some(l) => expected(m, q, imatrix).map(|mut x| {
+                            x.source.push_str(&format!(
+                                "; also measured: PPL {:.4} on {} ({}), another scale, so not used",
+                                l.ppl.unwrap_or(f64::NAN),
+                                l.scale,
+                                l.origin
+                            ));
+                            x
+                        }),
+                        None => expected(m, q, imatrix),
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Every results line must be about a planned model: a line nobody planned is a mistake the
@@ -170,10 +254,16 @@ pub fn plan(req: &Request) -> Result<Plan> {
     check_measured(req.models, req.measured)?;
     let s = &req.scenario;
     let mut rows = Vec::new();
-    for m in req.models {
+    let quality = qualities(req.models, req.quants, req.imatrix, req.measured);
+    for (mi, m) in req.models.iter().enumerate() {
         let params = parameter_count(m);
-        for &q in req.quants {
-            let quality = row_quality(m, q, req.imatrix, req.measured);
+        let (mmlu, mmlu_source) = mmlu_of(m);
+        for (qi, &q) in req.quants.iter().enumerate() {
+            let quality = quality[mi][qi].clone();
+            let relative = quality
+                .as_ref()
+                .and_then(|x| x.delta_pct)
+                .or_else(|| relative_loss_pct(m, q, req.imatrix));
             for hw in req.hardware {
                 let choice = choose(m, q, hw, s, &req.search);
                 let (c, e) = (&choice.config, &choice.estimate);
@@ -207,19 +297,27 @@ pub fn plan(req: &Request) -> Result<Plan> {
                     batch_tokens_per_s: e.batch_tokens_per_s,
                     prefill_tokens_per_s: e.prefill_tokens_per_s,
                     usd_per_hour: e.usd_per_hour,
+                    cost_basis: e.cost_basis.clone(),
                     usd_per_million_tokens: e.usd_per_million_tokens,
                     usd_per_million_prefill_tokens: e.usd_per_million_prefill_tokens,
                     monthly_usd: e.monthly_usd,
                     ppl: quality.as_ref().map(|x| x.ppl),
                     ppl_basis: quality.as_ref().map(|x| x.basis),
                     ppl_scale: quality.as_ref().map(|x| x.scale.clone()),
-                    quality_delta_pct: quality.as_ref().and_then(|x| x.delta_pct),
+                    quality_delta_pct: relative,
                     kld: quality.as_ref().and_then(|x| x.kld),
                     quality_source: quality
                         .as_ref()
-                        .map(|x| x.source.clone())
-                        .unwrap_or_else(|| "no published, estimated or measured perplexity for this model (run quantfit eval and pass --results)".into()),
-                    mmlu: m.mmlu.as_ref().map(|b| b.score),
+                        .map(|x| match c.kv {
+                            KvType::F16 => x.source.clone(),
+                            kv => format!("{}; with a {} KV cache, whose own (small) loss is not in this figure", x.source, kv.name()),
+                        })
+                        .unwrap_or_else(|| match relative {
+                            Some(_) => "no published or measured perplexity for this family (run quantfit eval and pass --results); its loss against its own F16 is estimated with the fitted families' mean offset".into(),
+                            None => "no published, estimated or measured perplexity for this model (run quantfit eval and pass --results)".into(),
+                        }),
+                    mmlu,
+                    mmlu_source: mmlu_source.clone(),
                     license: m.license.weights.clone(),
                     license_terms: m.license.weights_terms.clone(),
                     license_architecture: m.license.architecture.clone(),
@@ -234,15 +332,14 @@ pub fn plan(req: &Request) -> Result<Plan> {
     }
     let all = rows.clone();
     let f = &req.filters;
+    // The budget applies to every row: one over it is out whether it runs or not.
     rows.retain(|r| {
-        !r.fits
-            || (f
-                .max_memory_gb
-                .is_none_or(|g| r.total_bytes as f64 <= g * estimate::GIB)
-                && f.max_usd_per_mtok
-                    .is_none_or(|c| r.usd_per_million_tokens <= c))
+        f.max_memory_gb
+            .is_none_or(|g| r.total_bytes as f64 <= g * estimate::GIB)
+            && f.max_usd_per_mtok
+                .is_none_or(|c| r.usd_per_million_tokens <= c || r.usd_per_million_tokens.is_nan())
     });
-    let recommendation = recommend::recommend(&rows, req.models);
+    let recommendation = recommend::recommend(&rows, &all, req.models);
     if let Some((_, i)) = &recommendation {
         rows[*i].recommended = true;
     }

@@ -53,42 +53,67 @@ fn where_text(r: &PlanRow) -> String {
     format!("{} on {}", r.quant, r.config)
 }
 
+/// The key rows compare under: their perplexity scale, or for a model without any
+/// perplexity its own id (such a model compares with others only through MMLU).
+fn group_of(r: &PlanRow) -> String {
+    match &r.ppl_scale {
+        Some(s) => s.clone(),
+        None => format!("model {}", r.model_id),
+    }
+}
+
+/// The best of rows in one group: the lowest perplexity (ties within 1% to the cheaper, then
+/// faster); without perplexities, the least quantization loss against the model's own F16
+/// (estimated) under the same tie rule.
+fn best_in_group(rows: &[PlanRow], idx: &[usize]) -> Option<usize> {
+    if idx.iter().any(|&i| rows[i].ppl.is_some()) {
+        return best_ppl(rows, idx);
+    }
+    let loss = |i: usize| rows[i].quality_delta_pct.unwrap_or(f64::INFINITY);
+    let least = idx.iter().map(|&i| loss(i)).fold(f64::INFINITY, f64::min);
+    idx.iter()
+        .copied()
+        .filter(|&i| loss(i) <= least + 100.0 * TIE || !least.is_finite())
+        .min_by(|&a, &b| cheaper_then_faster(rows, a, b))
+}
+
+/// The other model's lowest perplexity (ties to the cheaper), else its best by loss.
+fn best_of_model(rows: &[PlanRow], runs: &[usize], id: &str) -> Option<usize> {
+    let mine: Vec<usize> = runs
+        .iter()
+        .copied()
+        .filter(|&i| rows[i].model_id == id)
+        .collect();
+    if mine.iter().any(|&i| rows[i].ppl.is_some()) {
+        return mine
+            .iter()
+            .copied()
+            .filter(|&i| rows[i].ppl.is_some())
+            .min_by(|&a, &b| {
+                rows[a]
+                    .ppl
+                    .unwrap_or(f64::INFINITY)
+                    .total_cmp(&rows[b].ppl.unwrap_or(f64::INFINITY))
+                    .then(cheaper_then_faster(rows, a, b))
+            });
+    }
+    best_in_group(rows, &mine)
+}
+
 /// For each planned model other than the winner's: its best running row, or why none runs.
 fn others(
     rows: &[PlanRow],
+    all: &[PlanRow],
     runs: &[usize],
     models: &[ModelSpec],
     winner: usize,
-    rated: bool,
 ) -> Vec<String> {
     let mut out = Vec::new();
     for m in models {
         if m.id == rows[winner].model_id {
             continue;
         }
-        let mine: Vec<usize> = runs
-            .iter()
-            .copied()
-            .filter(|&i| rows[i].model_id == m.id)
-            .collect();
-        // The other size's lowest perplexity, whatever it costs (ties to the cheaper).
-        let best = if rated {
-            mine.iter().copied().min_by(|&a, &b| {
-                rows[a]
-                    .ppl
-                    .unwrap_or(f64::INFINITY)
-                    .total_cmp(&rows[b].ppl.unwrap_or(f64::INFINITY))
-                    .then(cheaper_then_faster(rows, a, b))
-            })
-        } else {
-            mine.iter().copied().max_by(|&a, &b| {
-                rows[a]
-                    .bits_per_weight
-                    .total_cmp(&rows[b].bits_per_weight)
-                    .then(cheaper_then_faster(rows, b, a))
-            })
-        };
-        match best {
+        match best_of_model(rows, runs, &m.id) {
             Some(i) => out.push(format!(
                 "best {}: {} ({}, ${:.2}/Mtok, {:.0} tokens/s)",
                 m.name,
@@ -98,11 +123,11 @@ fn others(
                 rows[i].decode_tokens_per_s
             )),
             None => {
-                let why = rows
+                let why = all
                     .iter()
                     .filter(|r| r.model_id == m.id)
                     .find_map(|r| r.shortfall.clone())
-                    .unwrap_or_else(|| "filtered out by the budget".into());
+                    .unwrap_or_else(|| "every configuration is over the budget".into());
                 out.push(format!("no {} configuration runs ({why})", m.name));
             }
         }
@@ -110,20 +135,37 @@ fn others(
     out
 }
 
-pub fn recommend(rows: &[PlanRow], models: &[ModelSpec]) -> Option<(String, usize)> {
+/// `all` is every row before the budget filters, to say why a model has none left.
+pub fn recommend(
+    rows: &[PlanRow],
+    all: &[PlanRow],
+    models: &[ModelSpec],
+) -> Option<(String, usize)> {
     let runs: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].fits).collect();
     if runs.is_empty() {
         return None;
     }
-    let mut scales: Vec<Option<String>> = Vec::new();
+    let mut groups: Vec<String> = Vec::new();
     for &i in &runs {
-        if !scales.contains(&rows[i].ppl_scale) {
-            scales.push(rows[i].ppl_scale.clone());
+        let g = group_of(&rows[i]);
+        if !groups.contains(&g) {
+            groups.push(g);
         }
     }
     let count = format!("{} of {} configurations run", runs.len(), rows.len());
-    if let [Some(scale)] = scales.as_slice() {
-        let w = best_ppl(rows, &runs)?;
+    let finalists: Vec<usize> = groups
+        .iter()
+        .filter_map(|g| {
+            let idx: Vec<usize> = runs
+                .iter()
+                .copied()
+                .filter(|&i| group_of(&rows[i]) == *g)
+                .collect();
+            best_in_group(rows, &idx)
+        })
+        .collect();
+    if let ([w], Some(scale)) = (finalists.as_slice(), rows[finalists[0]].ppl_scale.as_ref()) {
+        let w = *w;
         let r = &rows[w];
         let mut parts = vec![format!(
             "{} {}: expected {} on {scale}, ${:.2}/Mtok, {:.0} tokens/s decode{}",
@@ -134,56 +176,34 @@ pub fn recommend(rows: &[PlanRow], models: &[ModelSpec]) -> Option<(String, usiz
             r.decode_tokens_per_s,
             tight(r)
         )];
-        parts.extend(others(rows, &runs, models, w, true));
-        let lowest = runs.iter().copied().min_by(|&a, &b| {
-            rows[a]
-                .ppl
-                .unwrap_or(f64::INFINITY)
-                .total_cmp(&rows[b].ppl.unwrap_or(f64::INFINITY))
-        })?;
+        parts.extend(others(rows, all, &runs, models, w));
+        // The lowest perplexity of all (the cheapest of equals), when the tie rule passed it.
+        let lowest = runs
+            .iter()
+            .copied()
+            .filter(|&i| rows[i].ppl.is_some())
+            .min_by(|&a, &b| {
+                rows[a]
+                    .ppl
+                    .unwrap_or(f64::INFINITY)
+                    .total_cmp(&rows[b].ppl.unwrap_or(f64::INFINITY))
+                    .then(cheaper_then_faster(rows, a, b))
+            })?;
         if rows[lowest].ppl < r.ppl {
             let l = &rows[lowest];
             parts.push(format!(
-                "{} {} has PPL {:.3} but costs ${:.2}/Mtok: within 1%, the cheaper wins",
+                "the lowest, {} {} at PPL {:.3}, costs ${:.2}/Mtok: within 1%, the cheaper wins",
                 l.model,
                 where_text(l),
                 l.ppl.unwrap_or(f64::NAN),
                 l.usd_per_million_tokens
             ));
         }
+        parts.push(format!("cost {}", r.cost_basis));
         parts.push(count);
         return Some((parts.join("; "), w));
     }
-    // Several scales: each family's winner, then MMLU across them.
-    let mut finalists = Vec::new();
-    for scale in &scales {
-        let idx: Vec<usize> = runs
-            .iter()
-            .copied()
-            .filter(|&i| rows[i].ppl_scale == *scale)
-            .collect();
-        match scale {
-            Some(_) => finalists.extend(best_ppl(rows, &idx)),
-            // Without perplexities: per model, the most bits (the least quantization loss).
-            None => {
-                let mut ids: Vec<&str> = idx.iter().map(|&i| rows[i].model_id.as_str()).collect();
-                ids.dedup();
-                for id in ids {
-                    finalists.extend(
-                        idx.iter()
-                            .copied()
-                            .filter(|&i| rows[i].model_id == id)
-                            .max_by(|&a, &b| {
-                                rows[a]
-                                    .bits_per_weight
-                                    .total_cmp(&rows[b].bits_per_weight)
-                                    .then(cheaper_then_faster(rows, b, a))
-                            }),
-                    );
-                }
-            }
-        }
-    }
+    // Several groups (or one without perplexities): each group's best, then MMLU.
     let mmlu = |i: usize| rows[i].mmlu.unwrap_or(f64::NEG_INFINITY);
     let top = finalists
         .iter()
@@ -202,8 +222,12 @@ pub fn recommend(rows: &[PlanRow], models: &[ModelSpec]) -> Option<(String, usiz
             format!(
                 "{} {} ({}, {})",
                 f.model,
-                f.mmlu
-                    .map_or("no published MMLU".to_string(), |s| format!("MMLU {s:.1}")),
+                match (f.mmlu, f.mmlu_source.as_deref()) {
+                    (Some(s), Some(src)) if src.contains("stand-in") =>
+                        format!("MMLU {s:.1} (a stand-in's)"),
+                    (Some(s), _) => format!("MMLU {s:.1}"),
+                    (None, _) => "no published MMLU".to_string(),
+                },
                 where_text(f),
                 ppl_text(f)
             )
@@ -214,16 +238,19 @@ pub fn recommend(rows: &[PlanRow], models: &[ModelSpec]) -> Option<(String, usiz
             "within its family it has the lowest expected {} on {scale}, +{d:.2}% over its F16",
             ppl_text(r)
         ),
-        (Some(scale), None) => format!(
-            "within its family it has the lowest expected {} on {scale}",
-            ppl_text(r)
+        (Some(scale), None) => format!("within its family it has the lowest expected {} on {scale}", ppl_text(r)),
+        (None, Some(d)) => format!(
+            "no perplexity is known for it; of its types this one loses the least for the money (an estimated +{d:.2}% over its F16)"
         ),
-        (None, _) => {
-            "no perplexity is known for it, so its least-quantized running type was taken".into()
-        }
+        (None, None) => "no perplexity is known for it".into(),
+    };
+    let why = if groups.len() > 1 {
+        "perplexities of different tokenizers or texts do not compare, so each one's best row is ranked by MMLU (5-shot, unquantized, as each model's authors report it; quantization loss not included)"
+    } else {
+        "no perplexity is known for this model"
     };
     let mut parts = vec![format!(
-        "{} {}: perplexities of different tokenizers do not compare, so the families' best rows are ranked by MMLU (5-shot, unquantized, as each model's authors report it; quantization loss not included): {}; {within}, ${:.2}/Mtok, {:.0} tokens/s decode{}",
+        "{} {}: {why}: {}; {within}, ${:.2}/Mtok, {:.0} tokens/s decode{}",
         r.model,
         where_text(r),
         scores.join(", "),
@@ -231,11 +258,8 @@ pub fn recommend(rows: &[PlanRow], models: &[ModelSpec]) -> Option<(String, usiz
         r.decode_tokens_per_s,
         tight(r)
     )];
-    parts.extend(
-        others(rows, &runs, models, w, r.ppl.is_some())
-            .into_iter()
-            .filter(|s| s.starts_with("no ")),
-    );
+    parts.extend(others(rows, all, &runs, models, w));
+    parts.push(format!("cost {}", r.cost_basis));
     parts.push(count);
     Some((parts.join("; "), w))
 }
@@ -244,9 +268,8 @@ pub fn recommend(rows: &[PlanRow], models: &[ModelSpec]) -> Option<(String, usiz
 pub fn closest(all: &[PlanRow], f: &Filters, search: &Search) -> String {
     let runs: Vec<&PlanRow> = all.iter().filter(|r| r.fits).collect();
     if runs.is_empty() {
-        let nearest = all
-            .iter()
-            .min_by(|a, b| a.total_bytes.cmp(&b.total_bytes))
+        let nearest = all.iter().min_by(|a, b| a.total_bytes.cmp(&b.total_bytes));
+        let text = nearest
             .map(|r| {
                 format!(
                     "the smallest, {} {}, {}",
@@ -256,21 +279,38 @@ pub fn closest(all: &[PlanRow], f: &Filters, search: &Search) -> String {
                 )
             })
             .unwrap_or_else(|| "nothing was planned".into());
-        let mut tips = Vec::new();
-        if search.devices.is_some() {
-            tips.push("drop --devices");
+        let why = nearest.and_then(|r| r.shortfall.as_deref()).unwrap_or("");
+        let mut tips: Vec<&str> = Vec::new();
+        if why.contains("trained for a context") || why.contains("holds a context") {
+            tips.extend([
+                "a shorter --ctx or --min-ctx",
+                "a model trained for a longer context",
+            ]);
+        }
+        if why.contains("decodes") {
+            tips.extend(["a lower --min-tps", "faster hardware", "a smaller type"]);
+        }
+        if why.contains("GiB on a device") {
+            if search.devices.is_some() {
+                tips.push("drop --devices");
+            }
+            tips.extend([
+                "more --max-devices",
+                "a smaller type",
+                "a smaller --kv-type",
+            ]);
+        }
+        if why.contains("host memory") {
+            tips.extend(["more --host-memory", "more --max-devices"]);
         }
         if search.gpu_layers.is_some() {
             tips.push("drop --gpu-layers");
         }
-        tips.extend([
-            "more --max-devices",
-            "a smaller type",
-            "a shorter --ctx",
-            "more --host-memory",
-        ]);
+        if tips.is_empty() {
+            tips.push("other hardware or a smaller model");
+        }
         return format!(
-            "no configuration runs any planned model: {nearest}; try {}",
+            "no configuration runs any planned model: {text}; try {}",
             tips.join(", ")
         );
     }

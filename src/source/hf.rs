@@ -196,6 +196,27 @@ impl ModelDir {
         Some((&self.shards[s], &self.shards[s].tensors[t]))
     }
 
+    /// Every file of the folder that a conversion may read (those that exist).
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = [
+            "config.json",
+            "model.safetensors.index.json",
+            "tokenizer.json",
+            "tokenizer.model",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "added_tokens.json",
+            "generation_config.json",
+            "README.md",
+        ]
+        .iter()
+        .map(|f| self.path.join(f))
+        .filter(|p| p.is_file())
+        .collect();
+        files.extend(self.shards.iter().map(|s| s.path.clone()));
+        files
+    }
+
     /// Total parameters of the weights.
     pub fn parameter_count(&self) -> u64 {
         self.shards

@@ -58,6 +58,8 @@ impl StTensor {
 pub struct SafetensorsFile {
     pub path: PathBuf,
     pub tensors: Vec<StTensor>,
+    // Declared before `map` so it is dropped (unregistered) before the map goes.
+    _watch: Option<crate::output::guard::Watched>,
     map: Mmap,
 }
 
@@ -156,6 +158,7 @@ impl SafetensorsFile {
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
             tensors,
+            _watch: crate::output::guard::watch_mapping(map.as_ptr(), map.len(), path),
             map,
         })
     }

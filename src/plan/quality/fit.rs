@@ -99,13 +99,46 @@ impl Fit {
             .scales
             .iter()
             .position(|s| Some(s) == m.scale.as_ref())?;
+        self.loss_at(Some(scale), m, ft, imatrix)
+    }
+
+    /// The same with the mean of the fitted families' offsets, for a family never published.
+    pub fn generic_loss(&self, m: &ModelSpec, ft: FileType, imatrix: bool) -> Option<f64> {
+        self.loss_at(None, m, ft, imatrix)
+    }
+
+    fn loss_at(
+        &self,
+        scale: Option<usize>,
+        m: &ModelSpec,
+        ft: FileType,
+        imatrix: bool,
+    ) -> Option<f64> {
         let params = parameter_count(m) as f64;
         let bpw = weight_bytes(m, ft) as f64 * 8.0 / params;
-        match Class::of(ft.name()) {
-            Class::Unquantized => Some(0.0),
-            _ if bpw < MIN_BPW => None,
-            c => Some(self.z(scale, bpw, (params / 1e9).ln(), imatrix, c).exp()),
+        let class = Class::of(ft.name());
+        if class == Class::Unquantized {
+            return Some(0.0);
         }
+        if bpw < MIN_BPW {
+            return None;
+        }
+        let ln_params = (params / 1e9).ln();
+        let z = match scale {
+            Some(s) => self.z(s, bpw, ln_params, imatrix, class),
+            None => {
+                let offsets = &self.p[self.models.len()..self.models.len() + self.scales.len()];
+                let mean = offsets.iter().sum::<f64>() / offsets.len().max(1) as f64;
+                self.z(0, bpw, ln_params, imatrix, class) - offsets[0] + mean
+            }
+        };
+        Some(z.exp())
+    }
+
+    /// exp(d): how much an importance matrix scales the quantization loss.
+    pub fn imatrix_factor(&self) -> f64 {
+        let s = self.models.len() + self.scales.len();
+        self.p[s + 2].exp()
     }
 
     /// Expected perplexity of `m` as `ft` from the fit alone; a model with no published cells
@@ -433,21 +466,22 @@ fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
 /// The line that labels estimated cells.
 pub fn summary_line(median_pct: f64) -> String {
     format!(
-        "quantization loss fitted on llama.cpp's published cells (leave-one-out median error {median_pct:.2}%, reports/quality-estimate.txt)"
+        "quantization loss fitted on llama.cpp's published cells (leave-one-out median error {median_pct:.2}% on this scale, reports/quality-estimate.txt)"
     )
 }
 
-/// The leave-one-out median |error| of quantized cells, as the committed report states it
-/// (tests/plan_quality.rs keeps the report current).
-pub fn held_out_median_pct() -> f64 {
-    include_str!("../../../reports/quality-estimate.txt")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("median |error|, quantized cells: ")
-                .and_then(|r| r.split('%').next())
-                .and_then(|x| x.trim().parse().ok())
-        })
-        .unwrap_or(f64::NAN)
+/// The leave-one-out median |error| of quantized cells, overall or on one scale, as the
+/// committed report states it (tests/plan_quality.rs keeps the report current).
+pub fn held_out_median_pct(scale: Option<&str>) -> f64 {
+    let report = include_str!("../../../reports/quality-estimate.txt");
+    let pick = |l: &str| -> Option<f64> {
+        let rest = match scale {
+            None => l.strip_prefix("median |error|, quantized cells: ")?,
+            Some(s) => l.strip_prefix(&format!("  {s}: median "))?,
+        };
+        rest.split('%').next()?.trim().parse().ok()
+    };
+    report.lines().find_map(pick).unwrap_or(f64::NAN)
 }
 
 /// The leave-one-out report (`quantfit plan --quality-report`, committed as

@@ -142,55 +142,102 @@ fn lookup_name(ft: FileType) -> &'static str {
     }
 }
 
+/// The model's unquantized perplexity on its scale and where it comes from: its own published
+/// figure, else its stand-in's (`quality_proxy`, same tokenizer and size), else the fitted level.
+pub fn f16_base(m: &ModelSpec) -> Option<(f64, Basis, String)> {
+    let pubd = published();
+    if let Some(c) = pubd.find(&m.id, "F16", false) {
+        return Some((c.ppl, Basis::Published, "the published F16 figure".into()));
+    }
+    if let Some(proxy) = m.quality_proxy.as_deref() {
+        if let Some(c) = pubd.find(proxy, "F16", false) {
+            return Some((
+                c.ppl,
+                Basis::Published,
+                format!("the published F16 figure of {proxy} (same tokenizer and size; {} has none of its own)", m.name),
+            ));
+        }
+    }
+    let level = fit::fitted().predict(m, FileType::F16, false)?;
+    let whose = match fit::fitted().model_index(&m.id) {
+        Some(_) => "the fitted F16 level".to_string(),
+        None => format!(
+            "the fitted F16 level of {} (same tokenizer and size)",
+            m.quality_proxy.as_deref().unwrap_or("?")
+        ),
+    };
+    Some((level, Basis::Estimated, whose))
+}
+
+/// The model's unquantized perplexity on its scale: published (its own or its stand-in's),
+/// else estimated.
+pub fn f16_ppl(m: &ModelSpec) -> Option<f64> {
+    f16_base(m).map(|b| b.0)
+}
+
+/// Whether an importance matrix can change the file (ggml ignores it for Q8_0 and F16).
+fn takes_imatrix(ft: FileType) -> bool {
+    ft.is_quantized() && ft.default_type().info().uses_imatrix
+}
+
 /// The expected perplexity of `m` quantized as `ft` (with an importance matrix when
-/// `imatrix`) on its family's published scale: the published figure, else the estimate.
+/// `imatrix`) on its family's published scale: the published figure, else the estimate, which
+/// is the fitted quantization loss on top of the model's F16 figure (so an estimate never
+/// undercuts a published unquantized perplexity).
 pub fn expected(m: &ModelSpec, ft: FileType, imatrix: bool) -> Option<Quality> {
-    let scale = published().scale_label(m.scale.as_deref()?)?.to_string();
+    let scale_id = m.scale.as_deref()?;
+    let scale = published().scale_label(scale_id)?.to_string();
+    let imatrix = imatrix && takes_imatrix(ft);
     let fit = fit::fitted();
-    let base = f16_ppl(m);
-    let delta = |ppl: f64| base.map(|b| (ppl / b - 1.0) * 100.0);
-    if let Some(c) = published().find(&m.id, lookup_name(ft), imatrix) {
+    let (base, _, base_text) = f16_base(m)?;
+    let delta = |ppl: f64| (ppl / base - 1.0) * 100.0;
+    let pubd = published();
+    if let Some(c) = pubd.find(&m.id, lookup_name(ft), imatrix) {
         return Some(Quality {
             ppl: c.ppl,
             basis: Basis::Published,
             scale,
-            delta_pct: delta(c.ppl),
+            delta_pct: Some(delta(c.ppl)),
             kld: c.kld,
-            source: published().citation(c),
+            source: pubd.citation(c),
         });
     }
-    // The fitted loss on top of the model's F16 figure (published where it exists, so an
-    // estimate never undercuts the published unquantized perplexity).
-    let ppl = base? * fit.loss(m, ft, imatrix)?.exp();
-    let stand_in = match fit.model_index(&m.id) {
-        Some(_) => String::new(),
-        None => format!(
-            "; F16 level of {} (same tokenizer, no published figures of its own)",
-            m.quality_proxy.as_deref().unwrap_or("?")
-        ),
-    };
-    let level = if published().find(&m.id, "F16", false).is_some() {
-        "the published F16 figure"
-    } else {
-        "the fitted F16 level"
-    };
+    let error = fit::summary_line(fit::held_out_median_pct(Some(scale_id)));
+    // With an importance matrix and the plain file published: the published loss shrunk by the
+    // fitted imatrix factor (the model's loss with an imatrix is exp(d) times the loss without).
+    if imatrix {
+        if let Some(c) = pubd.find(&m.id, lookup_name(ft), false) {
+            let ppl = base * (c.ppl / base).powf(fit.imatrix_factor());
+            return Some(Quality {
+                ppl,
+                basis: Basis::Estimated,
+                scale,
+                delta_pct: Some(delta(ppl)),
+                kld: None,
+                source: format!(
+                    "the published figure without an importance matrix ({}) with the fitted importance-matrix factor; {error}",
+                    pubd.citation(c)
+                ),
+            });
+        }
+    }
+    let ppl = base * fit.loss(m, ft, imatrix)?.exp();
     Some(Quality {
         ppl,
         basis: Basis::Estimated,
         scale,
-        delta_pct: delta(ppl),
+        delta_pct: Some(delta(ppl)),
         kld: None,
-        source: format!(
-            "{} on top of {level}{stand_in}",
-            fit::summary_line(fit::held_out_median_pct())
-        ),
+        source: format!("{error}, on top of {base_text}"),
     })
 }
 
-/// The model's unquantized perplexity on its scale: published, else estimated.
-pub fn f16_ppl(m: &ModelSpec) -> Option<f64> {
-    published()
-        .find(&m.id, "F16", false)
-        .map(|c| c.ppl)
-        .or_else(|| fit::fitted().predict(m, FileType::F16, false))
+/// For a model whose family has no published perplexity: the quantization loss relative to its
+/// own F16, percent, from the fit with the fitted families' mean offset. It orders a model's
+/// own types (and breaks its ties); it compares nothing across models.
+pub fn relative_loss_pct(m: &ModelSpec, ft: FileType, imatrix: bool) -> Option<f64> {
+    let imatrix = imatrix && takes_imatrix(ft);
+    fit::fitted()
+        .generic_loss(m, ft, imatrix)
+        .map(|l| (l.exp() - 1.0) * 100.0)
 }
