@@ -219,3 +219,123 @@ fn sentencepiece_vocabulary_from_tokenizer_model() {
     assert!(msg.contains("tokenizer.model"), "{msg}");
     assert!(!d.join("bad.gguf").exists());
 }
+
+/// A Llama with `attention_bias: true` (Q/K/V/O biases): the converter writes the biases
+/// (Q/K permuted like their rows), and the folder and its GGUF run through the forward pass to
+/// the same perplexity (the loader once indexed a 1-D bias as a matrix and panicked).
+#[test]
+fn llama_with_attention_biases_converts_and_runs_alike() {
+    let d = dir("llama-bias");
+    common::write_tiny_llama(&d, 1);
+    let mut config = common::tiny_llama_config(1);
+    config["attention_bias"] = serde_json::json!(true);
+    std::fs::write(d.join("config.json"), config.to_string()).unwrap();
+    let mut tensors = common::tiny_llama_tensors(1);
+    for (n, len) in [
+        ("q_proj", 64),
+        ("k_proj", 32),
+        ("v_proj", 32),
+        ("o_proj", 64),
+    ] {
+        let data: Vec<u8> = (0..len)
+            .flat_map(|i| {
+                ((((i % 7) as f32 - 3.0) * 0.05).to_bits() >> 16).to_le_bytes()[..2].to_vec()
+            })
+            .collect();
+        tensors.push(FakeTensor {
+            name: format!("model.layers.0.self_attn.{n}.bias"),
+            dtype: "BF16",
+            shape: vec![len],
+            data,
+        });
+    }
+    std::fs::write(d.join("model.safetensors"), safetensors_bytes(&tensors)).unwrap();
+    let gguf = convert_f32(&d);
+    for name in [
+        "blk.0.attn_q.bias",
+        "blk.0.attn_k.bias",
+        "blk.0.attn_v.bias",
+        "blk.0.attn_output.bias",
+    ] {
+        assert!(gguf.tensor(name).is_some(), "{name}");
+    }
+    let text = d.join("text.txt");
+    let corpus =
+        std::fs::read_to_string(common::shared_dir().join("corpora/pride-and-prejudice.txt"))
+            .unwrap();
+    std::fs::write(&text, &corpus[..20000]).unwrap();
+    let ppl = |model: &std::path::Path| -> f64 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_quantfit"))
+            .args([
+                "eval",
+                model.to_str().unwrap(),
+                "--text",
+                text.to_str().unwrap(),
+                "--ctx",
+                "64",
+                "--chunks",
+                "4",
+                "--no-results",
+                "--json",
+                "-t",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["ppl"].as_f64().unwrap()
+    };
+    let (folder, file) = (ppl(&d), ppl(&d.join("out.gguf")));
+    assert!(
+        (folder / file - 1.0).abs() < 1e-3,
+        "folder {folder} vs GGUF {file}"
+    );
+    // Without the output bias the model is another model: the bias is used, not ignored.
+    let unbiased = dir("llama-bias-off");
+    common::write_tiny_llama(&unbiased, 1);
+    assert!((ppl(&unbiased) / folder - 1.0).abs() > 1e-4);
+}
+
+/// A GGUF whose tensors contradict its metadata is refused when loaded, naming the tensor.
+#[test]
+fn gguf_tensors_are_checked_against_the_description() {
+    let d = dir("gguf-check");
+    common::write_tiny_llama(&d, 1);
+    let mut f = convert_f32(&d);
+    let (arch, h) = quantfit::gguf::hparams::hparams(&f).unwrap();
+    quantfit::gguf::hparams::check_tensors(&f, arch, &h).unwrap();
+    let i = f
+        .tensors
+        .iter()
+        .position(|t| t.name == "blk.0.attn_k.weight")
+        .unwrap();
+    f.tensors[i].dims = vec![64, 64];
+    let err = quantfit::gguf::hparams::check_tensors(&f, arch, &h)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("blk.0.attn_k.weight") && err.contains("shape"),
+        "{err}"
+    );
+    f.tensors[i].dims = vec![64, 32];
+    let dup = f.tensors[i].clone();
+    f.tensors.push(dup);
+    let err = quantfit::gguf::hparams::check_tensors(&f, arch, &h)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("twice"), "{err}");
+    f.tensors.pop();
+    f.tensors[i].name = "blk.0.attn_kk.weight".into();
+    let err = quantfit::gguf::hparams::check_tensors(&f, arch, &h)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing") || err.contains("not part of"),
+        "{err}"
+    );
+}

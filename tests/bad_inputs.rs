@@ -227,3 +227,67 @@ fn unwritable_output() {
     );
     assert!(!target.exists());
 }
+
+/// The architecture's description against what the folder holds: shapes the config implies,
+/// every tensor once, nothing the description does not know, config values in range.
+#[test]
+fn weights_that_contradict_the_config() {
+    let dir = write_tiny_llama(&case_dir("heads"), 2);
+    let mut config = common::tiny_llama_config(2);
+    config["num_key_value_heads"] = serde_json::json!(4);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    expect_failure(
+        &dir,
+        &[
+            "model.layers.0.self_attn.k_proj.weight",
+            "config.json implies",
+        ],
+    );
+
+    let mut tensors = tiny_llama_tensors(2);
+    tensors.push(FakeTensor {
+        name: "model.layers.0.mystery.weight".into(),
+        dtype: "F32",
+        shape: vec![4],
+        data: vec![0; 16],
+    });
+    expect_failure(
+        &with_weights("extra", safetensors_bytes(&tensors)),
+        &["model.layers.0.mystery.weight", "not part of"],
+    );
+
+    let tensors: Vec<FakeTensor> = tiny_llama_tensors(2)
+        .into_iter()
+        .filter(|t| t.name != "model.layers.1.mlp.down_proj.weight")
+        .collect();
+    expect_failure(
+        &with_weights("missing", safetensors_bytes(&tensors)),
+        &["model.layers.1.mlp.down_proj.weight", "missing"],
+    );
+
+    let dir = write_tiny_llama(&case_dir("bias_flag"), 2);
+    let mut config = common::tiny_llama_config(2);
+    config["attention_bias"] = serde_json::json!(true);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    expect_failure(&dir, &["model.layers.0.self_attn.q_proj.bias", "missing"]);
+
+    for (key, value, mention) in [
+        (
+            "num_hidden_layers",
+            serde_json::json!(1_000_000_000u64),
+            "num_hidden_layers",
+        ),
+        ("hidden_size", serde_json::json!(0), "hidden_size"),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
+            "rope_scaling",
+        ),
+    ] {
+        let dir = write_tiny_llama(&case_dir(&format!("cfg_{key}")), 2);
+        let mut config = common::tiny_llama_config(2);
+        config[key] = value;
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        expect_failure(&dir, &["config.json", mention]);
+    }
+}

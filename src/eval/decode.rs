@@ -236,7 +236,16 @@ impl Step<'_> {
             barrier.wait();
 
             // SAFETY: as above, for each product's output and the barrier after it.
-            add_into(&mut s.x, unsafe { b.o.read() });
+            let o = unsafe { b.o.read() };
+            match &weights.o_bias {
+                // llama.cpp adds the output bias to the projection before the residual.
+                Some(bias) => {
+                    s.x.iter_mut()
+                        .zip(o.iter().zip(bias))
+                        .for_each(|(x, (o, b))| *x += o + b)
+                }
+                None => add_into(&mut s.x, o),
+            }
             rms_norm(&s.x, &weights.ffn_norm, c.rms_eps, &mut s.normed);
             s.prepared.prepare(&s.normed, &views.gate_up);
             let parts = [(views.gate_up[0], c.n_ff), (views.gate_up[1], c.n_ff)];

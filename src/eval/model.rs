@@ -282,7 +282,12 @@ impl Model {
         } else {
             attention::causal_batch(&q, &cache.k, &cache.v, cache.capacity, offset, shape)
         };
-        add_into(x, &w.o.forward(&attn)?);
+        let mut o = w.o.forward(&attn)?;
+        // llama.cpp adds the output bias to the projection before the residual.
+        if let Some(bias) = &w.o_bias {
+            o.chunks_mut(c.n_embd).for_each(|row| add_bias(row, bias));
+        }
+        add_into(x, &o);
 
         let xn = rms_norm(x, &w.ffn_norm, c.rms_eps);
         let mut gate_up = Linear::forward_many(&[&w.gate, &w.up], &xn)?;
@@ -298,6 +303,10 @@ impl Model {
 const PARALLEL_ROWS: usize = 32;
 
 /// `x += y`, element by element.
+fn add_bias(row: &mut [f32], bias: &[f32]) {
+    row.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
+}
+
 fn add_into(x: &mut [f32], y: &[f32]) {
     use rayon::prelude::*;
     if x.len() > 1 << 16 {

@@ -12,9 +12,8 @@ use candle_core::{Device, Tensor};
 
 use crate::gguf::convert::plan_tensors;
 use crate::gguf::reader::GgufFile;
-use crate::gguf::Value;
 use crate::quant::GgmlType;
-use crate::source::arch::permute_qk_rows;
+use crate::source::arch::{permute_qk_rows, Architecture, HParams, RopeLayout};
 use crate::source::hf::ModelDir;
 
 /// Shape and hyperparameters of a Llama-family model, as llama.cpp reads them from GGUF keys.
@@ -56,6 +55,7 @@ pub struct LayerWeights {
     pub k_bias: Option<Vec<f32>>,
     pub v_bias: Option<Vec<f32>>,
     pub o: Linear,
+    pub o_bias: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
     pub gate: Linear,
     pub up: Linear,
@@ -70,16 +70,6 @@ pub struct ModelWeights {
     pub output: Linear,
     /// Llama 3.1-style RoPE frequency divisors (`rope_freqs.weight`).
     pub rope_freqs: Option<Vec<f32>>,
-}
-
-fn meta_u64(file: &GgufFile, key: &str) -> Result<u64> {
-    file.get(key)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| anyhow!("{}: metadata key {key} is missing", file.path.display()))
-}
-
-fn meta_f64(file: &GgufFile, key: &str) -> Option<f64> {
-    file.get(key).and_then(Value::as_f64)
 }
 
 fn check_finite(data: &[f32], what: &str) -> Result<()> {
@@ -154,66 +144,39 @@ impl GgufLoader {
     }
 }
 
-/// Config from the GGUF keys llama.cpp reads for Llama-family models.
-pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
-    let name = file.path.display();
-    let arch = file
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("{name}: metadata key general.architecture is missing"))?
-        .to_string();
-    let rope_neox = match arch.as_str() {
-        "llama" => false,
-        "qwen2" => true,
-        other => bail!(
-            "{name}: architecture {other:?} is not supported by quantfit's forward pass \
-             (llama, qwen2 are)"
-        ),
-    };
-    let key = |k: &str| format!("{arch}.{k}");
-    let n_embd = meta_u64(file, &key("embedding_length"))? as usize;
-    let n_head = meta_u64(file, &key("attention.head_count"))? as usize;
-    let n_head_kv = file
-        .get(&key("attention.head_count_kv"))
-        .and_then(Value::as_u64)
-        .map(|v| v as usize)
-        .unwrap_or(n_head);
-    if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
-        bail!("{name}: {n_head} attention heads do not group over {n_head_kv} KV heads");
+impl ModelConfig {
+    /// The forward pass's view of a model: its architecture's description and hyperparameters.
+    pub fn new(arch: &Architecture, h: &HParams) -> ModelConfig {
+        ModelConfig {
+            arch: arch.gguf_name.to_string(),
+            n_embd: h.n_embd as usize,
+            n_layer: h.n_layer as usize,
+            n_head: h.n_head as usize,
+            n_head_kv: h.n_head_kv as usize,
+            head_dim: h.head_dim as usize,
+            n_ff: h.n_ff as usize,
+            rms_eps: h.rms_eps as f32,
+            rope_base: h.rope_theta as f32,
+            rope_neox: arch.rope == RopeLayout::Neox,
+            n_vocab: h.vocab_size as usize,
+            n_ctx_train: h.context_length as usize,
+        }
     }
-    let head_dim = file
-        .get(&key("attention.key_length"))
-        .and_then(Value::as_u64)
-        .map(|v| v as usize)
-        .unwrap_or(n_embd / n_head);
-    let n_vocab = file
-        .get("tokenizer.ggml.tokens")
-        .and_then(Value::as_array)
-        .map(|a| a.len())
-        .or_else(|| {
-            file.tensor("token_embd.weight")
-                .map(|t| t.dims.get(1).copied().unwrap_or(0) as usize)
-        })
-        .unwrap_or(0);
-    Ok(ModelConfig {
-        n_embd,
-        n_layer: meta_u64(file, &key("block_count"))? as usize,
-        n_head,
-        n_head_kv,
-        head_dim,
-        n_ff: meta_u64(file, &key("feed_forward_length"))? as usize,
-        rms_eps: meta_f64(file, &key("attention.layer_norm_rms_epsilon")).ok_or_else(|| {
-            anyhow!(
-                "{name}: metadata key {} is missing",
-                key("attention.layer_norm_rms_epsilon")
-            )
-        })? as f32,
-        rope_base: meta_f64(file, &key("rope.freq_base")).unwrap_or(10000.0) as f32,
-        rope_neox,
-        n_vocab,
-        n_ctx_train: meta_u64(file, &key("context_length")).unwrap_or(4096) as usize,
-        arch,
-    })
+}
+
+/// Config from a GGUF file's metadata, read through its architecture's description, with every
+/// tensor checked against the shapes the metadata imply.
+pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
+    let (arch, h) = crate::gguf::hparams::hparams(file)?;
+    if !arch.support.forward {
+        bail!(
+            "{}: architecture {:?} is not supported by quantfit's forward pass (llama, qwen2 are)",
+            file.path.display(),
+            arch.gguf_name
+        );
+    }
+    crate::gguf::hparams::check_tensors(file, arch, &h)?;
+    Ok(ModelConfig::new(arch, &h))
 }
 
 pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
@@ -256,6 +219,7 @@ pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
             k_bias: bias(&loader, "attn_k.bias")?,
             v_bias: bias(&loader, "attn_v.bias")?,
             o: loader.linear(&n("attn_output.weight"))?,
+            o_bias: bias(&loader, "attn_output.bias")?,
             ffn_norm: loader.vector(&n("ffn_norm.weight"))?,
             gate: loader.linear(&n("ffn_gate.weight"))?,
             up: loader.linear(&n("ffn_up.weight"))?,
@@ -284,21 +248,7 @@ pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
 
 /// The Hugging Face folder as F32, tensor by tensor.
 pub fn load_hf(model: &ModelDir) -> Result<ModelWeights> {
-    let h = &model.hparams;
-    let config = ModelConfig {
-        arch: model.arch.gguf_name.to_string(),
-        n_embd: h.n_embd as usize,
-        n_layer: h.n_layer as usize,
-        n_head: h.n_head as usize,
-        n_head_kv: h.n_head_kv as usize,
-        head_dim: h.head_dim as usize,
-        n_ff: h.n_ff as usize,
-        rms_eps: h.rms_eps as f32,
-        rope_base: h.rope_theta as f32,
-        rope_neox: !model.arch.permute_qk,
-        n_vocab: h.vocab_size as usize,
-        n_ctx_train: h.context_length as usize,
-    };
+    let config = ModelConfig::new(model.arch, &model.hparams);
     let mut tensors = std::collections::HashMap::new();
     for t in plan_tensors(model)? {
         let (file, st) = model.tensor(&t.source).expect("planned tensors exist");
@@ -309,8 +259,17 @@ pub fn load_hf(model: &ModelDir) -> Result<ModelWeights> {
             &format!("{}: tensor {}", file.path.display(), t.source),
         )?;
         if let Some(heads) = t.permute_heads {
-            let rows = t.dims[1] as usize;
-            data = permute_qk_rows(&data, rows, t.dims[0] as usize, heads);
+            // A matrix is [rows, cols] (dims innermost first); a bias is one column of rows.
+            let (rows, cols) = match t.dims.as_slice() {
+                [cols, rows] => (*rows as usize, *cols as usize),
+                [rows] => (*rows as usize, 1),
+                _ => bail!(
+                    "{}: tensor {} is neither a matrix nor a vector",
+                    model.path.display(),
+                    t.source
+                ),
+            };
+            data = permute_qk_rows(&data, rows, cols, heads);
         }
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
         tensors.insert(t.name.clone(), (data, shape));
@@ -346,10 +305,11 @@ fn load_dense(
                 Err(_) => Ok(None),
             }
         };
-        let (q_bias, k_bias, v_bias) = (
+        let (q_bias, k_bias, v_bias, o_bias) = (
             bias("attn_q.bias")?,
             bias("attn_k.bias")?,
             bias("attn_v.bias")?,
+            bias("attn_output.bias")?,
         );
         layers.push(LayerWeights {
             attn_norm: take(&n("attn_norm.weight"))?.0,
@@ -360,6 +320,7 @@ fn load_dense(
             k_bias,
             v_bias,
             o: matrix(take(&n("attn_output.weight"))?)?,
+            o_bias,
             ffn_norm: take(&n("ffn_norm.weight"))?.0,
             gate: matrix(take(&n("ffn_gate.weight"))?)?,
             up: matrix(take(&n("ffn_up.weight"))?)?,
@@ -370,8 +331,13 @@ fn load_dense(
         Ok(t) => matrix(t)?,
         Err(_) => Linear::dense(Tensor::from_slice(&embd, embd_shape, &Device::Cpu)?)?,
     };
+    let output_norm = take("output_norm.weight")?.0;
+    // Every tensor of the description is used: none may be silently left out of the model.
+    if let Some(unused) = tensors.keys().next() {
+        bail!("{path}: tensor {unused} is not used by quantfit's forward pass; refusing to run without it");
+    }
     Ok(ModelWeights {
-        output_norm: take("output_norm.weight")?.0,
+        output_norm,
         output,
         rope_freqs: None,
         config,

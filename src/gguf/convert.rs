@@ -14,7 +14,7 @@ use super::{GgufWriter, TensorSpec, Value};
 use crate::output::{self, Inputs};
 use crate::quant::rules::{tensor_type, FileType, ModelFacts, RuleOptions};
 use crate::quant::{quantize_into, GgmlType, Isa, QuantizeOptions};
-use crate::source::arch::permute_qk_rows;
+use crate::source::arch::{permute_qk_rows, MetaValue, Presence};
 use crate::source::hf::ModelDir;
 use crate::source::tokenizer::{read_vocab, Vocab};
 
@@ -81,57 +81,74 @@ pub fn size_label(params: u64) -> String {
     format!("{scaled:.fix$}{suffix}")
 }
 
-/// The tensors the outputs hold, in order, with llama.cpp names and shapes.
+/// The tensors the outputs hold, in order, with llama.cpp names and shapes: the
+/// architecture's description evaluated for the model's config, each checked against the
+/// checkpoint (present once, the shape the config implies, nothing the description does not
+/// know).
 pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
+    let h = &model.hparams;
+    let arch = model.arch;
+    let path = model.path.display();
+    let mut used = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for src in &model.tensor_names {
-        let Some(name) = model
-            .arch
-            .gguf_tensor_name(src)
-            .with_context(|| model.path.display().to_string())?
-        else {
+    for e in arch.expected_tensors(h) {
+        let Some((_, t)) = model.tensor(&e.hf) else {
+            if e.presence == Presence::Required {
+                bail!(
+                    "{path}: tensor {} is missing; a {} model with this config.json has it",
+                    e.hf,
+                    model.arch_class
+                );
+            }
             continue;
         };
-        let (_, t) = model.tensor(src).expect("listed tensors exist");
-        if t.shape.is_empty() || t.shape.len() > 2 {
+        if e.presence == Presence::Absent {
             bail!(
-                "{}: tensor {src} has shape {:?}; expected 1 or 2 dimensions",
-                model.path.display(),
+                "{path}: tensor {} contradicts config.json (e.g. \"attention_bias\" is false); a {} model with this config has no such tensor",
+                e.hf,
+                model.arch_class
+            );
+        }
+        used.insert(e.hf.clone());
+        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        if dims != e.dims {
+            let want: Vec<u64> = e.dims.iter().rev().copied().collect();
+            bail!(
+                "{path}: tensor {} has shape {:?}, but config.json implies {want:?}",
+                e.hf,
                 t.shape
             );
         }
-        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
-        let h = &model.hparams;
-        let permute_heads = match (model.arch.permute_qk, name.rsplit('.').nth(1)) {
-            (true, Some("attn_q")) => Some(h.n_head as usize),
-            (true, Some("attn_k")) => Some(h.n_head_kv as usize),
-            _ => None,
-        };
+        let permute_heads = e.permute_heads(h).map(|n| n as usize);
         if let Some(heads) = permute_heads {
             let rows = t.shape[0];
             if rows % (2 * heads) != 0 {
                 bail!(
-                    "{}: tensor {src}: {rows} rows do not split into {heads} heads of even size",
-                    model.path.display()
+                    "{path}: tensor {}: {rows} rows do not split into {heads} heads of even size",
+                    e.hf
                 );
             }
         }
         out.push(PlannedTensor {
-            source: src.clone(),
-            name,
+            source: e.hf,
+            name: e.gguf,
             dims,
             permute_heads,
         });
     }
+    if let Some(extra) = model
+        .tensor_names
+        .iter()
+        .find(|n| !used.contains(*n) && !arch.ignores(n))
+    {
+        bail!(
+            "{path}: tensor {extra} is not part of a {} model (no llama.cpp name for it)",
+            model.arch_class
+        );
+    }
     // llama.cpp's loader order (weight_name_comparer): by layer, non-layer tensors first, then
     // by name. llama-quantize writes in this order, so the files line up byte for byte.
     out.sort_by(|a, b| (layer_of(&a.name), &a.name).cmp(&(layer_of(&b.name), &b.name)));
-    if !out.iter().any(|t| t.name == "token_embd.weight") {
-        bail!(
-            "{}: no model.embed_tokens.weight tensor",
-            model.path.display()
-        );
-    }
     Ok(out)
 }
 
@@ -148,7 +165,7 @@ pub fn model_facts(model: &ModelDir, tensors: &[PlannedTensor]) -> ModelFacts {
         n_layer: h.n_layer as u32,
         n_head: h.n_head as u32,
         n_head_kv: h.n_head_kv as u32,
-        is_70b: h.n_layer == 80 && h.n_head != h.n_head_kv,
+        is_70b: (model.arch.type_70b)(h),
         has_output: tensors.iter().any(|t| t.name == "output.weight"),
     }
 }
@@ -161,9 +178,11 @@ fn metadata(
     imatrix: Option<&Imatrix>,
 ) -> Vec<(String, Value)> {
     let h = &model.hparams;
-    let a = model.arch.gguf_name;
     let mut kv: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(a.into())),
+        (
+            "general.architecture".into(),
+            Value::String(model.arch.gguf_name.into()),
+        ),
         ("general.type".into(), Value::String("model".into())),
         ("general.name".into(), Value::String(name.into())),
         (
@@ -177,29 +196,16 @@ fn metadata(
     if let Some(l) = &model.card.license_name {
         kv.push(("general.license.name".into(), Value::String(l.clone())));
     }
-    let u32v = |v: u64| Value::U32(v as u32);
-    kv.extend([
-        (format!("{a}.block_count"), u32v(h.n_layer)),
-        (format!("{a}.context_length"), u32v(h.context_length)),
-        (format!("{a}.embedding_length"), u32v(h.n_embd)),
-        (format!("{a}.feed_forward_length"), u32v(h.n_ff)),
-        (format!("{a}.attention.head_count"), u32v(h.n_head)),
-        (format!("{a}.attention.head_count_kv"), u32v(h.n_head_kv)),
-        (
-            format!("{a}.rope.freq_base"),
-            Value::F32(h.rope_theta as f32),
-        ),
-        (
-            format!("{a}.attention.layer_norm_rms_epsilon"),
-            Value::F32(h.rms_eps as f32),
-        ),
-        (format!("{a}.rope.dimension_count"), u32v(h.head_dim)),
-        (format!("{a}.vocab_size"), u32v(h.vocab_size)),
-    ]);
-    if h.head_dim * h.n_head != h.n_embd {
-        kv.push((format!("{a}.attention.key_length"), u32v(h.head_dim)));
-        kv.push((format!("{a}.attention.value_length"), u32v(h.head_dim)));
-    }
+    kv.extend(
+        model
+            .arch
+            .metadata_values(h)
+            .into_iter()
+            .map(|(k, v)| match v {
+                MetaValue::U32(x) => (k, Value::U32(x)),
+                MetaValue::F32(x) => (k, Value::F32(x)),
+            }),
+    );
     kv.extend([
         (
             "tokenizer.ggml.model".into(),
@@ -292,9 +298,10 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
     if opts.types.is_empty() {
         bail!("no output type given");
     }
+    // The tokenizer first: a vocabulary that disagrees with config.json is the clearer message.
+    let vocab = read_vocab(&model.path, model.hparams.vocab_size, &model.config)?;
     let tensors = plan_tensors(model)?;
     let facts = model_facts(model, &tensors);
-    let vocab = read_vocab(&model.path, model.hparams.vocab_size, &model.config)?;
     for w in &vocab.warnings {
         eprintln!("warning: {w}");
     }

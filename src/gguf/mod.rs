@@ -5,6 +5,7 @@
 //! type, offset), padding to the alignment, then the tensor data, each tensor aligned.
 
 pub mod convert;
+pub mod hparams;
 pub mod imatrix;
 pub mod reader;
 pub mod writer;

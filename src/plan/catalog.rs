@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::license::{self, Licence};
 use crate::gguf::GgufFile;
+use crate::source::arch::{by_gguf_name, Architecture, HParams, Presence};
 
 /// A published benchmark score of the unquantized model, with its source.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -44,8 +45,6 @@ pub struct ModelSpec {
     pub context: u64,
     pub tied_embeddings: bool,
     pub attn_bias: bool,
-    /// Phi-3 style fused attn_qkv and gate+up.
-    pub fused: bool,
     /// MMLU 5-shot of the unquantized base model, as its authors report it.
     pub mmlu: Option<Benchmark>,
     pub license: Licence,
@@ -74,8 +73,6 @@ struct Entry {
     tied_embeddings: bool,
     #[serde(default)]
     attn_bias: bool,
-    #[serde(default)]
-    fused: bool,
     /// Where the hyperparameters come from (documentation only).
     #[serde(rename = "config")]
     _config: String,
@@ -118,7 +115,6 @@ fn build(text: &str) -> Result<Vec<ModelSpec>> {
                 context: e.context,
                 tied_embeddings: e.tied_embeddings,
                 attn_bias: e.attn_bias,
-                fused: e.fused,
                 mmlu: e.mmlu,
                 license,
             })
@@ -187,23 +183,14 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
         .with_context(|| format!("{}: cannot read", config_path.display()))?;
     let c: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-    let get = |k: &str| -> Result<u64> {
-        c.get(k)
-            .and_then(|v| v.as_u64())
-            .with_context(|| format!("{}: missing required key \"{k}\"", config_path.display()))
-    };
     let class = c
         .get("architectures")
         .and_then(|a| a.get(0))
         .and_then(|a| a.as_str())
         .unwrap_or("");
     let arch =
-        crate::source::arch::find(class).with_context(|| config_path.display().to_string())?;
-    let (e, h) = (get("hidden_size")?, get("num_attention_heads")?);
-    let kv = c
-        .get("num_key_value_heads")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(h);
+        crate::source::arch::describe(class).with_context(|| config_path.display().to_string())?;
+    let h = HParams::from_config(&c, config_path, arch)?;
     let card_path = folder.join("README.md");
     let card = std::fs::read_to_string(&card_path)
         .map(|t| crate::source::hf::ModelCard::parse(&t))
@@ -232,23 +219,16 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
         scale: None,
         quality_proxy: None,
         arch: arch.gguf_name.into(),
-        n_layer: get("num_hidden_layers")?,
-        n_embd: e,
-        n_ff: get("intermediate_size")?,
-        n_head: h,
-        n_head_kv: kv,
-        head_dim: c
-            .get("head_dim")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(e / h.max(1)),
-        vocab: get("vocab_size")?,
-        context: get("max_position_embeddings")?,
-        tied_embeddings: c
-            .get("tie_word_embeddings")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        attn_bias: arch.gguf_name == "qwen2",
-        fused: false,
+        n_layer: h.n_layer,
+        n_embd: h.n_embd,
+        n_ff: h.n_ff,
+        n_head: h.n_head,
+        n_head_kv: h.n_head_kv,
+        head_dim: h.head_dim,
+        vocab: h.vocab_size,
+        context: h.context_length,
+        tied_embeddings: h.tie_embeddings,
+        attn_bias: h.attn_bias,
         mmlu: None,
         license,
     })
@@ -256,25 +236,8 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
 
 fn from_gguf(path: &Path) -> Result<ModelSpec> {
     let f = GgufFile::open(path)?;
-    let arch = f
-        .get("general.architecture")
-        .and_then(|v| v.as_str())
-        .with_context(|| format!("{}: no general.architecture", path.display()))?
-        .to_string();
-    let get = |k: &str| -> Result<u64> {
-        f.get(&format!("{arch}.{k}"))
-            .and_then(|v| v.as_u64())
-            .with_context(|| format!("{}: missing {arch}.{k}", path.display()))
-    };
-    let (e, h) = (get("embedding_length")?, get("attention.head_count")?);
-    let vocab = match get("vocab_size") {
-        Ok(v) => v,
-        Err(_) => f
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .map(|a| a.len() as u64)
-            .unwrap_or(0),
-    };
+    // The same reader the forward pass uses: the architecture's own metadata keys.
+    let (arch, h) = crate::gguf::hparams::hparams(&f)?;
     let name = f
         .get("general.name")
         .and_then(|v| v.as_str())
@@ -288,56 +251,55 @@ fn from_gguf(path: &Path) -> Result<ModelSpec> {
         family: "unknown".into(),
         scale: None,
         quality_proxy: None,
-        arch: arch.clone(),
-        n_layer: get("block_count")?,
-        n_embd: e,
-        n_ff: get("feed_forward_length")?,
-        n_head: h,
-        n_head_kv: get("attention.head_count_kv").unwrap_or(h),
-        head_dim: get("attention.key_length").unwrap_or(e / h.max(1)),
-        vocab,
-        context: get("context_length")?,
-        tied_embeddings: f.tensor("output.weight").is_none(),
-        attn_bias: f.tensor("blk.0.attn_q.bias").is_some(),
-        fused: f.tensor("blk.0.attn_qkv.weight").is_some(),
+        arch: arch.gguf_name.to_string(),
+        n_layer: h.n_layer,
+        n_embd: h.n_embd,
+        n_ff: h.n_ff,
+        n_head: h.n_head,
+        n_head_kv: h.n_head_kv,
+        head_dim: h.head_dim,
+        vocab: h.vocab_size,
+        context: h.context_length,
+        tied_embeddings: h.tie_embeddings,
+        attn_bias: h.attn_bias,
         mmlu: None,
         license,
     })
 }
 
-/// The GGUF tensors (name, dims innermost first) the converter would write.
-pub fn tensors(m: &ModelSpec) -> Vec<(String, Vec<u64>)> {
-    let (e, q, kv) = (m.n_embd, m.n_head * m.head_dim, m.n_head_kv * m.head_dim);
-    let mut t = vec![
-        ("token_embd.weight".to_string(), vec![e, m.vocab]),
-        ("output_norm.weight".to_string(), vec![e]),
-    ];
-    if !m.tied_embeddings {
-        t.push(("output.weight".to_string(), vec![e, m.vocab]));
+impl ModelSpec {
+    /// The architecture's description.
+    pub fn architecture(&self) -> &'static Architecture {
+        by_gguf_name(&self.arch).expect("catalog and model files name described architectures")
     }
-    for i in 0..m.n_layer {
-        let b = |s: &str| format!("blk.{i}.{s}");
-        t.push((b("attn_norm.weight"), vec![e]));
-        t.push((b("ffn_norm.weight"), vec![e]));
-        t.push((b("attn_output.weight"), vec![q, e]));
-        t.push((b("ffn_down.weight"), vec![m.n_ff, e]));
-        if m.fused {
-            t.push((b("attn_qkv.weight"), vec![e, q + 2 * kv]));
-            t.push((b("ffn_up.weight"), vec![e, 2 * m.n_ff]));
-        } else {
-            t.push((b("attn_q.weight"), vec![e, q]));
-            t.push((b("attn_k.weight"), vec![e, kv]));
-            t.push((b("attn_v.weight"), vec![e, kv]));
-            t.push((b("ffn_gate.weight"), vec![e, m.n_ff]));
-            t.push((b("ffn_up.weight"), vec![e, m.n_ff]));
-            if m.attn_bias {
-                t.push((b("attn_q.bias"), vec![q]));
-                t.push((b("attn_k.bias"), vec![kv]));
-                t.push((b("attn_v.bias"), vec![kv]));
-            }
+
+    pub fn hparams(&self) -> HParams {
+        HParams {
+            n_embd: self.n_embd,
+            n_ff: self.n_ff,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            n_head_kv: self.n_head_kv,
+            head_dim: self.head_dim,
+            context_length: self.context,
+            rms_eps: 1e-5,
+            rope_theta: 10_000.0,
+            vocab_size: self.vocab,
+            tie_embeddings: self.tied_embeddings,
+            attn_bias: self.attn_bias,
         }
     }
-    t
+}
+
+/// The GGUF tensors (name, dims innermost first) the converter writes, from the architecture's
+/// description: the same list the converter checks a checkpoint against.
+pub fn tensors(m: &ModelSpec) -> Vec<(String, Vec<u64>)> {
+    m.architecture()
+        .expected_tensors(&m.hparams())
+        .into_iter()
+        .filter(|t| t.presence == Presence::Required)
+        .map(|t| (t.gguf, t.dims))
+        .collect()
 }
 
 pub fn parameter_count(m: &ModelSpec) -> u64 {
@@ -349,5 +311,5 @@ pub fn parameter_count(m: &ModelSpec) -> u64 {
 
 /// llama.cpp's LLM_TYPE_70B, which changes the attn_v rule.
 pub fn is_70b(m: &ModelSpec) -> bool {
-    m.n_layer == 80 && m.n_head != m.n_head_kv && (m.arch == "llama" || m.arch == "qwen2")
+    (m.architecture().type_70b)(&m.hparams())
 }

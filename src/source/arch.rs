@@ -1,76 +1,385 @@
-//! Supported architectures: one table row each. Adding an architecture is adding a row (its
-//! Hugging Face class names, llama.cpp's architecture name, whether Q/K rows are permuted) and,
-//! when its tensor names differ, a name table.
+//! One description per architecture, read by the converter, the planner's size model and the
+//! forward pass's loader alike: which config.json keys give the hyperparameters, the tensors
+//! with their Hugging Face and GGUF names, their shapes as functions of the hyperparameters and
+//! when each is present, the transform each needs on the way to GGUF (llama.cpp's Q/K row
+//! permutation), the `{arch}.*` metadata keys, and the options the forward pass needs. Adding a
+//! family is adding a description here plus whatever forward-pass piece is truly new.
 
-use anyhow::{bail, Result};
+use std::path::Path;
 
-/// How one Hugging Face architecture maps to llama.cpp's.
+use anyhow::{bail, Context, Result};
+use serde_json::Value as Json;
+
+/// Hyperparameters, however they were read (config.json, GGUF metadata, the planner's
+/// catalog).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct HParams {
+    pub n_embd: u64,
+    pub n_ff: u64,
+    pub n_layer: u64,
+    pub n_head: u64,
+    pub n_head_kv: u64,
+    pub head_dim: u64,
+    pub context_length: u64,
+    pub rms_eps: f64,
+    pub rope_theta: f64,
+    pub vocab_size: u64,
+    pub tie_embeddings: bool,
+    /// Biases on the attention projections (`attention_bias`; always for Qwen2's Q/K/V).
+    pub attn_bias: bool,
+}
+
+impl HParams {
+    pub fn q_dim(&self) -> u64 {
+        self.n_head * self.head_dim
+    }
+    pub fn kv_dim(&self) -> u64 {
+        self.n_head_kv * self.head_dim
+    }
+}
+
+/// A tensor dimension as a function of the hyperparameters.
+#[derive(Clone, Copy, Debug)]
+pub enum Dim {
+    Embd,
+    Ff,
+    Vocab,
+    /// n_head x head_dim.
+    Q,
+    /// n_head_kv x head_dim.
+    Kv,
+}
+
+impl Dim {
+    fn of(self, h: &HParams) -> u64 {
+        match self {
+            Dim::Embd => h.n_embd,
+            Dim::Ff => h.n_ff,
+            Dim::Vocab => h.vocab_size,
+            Dim::Q => h.q_dim(),
+            Dim::Kv => h.kv_dim(),
+        }
+    }
+}
+
+/// Whether a tensor is in a model with given hyperparameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Required,
+    /// Written when the checkpoint has it (a tied model's duplicate `lm_head.weight`).
+    Optional,
+    /// Not part of the model: a checkpoint that has it is inconsistent with its config.
+    Absent,
+}
+
+/// What a tensor needs between the checkpoint and the GGUF file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    None,
+    /// llama.cpp's RoPE row order for Q (heads = n_head) or K (heads = n_head_kv).
+    PermuteQ,
+    PermuteK,
+}
+
+/// One tensor of the architecture. Names use `{i}` for the layer index; `dims` are GGUF's
+/// order, innermost first (the checkpoint's shape reversed).
+#[derive(Debug)]
+pub struct TensorDef {
+    pub hf: &'static str,
+    pub gguf: &'static str,
+    pub dims: &'static [Dim],
+    pub presence: fn(&HParams) -> Presence,
+    pub transform: Transform,
+}
+
+/// A tensor as one model has it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpectedTensor {
+    pub hf: String,
+    pub gguf: String,
+    pub dims: Vec<u64>,
+    pub presence: Presence,
+    pub transform: Transform,
+}
+
+impl ExpectedTensor {
+    /// Heads to permute by, if the tensor is permuted.
+    pub fn permute_heads(&self, h: &HParams) -> Option<u64> {
+        match self.transform {
+            Transform::None => None,
+            Transform::PermuteQ => Some(h.n_head),
+            Transform::PermuteK => Some(h.n_head_kv),
+        }
+    }
+}
+
+/// An `{arch}.*` metadata key and the hyperparameter it carries.
+#[derive(Clone, Copy, Debug)]
+pub enum Meta {
+    BlockCount,
+    ContextLength,
+    EmbeddingLength,
+    FeedForwardLength,
+    HeadCount,
+    HeadCountKv,
+    RopeFreqBase,
+    RmsEps,
+    RopeDimensionCount,
+    VocabSize,
+    /// Written only when head_dim differs from n_embd / n_head (as llama.cpp does).
+    KeyLength,
+    ValueLength,
+}
+
+/// A metadata value in the two kinds these keys use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MetaValue {
+    U32(u32),
+    F32(f32),
+}
+
+impl Meta {
+    pub fn key(self) -> &'static str {
+        match self {
+            Meta::BlockCount => "block_count",
+            Meta::ContextLength => "context_length",
+            Meta::EmbeddingLength => "embedding_length",
+            Meta::FeedForwardLength => "feed_forward_length",
+            Meta::HeadCount => "attention.head_count",
+            Meta::HeadCountKv => "attention.head_count_kv",
+            Meta::RopeFreqBase => "rope.freq_base",
+            Meta::RmsEps => "attention.layer_norm_rms_epsilon",
+            Meta::RopeDimensionCount => "rope.dimension_count",
+            Meta::VocabSize => "vocab_size",
+            Meta::KeyLength => "attention.key_length",
+            Meta::ValueLength => "attention.value_length",
+        }
+    }
+
+    /// The value written for `h`, or None when the key is left out.
+    pub fn value(self, h: &HParams) -> Option<MetaValue> {
+        let u = |v: u64| Some(MetaValue::U32(v as u32));
+        match self {
+            Meta::BlockCount => u(h.n_layer),
+            Meta::ContextLength => u(h.context_length),
+            Meta::EmbeddingLength => u(h.n_embd),
+            Meta::FeedForwardLength => u(h.n_ff),
+            Meta::HeadCount => u(h.n_head),
+            Meta::HeadCountKv => u(h.n_head_kv),
+            Meta::RopeFreqBase => Some(MetaValue::F32(h.rope_theta as f32)),
+            Meta::RmsEps => Some(MetaValue::F32(h.rms_eps as f32)),
+            Meta::RopeDimensionCount => u(h.head_dim),
+            Meta::VocabSize => u(h.vocab_size),
+            Meta::KeyLength | Meta::ValueLength if h.head_dim * h.n_head != h.n_embd => {
+                u(h.head_dim)
+            }
+            Meta::KeyLength | Meta::ValueLength => None,
+        }
+    }
+}
+
+/// How the forward pass applies RoPE to a model converted from this architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs: the converter permutes Q/K rows into llama.cpp's order.
+    Adjacent,
+    /// The two halves of each head (llama.cpp's NEOX mode), Hugging Face's own row order.
+    Neox,
+}
+
+/// How far quantfit supports an architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Support {
+    pub convert: bool,
+    pub forward: bool,
+}
+
 #[derive(Debug)]
 pub struct Architecture {
     /// `architectures[0]` values in config.json.
     pub hf_classes: &'static [&'static str],
     /// `general.architecture` and the metadata key prefix.
     pub gguf_name: &'static str,
-    /// llama.cpp stores Llama-family Q/K rows interleaved per head (its RoPE layout).
-    pub permute_qk: bool,
-    /// Hugging Face tensor name (after `model.layers.N.`) to llama.cpp's (after `blk.N.`).
-    pub layer_tensors: &'static [(&'static str, &'static str)],
+    pub tensors: &'static [TensorDef],
+    /// Checkpoint tensors that llama.cpp recomputes and the converter skips (name suffixes).
+    pub ignored_suffixes: &'static [&'static str],
+    /// GGUF tensors llama.cpp's converter generates rather than copies (Llama 3.1's RoPE
+    /// frequency divisors), accepted when a GGUF file is read.
+    pub generated: &'static [&'static str],
+    pub metadata: &'static [Meta],
+    pub rope: RopeLayout,
+    /// llama.cpp's LLM_TYPE_70B for this architecture (it changes the attn_v quant rule).
+    pub type_70b: fn(&HParams) -> bool,
+    pub support: Support,
 }
 
-const LLAMA_LAYER: &[(&str, &str)] = &[
-    ("input_layernorm.weight", "attn_norm.weight"),
-    ("self_attn.q_proj.weight", "attn_q.weight"),
-    ("self_attn.k_proj.weight", "attn_k.weight"),
-    ("self_attn.v_proj.weight", "attn_v.weight"),
-    ("self_attn.o_proj.weight", "attn_output.weight"),
-    ("self_attn.q_proj.bias", "attn_q.bias"),
-    ("self_attn.k_proj.bias", "attn_k.bias"),
-    ("self_attn.v_proj.bias", "attn_v.bias"),
-    ("post_attention_layernorm.weight", "ffn_norm.weight"),
-    ("mlp.gate_proj.weight", "ffn_gate.weight"),
-    ("mlp.up_proj.weight", "ffn_up.weight"),
-    ("mlp.down_proj.weight", "ffn_down.weight"),
+const fn always(_: &HParams) -> Presence {
+    Presence::Required
+}
+const fn untied(h: &HParams) -> Presence {
+    if h.tie_embeddings {
+        Presence::Optional
+    } else {
+        Presence::Required
+    }
+}
+const fn with_bias(h: &HParams) -> Presence {
+    if h.attn_bias {
+        Presence::Required
+    } else {
+        Presence::Absent
+    }
+}
+
+const fn t(
+    hf: &'static str,
+    gguf: &'static str,
+    dims: &'static [Dim],
+    presence: fn(&HParams) -> Presence,
+    transform: Transform,
+) -> TensorDef {
+    TensorDef {
+        hf,
+        gguf,
+        dims,
+        presence,
+        transform,
+    }
+}
+
+use Dim::{Embd, Ff, Kv, Vocab, Q};
+use Transform::{PermuteK, PermuteQ};
+
+/// The Llama layout (Llama 2/3, Mistral, SmolLM, TinyLlama): optional Q/K/V/O biases.
+#[rustfmt::skip]
+static LLAMA_TENSORS: &[TensorDef] = &[
+    t("model.embed_tokens.weight", "token_embd.weight", &[Embd, Vocab], always, Transform::None),
+    t("model.norm.weight", "output_norm.weight", &[Embd], always, Transform::None),
+    t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
+    t("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", &[Embd], always, Transform::None),
+    t("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", &[Embd, Q], always, PermuteQ),
+    t("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", &[Embd, Kv], always, PermuteK),
+    t("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", &[Embd, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", &[Q, Embd], always, Transform::None),
+    t("model.layers.{i}.self_attn.q_proj.bias", "blk.{i}.attn_q.bias", &[Q], with_bias, PermuteQ),
+    t("model.layers.{i}.self_attn.k_proj.bias", "blk.{i}.attn_k.bias", &[Kv], with_bias, PermuteK),
+    t("model.layers.{i}.self_attn.v_proj.bias", "blk.{i}.attn_v.bias", &[Kv], with_bias, Transform::None),
+    t("model.layers.{i}.self_attn.o_proj.bias", "blk.{i}.attn_output.bias", &[Embd], with_bias, Transform::None),
+    t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, Transform::None),
+    t("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", &[Embd, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
 ];
+
+/// Qwen2: the Llama layout with Q/K/V biases always and no output bias, rows unpermuted.
+#[rustfmt::skip]
+static QWEN2_TENSORS: &[TensorDef] = &[
+    t("model.embed_tokens.weight", "token_embd.weight", &[Embd, Vocab], always, Transform::None),
+    t("model.norm.weight", "output_norm.weight", &[Embd], always, Transform::None),
+    t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
+    t("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", &[Embd], always, Transform::None),
+    t("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", &[Embd, Q], always, Transform::None),
+    t("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", &[Embd, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", &[Embd, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", &[Q, Embd], always, Transform::None),
+    t("model.layers.{i}.self_attn.q_proj.bias", "blk.{i}.attn_q.bias", &[Q], always, Transform::None),
+    t("model.layers.{i}.self_attn.k_proj.bias", "blk.{i}.attn_k.bias", &[Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.v_proj.bias", "blk.{i}.attn_v.bias", &[Kv], always, Transform::None),
+    t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, Transform::None),
+    t("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", &[Embd, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
+];
+
+/// Phi-3: fused QKV and gate+up projections, kept fused in GGUF. Sized by the planner; the
+/// converter and the forward pass do not take it yet.
+#[rustfmt::skip]
+static PHI3_TENSORS: &[TensorDef] = &[
+    t("model.embed_tokens.weight", "token_embd.weight", &[Embd, Vocab], always, Transform::None),
+    t("model.norm.weight", "output_norm.weight", &[Embd], always, Transform::None),
+    t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
+    t("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", &[Embd], always, Transform::None),
+    t("model.layers.{i}.self_attn.qkv_proj.weight", "blk.{i}.attn_qkv.weight", &[Embd, Q, Kv, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", &[Q, Embd], always, Transform::None),
+    t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, Transform::None),
+    t("model.layers.{i}.mlp.gate_up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
+];
+
+static LLAMA_META: &[Meta] = &[
+    Meta::BlockCount,
+    Meta::ContextLength,
+    Meta::EmbeddingLength,
+    Meta::FeedForwardLength,
+    Meta::HeadCount,
+    Meta::HeadCountKv,
+    Meta::RopeFreqBase,
+    Meta::RmsEps,
+    Meta::RopeDimensionCount,
+    Meta::VocabSize,
+    Meta::KeyLength,
+    Meta::ValueLength,
+];
+
+fn eighty_layers_gqa(h: &HParams) -> bool {
+    h.n_layer == 80 && h.n_head != h.n_head_kv
+}
 
 pub static ARCHITECTURES: &[Architecture] = &[
     Architecture {
-        hf_classes: &["LlamaForCausalLM"],
+        hf_classes: &["LlamaForCausalLM", "MistralForCausalLM"],
         gguf_name: "llama",
-        permute_qk: true,
-        layer_tensors: LLAMA_LAYER,
-    },
-    Architecture {
-        hf_classes: &["MistralForCausalLM"],
-        gguf_name: "llama",
-        permute_qk: true,
-        layer_tensors: LLAMA_LAYER,
+        tensors: LLAMA_TENSORS,
+        ignored_suffixes: &["rotary_emb.inv_freq"],
+        generated: &["rope_freqs.weight"],
+        metadata: LLAMA_META,
+        rope: RopeLayout::Adjacent,
+        type_70b: eighty_layers_gqa,
+        support: Support {
+            convert: true,
+            forward: true,
+        },
     },
     Architecture {
         hf_classes: &["Qwen2ForCausalLM"],
         gguf_name: "qwen2",
-        permute_qk: false,
-        layer_tensors: LLAMA_LAYER,
+        tensors: QWEN2_TENSORS,
+        ignored_suffixes: &["rotary_emb.inv_freq"],
+        generated: &[],
+        metadata: LLAMA_META,
+        rope: RopeLayout::Neox,
+        type_70b: eighty_layers_gqa,
+        support: Support {
+            convert: true,
+            forward: true,
+        },
+    },
+    Architecture {
+        hf_classes: &["Phi3ForCausalLM"],
+        gguf_name: "phi3",
+        tensors: PHI3_TENSORS,
+        ignored_suffixes: &["rotary_emb.inv_freq"],
+        generated: &[],
+        metadata: LLAMA_META,
+        rope: RopeLayout::Neox,
+        type_70b: |_| false,
+        support: Support {
+            convert: false,
+            forward: false,
+        },
     },
 ];
-
-/// Model-level tensors shared by every supported architecture.
-pub const GLOBAL_TENSORS: &[(&str, &str)] = &[
-    ("model.embed_tokens.weight", "token_embd.weight"),
-    ("model.norm.weight", "output_norm.weight"),
-    ("lm_head.weight", "output.weight"),
-];
-
-/// Tensors present in checkpoints that llama.cpp recomputes and the converter skips.
-pub const SKIPPED_SUFFIXES: &[&str] = &["rotary_emb.inv_freq"];
 
 pub fn supported_classes() -> Vec<&'static str> {
     ARCHITECTURES
         .iter()
+        .filter(|a| a.support.convert)
         .flat_map(|a| a.hf_classes.iter().copied())
         .collect()
 }
 
-pub fn find(class: &str) -> Result<&'static Architecture> {
+/// The description of a Hugging Face class (any support level).
+pub fn describe(class: &str) -> Result<&'static Architecture> {
     match ARCHITECTURES.iter().find(|a| a.hf_classes.contains(&class)) {
         Some(a) => Ok(a),
         None => bail!(
@@ -80,34 +389,174 @@ pub fn find(class: &str) -> Result<&'static Architecture> {
     }
 }
 
+/// The description of a Hugging Face class the converter takes.
+pub fn find(class: &str) -> Result<&'static Architecture> {
+    let a = describe(class)?;
+    if !a.support.convert {
+        bail!(
+            "architecture {class} is not converted by quantfit yet (it can be planned); supported: {}",
+            supported_classes().join(", ")
+        );
+    }
+    Ok(a)
+}
+
+/// The description behind a GGUF `general.architecture` name.
+pub fn by_gguf_name(name: &str) -> Option<&'static Architecture> {
+    ARCHITECTURES.iter().find(|a| a.gguf_name == name)
+}
+
 impl Architecture {
-    /// llama.cpp's name for a Hugging Face tensor name, `None` when the tensor is skipped.
-    pub fn gguf_tensor_name(&self, hf: &str) -> Result<Option<String>> {
-        if SKIPPED_SUFFIXES.iter().any(|s| hf.ends_with(s)) {
-            return Ok(None);
-        }
-        if let Some((_, g)) = GLOBAL_TENSORS.iter().find(|(h, _)| *h == hf) {
-            return Ok(Some(g.to_string()));
-        }
-        if let Some(rest) = hf.strip_prefix("model.layers.") {
-            if let Some((layer, suffix)) = rest.split_once('.') {
-                if let (Ok(n), Some((_, g))) = (
-                    layer.parse::<u32>(),
-                    self.layer_tensors.iter().find(|(h, _)| *h == suffix),
-                ) {
-                    return Ok(Some(format!("blk.{n}.{g}")));
+    /// Every tensor of a model with these hyperparameters, in description order (layers
+    /// expanded), with presence, GGUF dims and transform.
+    pub fn expected_tensors(&self, h: &HParams) -> Vec<ExpectedTensor> {
+        let mut out = Vec::new();
+        let expand = |d: &TensorDef, i: Option<u64>| {
+            let name = |s: &str| match i {
+                Some(i) => s.replace("{i}", &i.to_string()),
+                None => s.to_string(),
+            };
+            // A fused tensor lists its parts after the input dimension; they add up.
+            let dims: Vec<u64> = match d.dims {
+                [first, rest @ ..] if rest.len() > 1 => {
+                    vec![first.of(h), rest.iter().map(|r| r.of(h)).sum()]
                 }
+                dims => dims.iter().map(|x| x.of(h)).collect(),
+            };
+            ExpectedTensor {
+                hf: name(d.hf),
+                gguf: name(d.gguf),
+                dims,
+                presence: (d.presence)(h),
+                transform: d.transform,
+            }
+        };
+        for d in self.tensors.iter().filter(|d| !d.hf.contains("{i}")) {
+            out.push(expand(d, None));
+        }
+        for i in 0..h.n_layer {
+            for d in self.tensors.iter().filter(|d| d.hf.contains("{i}")) {
+                out.push(expand(d, Some(i)));
             }
         }
-        bail!(
-            "tensor {hf} has no llama.cpp name for architecture {}",
-            self.gguf_name
-        )
+        out
+    }
+
+    /// The `{arch}.*` metadata keys and values for `h`, in the order llama.cpp writes them.
+    pub fn metadata_values(&self, h: &HParams) -> Vec<(String, MetaValue)> {
+        self.metadata
+            .iter()
+            .filter_map(|m| Some((format!("{}.{}", self.gguf_name, m.key()), m.value(h)?)))
+            .collect()
+    }
+
+    /// Whether a checkpoint tensor is one the converter skips on purpose.
+    pub fn ignores(&self, hf: &str) -> bool {
+        self.ignored_suffixes.iter().any(|s| hf.ends_with(s))
+    }
+}
+
+fn get_u64(config: &Json, path: &Path, key: &str) -> Result<u64> {
+    match config.get(key) {
+        Some(v) => v.as_u64().with_context(|| {
+            format!(
+                "{}: \"{key}\" is not a non-negative integer",
+                path.display()
+            )
+        }),
+        None => bail!("{}: missing required key \"{key}\"", path.display()),
+    }
+}
+
+/// Sane ranges for hyperparameters, so that shapes computed from them stay meaningful.
+fn check_ranges(h: &HParams, path: &Path) -> Result<()> {
+    for (key, v, max) in [
+        ("hidden_size", h.n_embd, 1 << 20),
+        ("intermediate_size", h.n_ff, 1 << 22),
+        ("num_hidden_layers", h.n_layer, 1 << 12),
+        ("num_attention_heads", h.n_head, 1 << 14),
+        ("num_key_value_heads", h.n_head_kv, 1 << 14),
+        ("head_dim", h.head_dim, 1 << 14),
+        ("vocab_size", h.vocab_size, 1 << 24),
+        ("max_position_embeddings", h.context_length, 1 << 26),
+    ] {
+        if v == 0 || v > max {
+            bail!("{}: \"{key}\" is {v}; expected 1 to {max}", path.display());
+        }
+    }
+    Ok(())
+}
+
+impl HParams {
+    /// The hyperparameters from a model's config.json, as the description's architecture reads
+    /// them; the one config.json parser of quantfit.
+    pub fn from_config(config: &Json, path: &Path, arch: &Architecture) -> Result<HParams> {
+        let n_embd = get_u64(config, path, "hidden_size")?;
+        let n_head = get_u64(config, path, "num_attention_heads")?;
+        if n_head == 0 || n_embd % n_head != 0 && config.get("head_dim").is_none_or(|v| v.is_null())
+        {
+            bail!(
+                "{}: hidden_size {n_embd} is not a multiple of num_attention_heads {n_head}",
+                path.display()
+            );
+        }
+        let n_head_kv = match config.get("num_key_value_heads") {
+            Some(v) if !v.is_null() => get_u64(config, path, "num_key_value_heads")?,
+            _ => n_head,
+        };
+        if n_head_kv == 0 || n_head % n_head_kv != 0 {
+            bail!(
+                "{}: num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_head_kv}",
+                path.display()
+            );
+        }
+        let head_dim = match config.get("head_dim") {
+            Some(v) if !v.is_null() => get_u64(config, path, "head_dim")?,
+            _ => n_embd / n_head,
+        };
+        let float = |key: &str, default: f64| -> Result<f64> {
+            match config.get(key) {
+                None | Some(Json::Null) => Ok(default),
+                Some(v) => v.as_f64().filter(|x| x.is_finite()).with_context(|| {
+                    format!("{}: \"{key}\" is not a finite number", path.display())
+                }),
+            }
+        };
+        let flag = |key: &str| config.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+        // A RoPE scaling quantfit does not implement would convert and run as another model.
+        if let Some(r) = config.get("rope_scaling").filter(|v| !v.is_null()) {
+            let kind = r
+                .get("rope_type")
+                .or_else(|| r.get("type"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("unnamed");
+            bail!(
+                "{}: \"rope_scaling\" of type {kind:?} is not supported yet (quantfit would write a model llama.cpp runs differently)",
+                path.display()
+            );
+        }
+        let h = HParams {
+            n_embd,
+            n_ff: get_u64(config, path, "intermediate_size")?,
+            n_layer: get_u64(config, path, "num_hidden_layers")?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            context_length: get_u64(config, path, "max_position_embeddings")?,
+            rms_eps: float("rms_norm_eps", 1e-6)?,
+            rope_theta: float("rope_theta", 10_000.0)?,
+            vocab_size: get_u64(config, path, "vocab_size")?,
+            tie_embeddings: flag("tie_word_embeddings"),
+            attn_bias: arch.gguf_name == "qwen2" || flag("attention_bias"),
+        };
+        check_ranges(&h, path)?;
+        Ok(h)
     }
 }
 
 /// llama.cpp's Q/K row order for RoPE: within each head, the two halves of the rows are
-/// interleaved (convert_hf_to_gguf.py `LlamaModel.permute`). `rows x cols` row-major.
+/// interleaved (convert_hf_to_gguf.py `LlamaModel.permute`). `rows x cols` row-major; a bias
+/// is `rows x 1`.
 pub fn permute_qk_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
     let head_rows = rows / n_head;
     let half = head_rows / 2;
@@ -129,26 +578,68 @@ pub fn permute_qk_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) ->
 mod tests {
     use super::*;
 
+    fn small() -> HParams {
+        HParams {
+            n_embd: 64,
+            n_ff: 128,
+            n_layer: 2,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 16,
+            context_length: 256,
+            rms_eps: 1e-5,
+            rope_theta: 1e4,
+            vocab_size: 100,
+            tie_embeddings: false,
+            attn_bias: false,
+        }
+    }
+
     #[test]
-    fn names_and_unknown_architecture() {
+    fn one_description_gives_names_shapes_and_presence() {
         let a = find("LlamaForCausalLM").unwrap();
+        let ts = a.expected_tensors(&small());
+        let q = ts.iter().find(|t| t.gguf == "blk.1.attn_q.weight").unwrap();
+        assert_eq!(q.hf, "model.layers.1.self_attn.q_proj.weight");
+        assert_eq!(q.dims, [64, 64]);
+        assert_eq!(q.transform, Transform::PermuteQ);
+        let k = ts.iter().find(|t| t.gguf == "blk.0.attn_k.weight").unwrap();
+        assert_eq!(k.dims, [64, 32]);
+        let bias = ts.iter().find(|t| t.gguf == "blk.0.attn_q.bias").unwrap();
+        assert_eq!(bias.presence, Presence::Absent);
+        let mut h = small();
+        h.attn_bias = true;
+        h.tie_embeddings = true;
+        let ts = a.expected_tensors(&h);
         assert_eq!(
-            a.gguf_tensor_name("model.layers.7.mlp.down_proj.weight")
+            ts.iter()
+                .find(|t| t.gguf == "blk.0.attn_output.bias")
                 .unwrap()
-                .unwrap(),
-            "blk.7.ffn_down.weight"
+                .presence,
+            Presence::Required
         );
         assert_eq!(
-            a.gguf_tensor_name("model.embed_tokens.weight")
+            ts.iter()
+                .find(|t| t.gguf == "output.weight")
                 .unwrap()
-                .unwrap(),
-            "token_embd.weight"
+                .presence,
+            Presence::Optional
         );
-        assert!(a
-            .gguf_tensor_name("model.layers.0.self_attn.rotary_emb.inv_freq")
-            .unwrap()
-            .is_none());
-        assert!(a.gguf_tensor_name("model.layers.0.weird.weight").is_err());
+        let meta = a.metadata_values(&small());
+        assert!(meta.contains(&("llama.attention.head_count_kv".into(), MetaValue::U32(2))));
+        assert!(!meta.iter().any(|(k, _)| k.ends_with("key_length")));
+        // Phi-3's fused tensors add their parts up.
+        let phi = describe("Phi3ForCausalLM").unwrap();
+        let qkv = phi
+            .expected_tensors(&small())
+            .into_iter()
+            .find(|t| t.gguf == "blk.0.attn_qkv.weight")
+            .unwrap();
+        assert_eq!(qkv.dims, [64, 64 + 32 + 32]);
+        assert!(find("Phi3ForCausalLM")
+            .unwrap_err()
+            .to_string()
+            .contains("not converted"));
         let err = find("GPTNeoXForCausalLM").unwrap_err().to_string();
         assert!(
             err.contains("GPTNeoXForCausalLM")
@@ -165,6 +656,20 @@ mod tests {
         assert_eq!(
             permute_qk_rows(&data, 8, 1, 2),
             vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]
+        );
+    }
+
+    #[test]
+    fn config_values_out_of_range_are_refused() {
+        let a = find("LlamaForCausalLM").unwrap();
+        let cfg = serde_json::json!({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+            "num_hidden_layers": 1000000000u64, "max_position_embeddings": 256, "vocab_size": 100});
+        let err = HParams::from_config(&cfg, Path::new("c.json"), a)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("num_hidden_layers") && err.contains("c.json"),
+            "{err}"
         );
     }
 }

@@ -11,21 +11,7 @@ use serde_json::Value as Json;
 use super::arch::{self, Architecture};
 use super::safetensors::{SafetensorsFile, StTensor};
 
-/// Hyperparameters read from config.json.
-#[derive(Clone, Debug)]
-pub struct HParams {
-    pub n_embd: u64,
-    pub n_ff: u64,
-    pub n_layer: u64,
-    pub n_head: u64,
-    pub n_head_kv: u64,
-    pub head_dim: u64,
-    pub context_length: u64,
-    pub rms_eps: f64,
-    pub rope_theta: f64,
-    pub vocab_size: u64,
-    pub tie_embeddings: bool,
-}
+pub use super::arch::HParams;
 
 pub struct ModelDir {
     pub path: PathBuf,
@@ -121,18 +107,6 @@ fn read_json(path: &Path) -> Result<Json> {
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
-fn get_u64(config: &Json, path: &Path, key: &str) -> Result<u64> {
-    match config.get(key) {
-        Some(v) => v.as_u64().with_context(|| {
-            format!(
-                "{}: \"{key}\" is not a non-negative integer",
-                path.display()
-            )
-        }),
-        None => bail!("{}: missing required key \"{key}\"", path.display()),
-    }
-}
-
 impl ModelDir {
     pub fn open(path: &Path) -> Result<ModelDir> {
         if !path.is_dir() {
@@ -152,7 +126,7 @@ impl ModelDir {
             })?
             .to_string();
         let arch = arch::find(&arch_class).with_context(|| config_path.display().to_string())?;
-        let hparams = read_hparams(&config, &config_path)?;
+        let hparams = HParams::from_config(&config, &config_path, arch)?;
 
         let shard_paths = weight_files(path)?;
         let mut shards = Vec::with_capacity(shard_paths.len());
@@ -273,55 +247,6 @@ fn sort_key(name: &str) -> (u32, u32, String) {
             name.to_string(),
         ),
     }
-}
-
-fn read_hparams(config: &Json, path: &Path) -> Result<HParams> {
-    let n_embd = get_u64(config, path, "hidden_size")?;
-    let n_head = get_u64(config, path, "num_attention_heads")?;
-    if n_head == 0 || n_embd % n_head != 0 && config.get("head_dim").is_none() {
-        bail!(
-            "{}: hidden_size {n_embd} is not a multiple of num_attention_heads {n_head}",
-            path.display()
-        );
-    }
-    let n_head_kv = match config.get("num_key_value_heads") {
-        Some(_) => get_u64(config, path, "num_key_value_heads")?,
-        None => n_head,
-    };
-    if n_head_kv == 0 || n_head % n_head_kv != 0 {
-        bail!(
-            "{}: num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_head_kv}",
-            path.display()
-        );
-    }
-    let head_dim = match config.get("head_dim") {
-        Some(v) if !v.is_null() => get_u64(config, path, "head_dim")?,
-        _ => n_embd / n_head,
-    };
-    let float = |key: &str, default: f64| -> Result<f64> {
-        match config.get(key) {
-            None | Some(Json::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .with_context(|| format!("{}: \"{key}\" is not a number", path.display())),
-        }
-    };
-    Ok(HParams {
-        n_embd,
-        n_ff: get_u64(config, path, "intermediate_size")?,
-        n_layer: get_u64(config, path, "num_hidden_layers")?,
-        n_head,
-        n_head_kv,
-        head_dim,
-        context_length: get_u64(config, path, "max_position_embeddings")?,
-        rms_eps: float("rms_norm_eps", 1e-6)?,
-        rope_theta: float("rope_theta", 10_000.0)?,
-        vocab_size: get_u64(config, path, "vocab_size")?,
-        tie_embeddings: config
-            .get("tie_word_embeddings")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-    })
 }
 
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -1,0 +1,113 @@
+//! A GGUF file read back through its architecture's description: the hyperparameters from the
+//! `{arch}.*` keys the description lists (the same list the converter writes), and every
+//! tensor checked against the shapes they imply.
+
+use anyhow::{anyhow, bail, Result};
+
+use super::reader::GgufFile;
+use super::Value;
+use crate::source::arch::{by_gguf_name, Architecture, HParams, Meta, Presence};
+
+/// The architecture a GGUF file declares, and its hyperparameters.
+pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
+    let name = file.path.display();
+    let arch_name = file
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("{name}: metadata key general.architecture is missing"))?;
+    let arch = by_gguf_name(arch_name).ok_or_else(|| {
+        anyhow!("{name}: architecture {arch_name:?} is not one quantfit knows (llama, qwen2, phi3)")
+    })?;
+    let key = |m: Meta| format!("{arch_name}.{}", m.key());
+    let get = |m: Meta| file.get(&key(m)).and_then(Value::as_u64);
+    let need =
+        |m: Meta| get(m).ok_or_else(|| anyhow!("{name}: metadata key {} is missing", key(m)));
+    let float = |m: Meta| file.get(&key(m)).and_then(Value::as_f64);
+    let n_embd = need(Meta::EmbeddingLength)?;
+    let n_head = need(Meta::HeadCount)?;
+    let n_head_kv = get(Meta::HeadCountKv).unwrap_or(n_head);
+    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+        bail!("{name}: {n_head} attention heads do not group over {n_head_kv} KV heads");
+    }
+    let vocab = get(Meta::VocabSize)
+        .or_else(|| {
+            file.get("tokenizer.ggml.tokens")
+                .and_then(Value::as_array)
+                .map(|a| a.len() as u64)
+        })
+        .or_else(|| {
+            file.tensor("token_embd.weight")
+                .and_then(|t| t.dims.get(1).copied())
+        })
+        .unwrap_or(0);
+    let h = HParams {
+        n_embd,
+        n_ff: need(Meta::FeedForwardLength)?,
+        n_layer: need(Meta::BlockCount)?,
+        n_head,
+        n_head_kv,
+        head_dim: get(Meta::KeyLength).unwrap_or(n_embd / n_head),
+        context_length: get(Meta::ContextLength).unwrap_or(4096),
+        rms_eps: float(Meta::RmsEps)
+            .ok_or_else(|| anyhow!("{name}: metadata key {} is missing", key(Meta::RmsEps)))?,
+        rope_theta: float(Meta::RopeFreqBase).unwrap_or(10_000.0),
+        vocab_size: vocab,
+        tie_embeddings: file.tensor("output.weight").is_none(),
+        attn_bias: file.tensor("blk.0.attn_q.bias").is_some(),
+    };
+    for (what, v, max) in [
+        ("embedding_length", h.n_embd, 1u64 << 20),
+        ("feed_forward_length", h.n_ff, 1 << 22),
+        ("block_count", h.n_layer, 1 << 12),
+        ("attention.head_count", h.n_head, 1 << 14),
+        ("head dimension", h.head_dim, 1 << 14),
+    ] {
+        if v == 0 || v > max {
+            bail!("{name}: {arch_name}.{what} is {v}; expected 1 to {max}");
+        }
+    }
+    Ok((arch, h))
+}
+
+/// Every tensor the description implies is there once with its shape, and nothing else is
+/// (llama.cpp refuses a file with tensors it does not create, too).
+pub fn check_tensors(file: &GgufFile, arch: &Architecture, h: &HParams) -> Result<()> {
+    let name = file.path.display();
+    let expected = arch.expected_tensors(h);
+    for e in &expected {
+        match file.tensor(&e.gguf) {
+            None if e.presence == Presence::Required => {
+                bail!(
+                    "{name}: tensor {} is missing; a {} model with these metadata has it",
+                    e.gguf,
+                    arch.gguf_name
+                )
+            }
+            None => {}
+            Some(t) if t.dims != e.dims => bail!(
+                "{name}: tensor {} has shape {:?}, but the metadata imply {:?}",
+                e.gguf,
+                t.dims,
+                e.dims
+            ),
+            Some(_) => {}
+        }
+    }
+    for t in &file.tensors {
+        let known =
+            expected.iter().any(|e| e.gguf == t.name) || arch.generated.contains(&t.name.as_str());
+        if !known {
+            bail!(
+                "{name}: tensor {} is not part of a {} model with these metadata",
+                t.name,
+                arch.gguf_name
+            );
+        }
+    }
+    let mut names: Vec<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!("{name}: tensor {} appears twice", w[0]);
+    }
+    Ok(())
+}
