@@ -34,117 +34,105 @@ pub enum FileType {
     Q2_K,
 }
 
-const ALL: [FileType; 19] = [
-    FileType::F32,
-    FileType::F16,
-    FileType::BF16,
-    FileType::Q8_0,
-    FileType::Q6_K,
-    FileType::Q5_K_M,
-    FileType::Q5_K_S,
-    FileType::Q5_1,
-    FileType::Q5_0,
-    FileType::Q4_K_M,
-    FileType::Q4_K_S,
-    FileType::Q4_1,
-    FileType::Q4_0,
-    FileType::IQ4_XS,
-    FileType::IQ4_NL,
-    FileType::Q3_K_L,
-    FileType::Q3_K_M,
-    FileType::Q3_K_S,
-    FileType::Q2_K,
+/// One file type: its llama-quantize name, its `llama_ftype` id (`general.file_type`), and
+/// the block format most tensors get. The per-tensor rules below say what the others get.
+pub struct FileTypeInfo {
+    pub ft: FileType,
+    pub name: &'static str,
+    pub llama_ftype: u32,
+    pub default_type: GgmlType,
+}
+
+const fn ft(
+    ft: FileType,
+    name: &'static str,
+    llama_ftype: u32,
+    default_type: GgmlType,
+) -> FileTypeInfo {
+    FileTypeInfo {
+        ft,
+        name,
+        llama_ftype,
+        default_type,
+    }
+}
+
+/// The file types quantfit writes, in the order `quantize --help` lists them (llama.h's
+/// `llama_ftype` ids).
+#[rustfmt::skip]
+pub static FILE_TYPES: [FileTypeInfo; 19] = [
+    ft(FileType::F32, "F32", 0, GgmlType::F32),
+    ft(FileType::F16, "F16", 1, GgmlType::F16),
+    ft(FileType::BF16, "BF16", 32, GgmlType::BF16),
+    ft(FileType::Q8_0, "Q8_0", 7, GgmlType::Q8_0),
+    ft(FileType::Q6_K, "Q6_K", 18, GgmlType::Q6_K),
+    ft(FileType::Q5_K_M, "Q5_K_M", 17, GgmlType::Q5_K),
+    ft(FileType::Q5_K_S, "Q5_K_S", 16, GgmlType::Q5_K),
+    ft(FileType::Q5_1, "Q5_1", 9, GgmlType::Q5_1),
+    ft(FileType::Q5_0, "Q5_0", 8, GgmlType::Q5_0),
+    ft(FileType::Q4_K_M, "Q4_K_M", 15, GgmlType::Q4_K),
+    ft(FileType::Q4_K_S, "Q4_K_S", 14, GgmlType::Q4_K),
+    ft(FileType::Q4_1, "Q4_1", 3, GgmlType::Q4_1),
+    ft(FileType::Q4_0, "Q4_0", 2, GgmlType::Q4_0),
+    ft(FileType::IQ4_XS, "IQ4_XS", 30, GgmlType::IQ4_XS),
+    ft(FileType::IQ4_NL, "IQ4_NL", 25, GgmlType::IQ4_NL),
+    ft(FileType::Q3_K_L, "Q3_K_L", 13, GgmlType::Q3_K),
+    ft(FileType::Q3_K_M, "Q3_K_M", 12, GgmlType::Q3_K),
+    ft(FileType::Q3_K_S, "Q3_K_S", 11, GgmlType::Q3_K),
+    ft(FileType::Q2_K, "Q2_K", 10, GgmlType::Q2_K),
+];
+
+/// Names llama-quantize also takes for a mix: `Q4_K` is `Q4_K_M`, and so on.
+const ALIASES: [(&str, FileType); 3] = [
+    ("Q4_K", FileType::Q4_K_M),
+    ("Q5_K", FileType::Q5_K_M),
+    ("Q3_K", FileType::Q3_K_M),
 ];
 
 impl FileType {
     pub fn all() -> &'static [FileType] {
-        &ALL
+        static ALL: std::sync::OnceLock<Vec<FileType>> = std::sync::OnceLock::new();
+        ALL.get_or_init(|| FILE_TYPES.iter().map(|f| f.ft).collect())
+    }
+
+    pub fn info(self) -> &'static FileTypeInfo {
+        FILE_TYPES
+            .iter()
+            .find(|f| f.ft == self)
+            .expect("every FileType has a table row")
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            FileType::F32 => "F32",
-            FileType::F16 => "F16",
-            FileType::BF16 => "BF16",
-            FileType::Q8_0 => "Q8_0",
-            FileType::Q6_K => "Q6_K",
-            FileType::Q5_K_M => "Q5_K_M",
-            FileType::Q5_K_S => "Q5_K_S",
-            FileType::Q5_1 => "Q5_1",
-            FileType::Q5_0 => "Q5_0",
-            FileType::Q4_K_M => "Q4_K_M",
-            FileType::Q4_K_S => "Q4_K_S",
-            FileType::Q4_1 => "Q4_1",
-            FileType::Q4_0 => "Q4_0",
-            FileType::IQ4_XS => "IQ4_XS",
-            FileType::IQ4_NL => "IQ4_NL",
-            FileType::Q3_K_L => "Q3_K_L",
-            FileType::Q3_K_M => "Q3_K_M",
-            FileType::Q3_K_S => "Q3_K_S",
-            FileType::Q2_K => "Q2_K",
-        }
+        self.info().name
     }
 
     /// Case-insensitive; `Q4_K` and `Q5_K` mean their `_M` mixes, as in llama-quantize.
     pub fn from_name(name: &str) -> Option<FileType> {
-        let upper = name.trim().to_ascii_uppercase();
-        let canonical = match upper.as_str() {
-            "Q4_K" => "Q4_K_M",
-            "Q5_K" => "Q5_K_M",
-            "Q3_K" => "Q3_K_M",
-            other => other,
-        };
-        ALL.iter().copied().find(|f| f.name() == canonical)
+        let name = name.trim();
+        ALIASES
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(name))
+            .map(|(_, f)| *f)
+            .or_else(|| {
+                FILE_TYPES
+                    .iter()
+                    .find(|f| f.name.eq_ignore_ascii_case(name))
+                    .map(|f| f.ft)
+            })
     }
 
     pub fn names() -> Vec<&'static str> {
-        ALL.iter().map(|f| f.name()).collect()
+        FILE_TYPES.iter().map(|f| f.name).collect()
     }
 
     /// The `general.file_type` value (`llama_ftype`).
     pub fn llama_ftype(self) -> u32 {
-        match self {
-            FileType::F32 => 0,
-            FileType::F16 => 1,
-            FileType::Q4_0 => 2,
-            FileType::Q4_1 => 3,
-            FileType::Q8_0 => 7,
-            FileType::Q5_0 => 8,
-            FileType::Q5_1 => 9,
-            FileType::Q2_K => 10,
-            FileType::Q3_K_S => 11,
-            FileType::Q3_K_M => 12,
-            FileType::Q3_K_L => 13,
-            FileType::Q4_K_S => 14,
-            FileType::Q4_K_M => 15,
-            FileType::Q5_K_S => 16,
-            FileType::Q5_K_M => 17,
-            FileType::Q6_K => 18,
-            FileType::IQ4_NL => 25,
-            FileType::IQ4_XS => 30,
-            FileType::BF16 => 32,
-        }
+        self.info().llama_ftype
     }
 
     /// The block format most tensors get.
     pub fn default_type(self) -> GgmlType {
-        match self {
-            FileType::F32 => GgmlType::F32,
-            FileType::F16 => GgmlType::F16,
-            FileType::BF16 => GgmlType::BF16,
-            FileType::Q8_0 => GgmlType::Q8_0,
-            FileType::Q6_K => GgmlType::Q6_K,
-            FileType::Q5_K_M | FileType::Q5_K_S => GgmlType::Q5_K,
-            FileType::Q5_1 => GgmlType::Q5_1,
-            FileType::Q5_0 => GgmlType::Q5_0,
-            FileType::Q4_K_M | FileType::Q4_K_S => GgmlType::Q4_K,
-            FileType::Q4_1 => GgmlType::Q4_1,
-            FileType::Q4_0 => GgmlType::Q4_0,
-            FileType::IQ4_XS => GgmlType::IQ4_XS,
-            FileType::IQ4_NL => GgmlType::IQ4_NL,
-            FileType::Q3_K_L | FileType::Q3_K_M | FileType::Q3_K_S => GgmlType::Q3_K,
-            FileType::Q2_K => GgmlType::Q2_K,
-        }
+        self.info().default_type
     }
 
     pub fn is_quantized(self) -> bool {

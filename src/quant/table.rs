@@ -1,4 +1,8 @@
-//! The one table from GGUF type ids and llama.cpp type names to block formats.
+//! The one table of block formats: GGUF type id and name, block size and bytes, quantize and
+//! dequantize rows, whether an importance matrix changes (or is required for) the result, the
+//! format activations are quantized to before its dot product (ggml's `vec_dot_type`), and
+//! which kernel family the forward pass uses for it. A new format is its file plus one row
+//! here (ggml's `type_traits` and `type_traits_cpu` are the model).
 
 use super::float::{BF16, F16, F32};
 use super::iq4::{Iq4Nl, Iq4Xs};
@@ -31,6 +35,21 @@ pub enum GgmlType {
 pub type QuantizeRowFn = fn(&[f32], Option<&[f32]>, &mut [u8], Isa);
 pub type DequantizeRowFn = fn(&[u8], &mut [f32]);
 
+/// How the forward pass multiplies a weight of this format with activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Unquantized: an f32 product (activations rounded to the `vec_dot_type`).
+    Dense,
+    /// A fused 32-element kernel on Q8_0 activations (eval/dot `legacy` kernels).
+    Block32,
+    /// A k-quant kernel on Q8_K activations (candle's `vec_dot`).
+    KQuant,
+    /// The IQ4_XS superblock kernel on Q8_K activations.
+    Iq4Xs,
+    /// No fused kernel: the row is dequantized and dotted in f32.
+    Dequantize,
+}
+
 /// Everything the rest of quantfit needs to know about one block format.
 #[derive(Clone, Copy)]
 pub struct FormatInfo {
@@ -43,6 +62,13 @@ pub struct FormatInfo {
     pub block_bytes: usize,
     /// Whether an importance matrix changes the result (ggml ignores it for the rest).
     pub uses_imatrix: bool,
+    /// ggml refuses to quantize without an importance matrix.
+    pub requires_imatrix: bool,
+    /// The format activations are quantized to before the dot product (ggml's vec_dot_type).
+    pub vec_dot_type: GgmlType,
+    pub kernel: Kernel,
+    /// The forward pass's integer GEMM takes prompt batches of this format.
+    pub int_gemm: bool,
     pub quantize_row: QuantizeRowFn,
     pub dequantize_row: DequantizeRowFn,
 }
@@ -58,7 +84,16 @@ impl FormatInfo {
     }
 }
 
-const fn entry<B: BlockFormat>(id: u32, name: &'static str, uses_imatrix: bool) -> FormatInfo {
+/// One row: the format's own constants, and what ggml and the forward pass do with it.
+#[allow(clippy::too_many_arguments)]
+const fn entry<B: BlockFormat>(
+    id: u32,
+    name: &'static str,
+    uses_imatrix: bool,
+    vec_dot_type: GgmlType,
+    kernel: Kernel,
+    int_gemm: bool,
+) -> FormatInfo {
     FormatInfo {
         ty: B::TYPE,
         id,
@@ -66,29 +101,38 @@ const fn entry<B: BlockFormat>(id: u32, name: &'static str, uses_imatrix: bool) 
         block_elems: B::BLOCK_ELEMS,
         block_bytes: B::BLOCK_BYTES,
         uses_imatrix,
+        requires_imatrix: false,
+        vec_dot_type,
+        kernel,
+        int_gemm,
         quantize_row: B::quantize_row,
         dequantize_row: B::dequantize_row,
     }
 }
 
-/// All formats, in GGUF type id order.
+use GgmlType as T;
+use Kernel::{Block32, Dense, Iq4Xs as SuperIq4, KQuant};
+
+/// All formats, in GGUF type id order. vec_dot_type as in ggml-cpu.c's type_traits_cpu (Q4_1
+/// and Q5_1 take Q8_1 there: the same values as Q8_0 for these kernels).
+#[rustfmt::skip]
 pub static FORMATS: [FormatInfo; 16] = [
-    entry::<F32>(0, "F32", false),
-    entry::<F16>(1, "F16", false),
-    entry::<Q4_0>(2, "Q4_0", true),
-    entry::<Q4_1>(3, "Q4_1", true),
-    entry::<Q5_0>(6, "Q5_0", true),
-    entry::<Q5_1>(7, "Q5_1", true),
-    entry::<Q8_0>(8, "Q8_0", false),
-    entry::<Q2K>(10, "Q2_K", true),
-    entry::<Q3K>(11, "Q3_K", true),
-    entry::<Q4K>(12, "Q4_K", true),
-    entry::<Q5K>(13, "Q5_K", true),
-    entry::<Q6K>(14, "Q6_K", true),
-    entry::<Q8K>(15, "Q8_K", false),
-    entry::<Iq4Nl>(20, "IQ4_NL", true),
-    entry::<Iq4Xs>(23, "IQ4_XS", true),
-    entry::<BF16>(30, "BF16", false),
+    entry::<F32>(0, "F32", false, T::F32, Dense, false),
+    entry::<F16>(1, "F16", false, T::F16, Dense, false),
+    entry::<Q4_0>(2, "Q4_0", true, T::Q8_0, Block32, true),
+    entry::<Q4_1>(3, "Q4_1", true, T::Q8_0, Block32, true),
+    entry::<Q5_0>(6, "Q5_0", true, T::Q8_0, Block32, true),
+    entry::<Q5_1>(7, "Q5_1", true, T::Q8_0, Block32, true),
+    entry::<Q8_0>(8, "Q8_0", false, T::Q8_0, Block32, true),
+    entry::<Q2K>(10, "Q2_K", true, T::Q8_K, KQuant, false),
+    entry::<Q3K>(11, "Q3_K", true, T::Q8_K, KQuant, false),
+    entry::<Q4K>(12, "Q4_K", true, T::Q8_K, KQuant, true),
+    entry::<Q5K>(13, "Q5_K", true, T::Q8_K, KQuant, true),
+    entry::<Q6K>(14, "Q6_K", true, T::Q8_K, KQuant, false),
+    entry::<Q8K>(15, "Q8_K", false, T::Q8_K, Kernel::Dequantize, false),
+    entry::<Iq4Nl>(20, "IQ4_NL", true, T::Q8_0, Block32, true),
+    entry::<Iq4Xs>(23, "IQ4_XS", true, T::Q8_K, SuperIq4, true),
+    entry::<BF16>(30, "BF16", false, T::BF16, Dense, false),
 ];
 
 impl GgmlType {
@@ -171,5 +215,36 @@ mod tests {
         assert_eq!(GgmlType::from_name("q4_k"), Some(GgmlType::Q4_K));
         assert_eq!(GgmlType::from_name("Q4_K_M"), None);
         assert!((GgmlType::Q4_K.info().bits_per_weight() - 4.5).abs() < 1e-12);
+    }
+
+    /// ggml-cpu.c type_traits_cpu: the activation format of each weight format's dot product.
+    #[test]
+    fn vec_dot_types_match_ggml() {
+        for (w, a) in [
+            ("F32", "F32"),
+            ("F16", "F16"),
+            ("BF16", "BF16"),
+            ("Q4_0", "Q8_0"),
+            ("Q4_1", "Q8_0"),
+            ("Q5_0", "Q8_0"),
+            ("Q5_1", "Q8_0"),
+            ("Q8_0", "Q8_0"),
+            ("IQ4_NL", "Q8_0"),
+            ("Q2_K", "Q8_K"),
+            ("Q3_K", "Q8_K"),
+            ("Q4_K", "Q8_K"),
+            ("Q5_K", "Q8_K"),
+            ("Q6_K", "Q8_K"),
+            ("IQ4_XS", "Q8_K"),
+        ] {
+            let ty = GgmlType::from_name(w).unwrap();
+            assert_eq!(ty.info().vec_dot_type.name(), a, "{w}");
+            // A quantized activation format has blocks the weight's rows are made of.
+            let act = ty.info().vec_dot_type.info();
+            assert_eq!(act.block_elems % ty.info().block_elems, 0, "{w}");
+        }
+        assert!(FORMATS
+            .iter()
+            .all(|f| !f.requires_imatrix || f.uses_imatrix));
     }
 }

@@ -18,28 +18,18 @@ use candle_core::quantized::k_quants::{
 use rayon::prelude::*;
 
 use crate::quant::fp16::f16_bits_to_f32;
-use crate::quant::GgmlType;
+use crate::quant::table::Kernel;
+use crate::quant::{BlockFormat as _, GgmlType};
 
-/// 32-element formats with a fused kernel on Q8_0 activations.
+/// 32-element formats with a fused kernel on Q8_0 activations (the format table's `Block32`).
 fn legacy(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_0
-            | GgmlType::IQ4_NL
-    )
+    ty.info().kernel == Kernel::Block32
 }
 
 /// k-quants use candle's `vec_dot` kernels (runtime-selected AVX2) on the mapped bytes, with
-/// Q8_K activations, inside this module's own parallel pass.
+/// Q8_K activations, inside this module's own parallel pass (the table's `KQuant`).
 fn is_kquant(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
-    )
+    ty.info().kernel == Kernel::KQuant
 }
 
 /// `bytes` as blocks of `T`, which must be a `#[repr(C)]` block of exactly `bytes_per_block`
@@ -68,11 +58,11 @@ fn kquant_dot(ty: GgmlType, w: &[u8], acts: &[BlockQ8K], k: usize) -> f32 {
     }
 }
 
-/// Bytes of one Q8_0 block: f16 scale, 32 signed bytes.
-pub const Q8_0_BLOCK: usize = 34;
+/// Bytes of one Q8_0 block: f16 scale, 32 signed bytes (the format table's size).
+pub const Q8_0_BLOCK: usize = crate::quant::legacy::Q8_0::BLOCK_BYTES;
 /// Bytes of one Q8_K block (candle's `BlockQ8K`, ggml's block_q8_K): f32 scale, 256 signed
 /// bytes, 16 i16 sums.
-pub const Q8K_BLOCK: usize = 292;
+pub const Q8K_BLOCK: usize = crate::quant::kquants::Q8K::BLOCK_BYTES;
 
 /// One Q8_0-quantized activation row as the kernels read it.
 #[derive(Clone, Copy)]
@@ -155,17 +145,13 @@ pub enum Rounding {
 
 impl Rounding {
     pub fn for_weight(weight: GgmlType) -> Rounding {
-        match weight {
+        match weight.info().vec_dot_type {
             GgmlType::F32 => Rounding::None,
             GgmlType::F16 => Rounding::F16,
             GgmlType::BF16 => Rounding::BF16,
-            GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_0
-            | GgmlType::IQ4_NL => Rounding::Q8_0,
-            _ => Rounding::Q8K,
+            GgmlType::Q8_0 => Rounding::Q8_0,
+            GgmlType::Q8_K => Rounding::Q8K,
+            other => unreachable!("vec_dot_type {other} is not an activation format"),
         }
     }
 
@@ -221,7 +207,7 @@ enum Path {
 fn path(ty: GgmlType, k: usize) -> Path {
     if is_kquant(ty) && k.is_multiple_of(crate::quant::QK_K) {
         Path::KQuant
-    } else if ty == GgmlType::IQ4_XS && k.is_multiple_of(crate::quant::QK_K) {
+    } else if ty.info().kernel == Kernel::Iq4Xs && k.is_multiple_of(crate::quant::QK_K) {
         Path::Iq4Xs
     } else if legacy(ty) {
         Path::Legacy
@@ -483,11 +469,7 @@ mod tests {
             if !k.is_multiple_of(ty.info().block_elems) {
                 continue;
             }
-            let act_ty = if is_kquant(ty) || ty == GgmlType::IQ4_XS {
-                GgmlType::Q8_K
-            } else {
-                GgmlType::Q8_0
-            };
+            let act_ty = ty.info().vec_dot_type;
             let info = ty.info();
             let mut q = vec![0u8; n * info.row_bytes(k)];
             crate::quant::quantize_into(ty, &w, k, None, Default::default(), &mut q).unwrap();

@@ -25,18 +25,7 @@ use crate::quant::GgmlType;
 pub const PANEL: usize = 32;
 
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_0
-            | GgmlType::IQ4_NL
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::IQ4_XS
-    )
+    ty.info().int_gemm
 }
 
 /// The format ggml quantizes activations to for weights of type `ty` (Q8_0 or Q8_K for every
@@ -69,34 +58,36 @@ pub fn unpack_block(ty: GgmlType, row: &[u8], b: usize, q: &mut [i8; 32]) -> (f3
     };
     match ty {
         GgmlType::Q4_0 => {
-            let (v, blk) = legacy(18, 2, None, -8);
+            let (v, blk) = legacy(GgmlType::Q4_0.info().block_bytes, 2, None, -8);
             *q = v;
             (f16_at(blk, 0), 0.0)
         }
         GgmlType::Q4_1 => {
-            let (v, blk) = legacy(20, 4, None, 0);
+            let (v, blk) = legacy(GgmlType::Q4_1.info().block_bytes, 4, None, 0);
             *q = v;
             (f16_at(blk, 0), f16_at(blk, 2))
         }
         GgmlType::Q5_0 => {
-            let (v, blk) = legacy(22, 6, Some(2), -16);
+            let (v, blk) = legacy(GgmlType::Q5_0.info().block_bytes, 6, Some(2), -16);
             *q = v;
             (f16_at(blk, 0), 0.0)
         }
         GgmlType::Q5_1 => {
-            let (v, blk) = legacy(24, 8, Some(4), 0);
+            let (v, blk) = legacy(GgmlType::Q5_1.info().block_bytes, 8, Some(4), 0);
             *q = v;
             (f16_at(blk, 0), f16_at(blk, 2))
         }
         GgmlType::Q8_0 => {
-            let blk = &row[b * 34..(b + 1) * 34];
+            let n = ty.info().block_bytes;
+            let blk = &row[b * n..(b + 1) * n];
             for j in 0..32 {
                 q[j] = blk[2 + j] as i8;
             }
             (f16_at(blk, 0), 0.0)
         }
         GgmlType::IQ4_NL => {
-            let blk = &row[b * 18..(b + 1) * 18];
+            let n = ty.info().block_bytes;
+            let blk = &row[b * n..(b + 1) * n];
             for j in 0..16 {
                 q[j] = IQ4_VALUES[(blk[2 + j] & 0xF) as usize];
                 q[j + 16] = IQ4_VALUES[(blk[2 + j] >> 4) as usize];
@@ -105,7 +96,7 @@ pub fn unpack_block(ty: GgmlType, row: &[u8], b: usize, q: &mut [i8; 32]) -> (f3
         }
         GgmlType::Q4_K | GgmlType::Q5_K => {
             let five = ty == GgmlType::Q5_K;
-            let bytes = if five { 176 } else { 144 };
+            let bytes = ty.info().block_bytes;
             let blk = &row[(b / 8) * bytes..(b / 8 + 1) * bytes];
             let sub = b % 8;
             let (g, upper) = (sub / 2, sub % 2 == 1);
@@ -129,7 +120,8 @@ pub fn unpack_block(ty: GgmlType, row: &[u8], b: usize, q: &mut [i8; 32]) -> (f3
             (f16_at(blk, 0) * sc as f32, -(f16_at(blk, 2) * mn as f32))
         }
         GgmlType::IQ4_XS => {
-            let blk = &row[(b / 8) * 136..(b / 8 + 1) * 136];
+            let n = ty.info().block_bytes;
+            let blk = &row[(b / 8) * n..(b / 8 + 1) * n];
             let ib = b % 8;
             let scales_h = u16::from_le_bytes([blk[2], blk[3]]);
             let low = (blk[4 + ib / 2] >> (4 * (ib % 2))) & 0xF;
