@@ -17,3 +17,4 @@ pub mod output;
 pub mod plan;
 pub mod quant;
 pub mod source;
+pub mod testing;

@@ -271,20 +271,30 @@ fn weights_that_contradict_the_config() {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     expect_failure(&dir, &["model.layers.0.self_attn.q_proj.bias", "missing"]);
 
-    for (key, value, mention) in [
+    for (key, value, mention, i) in [
         (
             "num_hidden_layers",
             serde_json::json!(1_000_000_000u64),
             "num_hidden_layers",
         ),
         ("hidden_size", serde_json::json!(0), "hidden_size"),
+        // Kinds quantfit does not implement would run as another model.
         (
             "rope_scaling",
-            serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
-            "rope_scaling",
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+            "\"yarn\" is not supported",
         ),
-    ] {
-        let dir = write_tiny_llama(&case_dir(&format!("cfg_{key}")), 2);
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "low_freq_factor": 4.0, "high_freq_factor": 1.0}),
+            "high_freq_factor",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (k, v, m))| (k, v, m, i))
+    {
+        let dir = write_tiny_llama(&case_dir(&format!("cfg_{key}_{i}")), 2);
         let mut config = common::tiny_llama_config(2);
         config[key] = value;
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();

@@ -7,9 +7,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
-use quantfit::gguf::convert::{convert, ConvertOptions};
-use quantfit::gguf::GgufFile;
+use quantfit::gguf::convert::{convert, ConvertOptions, OutputSummary};
+use quantfit::gguf::{GgufFile, Value};
 use quantfit::quant::rules::{FileType, RuleOptions};
 use quantfit::quant::Isa;
 use quantfit::source::hf::ModelDir;
@@ -44,35 +45,43 @@ fn tensor_hashes(path: &Path) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// Every type of reference.json, converted once per test binary.
+fn reference_outputs() -> &'static Vec<(FileType, OutputSummary)> {
+    static OUT: OnceLock<Vec<(FileType, OutputSummary)>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let model = ModelDir::open(&common::smollm2_dir()).unwrap();
+        let types: Vec<FileType> = reference()["types"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| {
+                FileType::from_name(k)
+                    .unwrap_or_else(|| panic!("reference type {k} unknown to quantfit"))
+            })
+            .collect();
+        assert!(types.len() >= 5);
+        let opts = ConvertOptions {
+            types: types.clone(),
+            output: out_dir("reference"),
+            rules: RuleOptions::default(),
+            imatrix: None,
+            isa: Isa::best(),
+            progress: false,
+            force: false,
+            extra_inputs: vec![],
+        };
+        let outputs = convert(&model, &opts).unwrap();
+        assert_eq!(outputs.len(), types.len());
+        types.into_iter().zip(outputs).collect()
+    })
+}
+
 #[test]
 fn every_reference_type_matches_llama_cpp_tensor_bytes() {
-    let model = ModelDir::open(&common::smollm2_dir()).unwrap();
     let reference = reference();
-    let types: Vec<FileType> = reference["types"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| {
-            FileType::from_name(k)
-                .unwrap_or_else(|| panic!("reference type {k} unknown to quantfit"))
-        })
-        .collect();
-    assert!(types.len() >= 5);
-    let dir = out_dir("reference");
-    let opts = ConvertOptions {
-        types: types.clone(),
-        output: dir.clone(),
-        rules: RuleOptions::default(),
-        imatrix: None,
-        isa: Isa::best(),
-        progress: false,
-        force: false,
-        extra_inputs: vec![],
-    };
-    let outputs = convert(&model, &opts).unwrap();
-    assert_eq!(outputs.len(), types.len());
+    let outputs = reference_outputs();
     let mut mismatches = Vec::new();
-    for (ft, out) in types.iter().zip(&outputs) {
+    for (ft, out) in outputs {
         let want = &reference["types"][ft.name()]["tensors"];
         let got = tensor_hashes(&out.path);
         assert_eq!(
@@ -97,6 +106,126 @@ fn every_reference_type_matches_llama_cpp_tensor_bytes() {
         mismatches.len(),
         mismatches.join("\n")
     );
+}
+
+/// What llama.cpp wrote from the same folder (tests/fixtures/llama-cpp-files, made by its
+/// make.py): whole-file sizes for every type, and the whole files' sha256 for llama-quantize's
+/// outputs. The F32 file is the same size but not the same bytes: llama.cpp's converter
+/// writes tensors and a few keys in its own order, llama-quantize (and quantfit) in llama.cpp's
+/// loader order.
+#[test]
+fn whole_files_match_llama_cpp() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/llama-cpp-files/smollm2-135m.json");
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for (ft, out) in reference_outputs() {
+        let bytes = std::fs::metadata(&out.path).unwrap().len();
+        if want["file_bytes"][ft.name()].as_u64() != Some(bytes) {
+            failures.push(format!(
+                "{ft}: {bytes} bytes, llama.cpp {}",
+                want["file_bytes"][ft.name()]
+            ));
+        }
+        if let Some(hash) = want["file_sha256"][ft.name()].as_str() {
+            compared += 1;
+            let got = common::sha256_hex(&std::fs::read(&out.path).unwrap());
+            if got != hash {
+                failures.push(format!("{ft}: file sha256 {got}, llama.cpp {hash}"));
+            }
+        }
+    }
+    assert!(compared >= 4, "whole-file hashes compared: {compared}");
+    // The F32 file's metadata: every key, kind and value llama.cpp wrote, and no other.
+    let f32_out = &reference_outputs()
+        .iter()
+        .find(|(ft, _)| *ft == FileType::F32)
+        .unwrap()
+        .1;
+    let f = GgufFile::open(&f32_out.path).unwrap();
+    let kv = want["gguf_kv"].as_object().unwrap();
+    for (key, w) in kv {
+        match f.get(key) {
+            None => failures.push(format!("F32 {key}: missing")),
+            Some(v) if !same_json(w, v) => {
+                failures.push(format!("F32 {key}: quantfit {v:?}, llama.cpp {w}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, _) in &f.metadata {
+        if !kv.contains_key(key) {
+            failures.push(format!("F32 {key}: not in llama.cpp's file"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A recorded metadata value (long arrays by length) against one of ours.
+fn same_json(want: &serde_json::Value, got: &Value) -> bool {
+    match got {
+        Value::Array(items) => match want.get("array_length") {
+            Some(n) => n.as_u64() == Some(items.len() as u64),
+            None => want.as_array().is_some_and(|w| {
+                w.len() == items.len() && w.iter().zip(items).all(|(a, b)| same_json(a, b))
+            }),
+        },
+        Value::String(s) => want == s.as_str(),
+        Value::Bool(b) => want.as_bool() == Some(*b),
+        Value::F32(x) => want.as_f64() == Some(*x as f64),
+        Value::U32(x) => want.as_u64() == Some(*x as u64),
+        Value::I32(x) => want.as_i64() == Some(*x as i64),
+        _ => false,
+    }
+}
+
+/// gguf-rs, a GGUF reader written independently of quantfit's, parses every converted file:
+/// the same tensors (name, ggml type, shape, data offset) and the same metadata. Its sizes
+/// are compared only for the types it computes correctly (it miscomputes BF16 and integer
+/// types, none of which these files hold).
+#[test]
+fn an_independent_reader_agrees() {
+    for (ft, out) in reference_outputs() {
+        let path = out.path.to_str().unwrap();
+        let theirs = gguf_rs::get_gguf_container_array_size(path, u64::MAX)
+            .and_then(|mut c| c.decode())
+            .unwrap_or_else(|e| panic!("{ft}: gguf-rs cannot read {path}: {e}"));
+        let ours = GgufFile::open(&out.path).unwrap();
+        assert_eq!(theirs.tensors().len(), ours.tensors.len(), "{ft}");
+        assert_eq!(theirs.data_offset(), ours.data_start, "{ft}: data offset");
+        for (t, o) in theirs.tensors().iter().zip(&ours.tensors) {
+            assert_eq!(t.name, o.name, "{ft}");
+            assert_eq!(t.kind, o.type_id, "{ft} {}", o.name);
+            assert_eq!(t.shape, o.dims, "{ft} {}", o.name);
+            assert_eq!(t.offset + theirs.data_offset(), o.offset, "{ft} {}", o.name);
+            assert_eq!(t.size, o.bytes, "{ft} {}", o.name);
+        }
+        let meta = theirs.metadata();
+        assert_eq!(meta.len(), ours.metadata.len(), "{ft}: metadata count");
+        for (key, v) in &ours.metadata {
+            let w = meta
+                .get(key)
+                .unwrap_or_else(|| panic!("{ft}: gguf-rs lacks {key}"));
+            assert!(agrees(w, v), "{ft} {key}: gguf-rs {w}, quantfit {v:?}");
+        }
+    }
+}
+
+/// A gguf-rs value (JSON) against one of ours, element by element for arrays.
+fn agrees(w: &serde_json::Value, v: &Value) -> bool {
+    match v {
+        Value::Array(items) => w.as_array().is_some_and(|a| {
+            a.len() == items.len() && a.iter().zip(items).all(|(x, y)| agrees(x, y))
+        }),
+        Value::String(s) => w == s.as_str(),
+        Value::Bool(b) => w.as_bool() == Some(*b),
+        Value::F32(x) => w.as_f64().is_some_and(|y| y as f32 == *x),
+        Value::U32(x) => w.as_u64() == Some(*x as u64),
+        Value::I32(x) => w.as_i64() == Some(*x as i64),
+        _ => false,
+    }
 }
 
 /// Split the fixture's weights into shards with an index, as large models ship.
@@ -157,7 +286,8 @@ fn make_sharded_copy(src: &Path, dst: &Path) {
 fn sharded_input_gives_identical_files() {
     let single = common::smollm2_dir();
     let sharded = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target/test-data/smollm2-135m-sharded");
+        // The same folder name: the model's name (general.name) comes from it.
+        .join("target/test-data/sharded/smollm2-135m");
     if !sharded.join("model.safetensors.index.json").exists() {
         make_sharded_copy(&single, &sharded);
     }

@@ -494,7 +494,7 @@ fn measured_results_on_the_same_tokens_share_a_scale() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("same-tokens.jsonl");
     let line = |q: &str, ppl: f64| {
-        format!("{{\"kind\":\"eval\",\"model\":\"SmolLM2-135M-Instruct\",\"quant\":\"{q}\",\"ppl\":{ppl},\"text\":\"mine.txt\",\"ctx\":512,\"tokens_sha256\":\"abcdef0123456789\"}}\n")
+        format!("{{\"kind\":\"eval\",\"model\":\"Smollm2 135m\",\"quant\":\"{q}\",\"ppl\":{ppl},\"text\":\"mine.txt\",\"ctx\":512,\"tokens_sha256\":\"abcdef0123456789\"}}\n")
     };
     std::fs::write(&file, line("Q8_0", 21.08) + &line("Q4_K_M", 22.03)).unwrap();
     let doc = plan_json(&[
@@ -505,11 +505,8 @@ fn measured_results_on_the_same_tokens_share_a_scale() {
         "--results",
         file.to_str().unwrap(),
     ]);
-    let scale = row(&doc, "SmolLM2-135M-Instruct", "Q8_0")["ppl_scale"].clone();
-    assert_eq!(
-        scale,
-        row(&doc, "SmolLM2-135M-Instruct", "Q4_K_M")["ppl_scale"]
-    );
+    let scale = row(&doc, "Smollm2 135m", "Q8_0")["ppl_scale"].clone();
+    assert_eq!(scale, row(&doc, "Smollm2 135m", "Q4_K_M")["ppl_scale"]);
     assert!(scale.as_str().unwrap().contains("mine.txt"));
     let rec = &rows(&doc)[doc["recommended"].as_u64().unwrap() as usize];
     assert_eq!(rec["quant"], "Q8_0", "{}", doc["recommendation"]);

@@ -10,10 +10,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::linear::Linear;
 use candle_core::{Device, Tensor};
 
-use crate::gguf::convert::plan_tensors;
+use crate::gguf::convert::{plan_tensors, tensor_values};
 use crate::gguf::reader::GgufFile;
 use crate::quant::GgmlType;
-use crate::source::arch::{permute_qk_rows, Architecture, HParams, RopeLayout};
+use crate::source::arch::{Architecture, HParams, RopeLayout};
 use crate::source::hf::ModelDir;
 
 /// Shape and hyperparameters of a Llama-family model, as llama.cpp reads them from GGUF keys.
@@ -175,6 +175,8 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
             arch.gguf_name
         );
     }
+    h.rope_scaling
+        .check_supported(&file.path.display().to_string())?;
     crate::gguf::hparams::check_tensors(file, arch, &h)?;
     Ok(ModelConfig::new(arch, &h))
 }
@@ -251,26 +253,9 @@ pub fn load_hf(model: &ModelDir) -> Result<ModelWeights> {
     let config = ModelConfig::new(model.arch, &model.hparams);
     let mut tensors = std::collections::HashMap::new();
     for t in plan_tensors(model)? {
-        let (file, st) = model.tensor(&t.source).expect("planned tensors exist");
-        let mut data = file.to_f32(st)?;
-        file.release(st);
-        check_finite(
-            &data,
-            &format!("{}: tensor {}", file.path.display(), t.source),
-        )?;
-        if let Some(heads) = t.permute_heads {
-            // A matrix is [rows, cols] (dims innermost first); a bias is one column of rows.
-            let (rows, cols) = match t.dims.as_slice() {
-                [cols, rows] => (*rows as usize, *cols as usize),
-                [rows] => (*rows as usize, 1),
-                _ => bail!(
-                    "{}: tensor {} is neither a matrix nor a vector",
-                    model.path.display(),
-                    t.source
-                ),
-            };
-            data = permute_qk_rows(&data, rows, cols, heads);
-        }
+        // The converter's own reading: the same permutation, the same generated tensors.
+        let (data, origin) = tensor_values(model, &t)?;
+        check_finite(&data, &format!("{origin}: tensor {}", t.name))?;
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
         tensors.insert(t.name.clone(), (data, shape));
     }
@@ -332,6 +317,7 @@ fn load_dense(
         Err(_) => Linear::dense(Tensor::from_slice(&embd, embd_shape, &Device::Cpu)?)?,
     };
     let output_norm = take("output_norm.weight")?.0;
+    let rope_freqs = take("rope_freqs.weight").ok().map(|t| t.0);
     // Every tensor of the description is used: none may be silently left out of the model.
     if let Some(unused) = tensors.keys().next() {
         bail!("{path}: tensor {unused} is not used by quantfit's forward pass; refusing to run without it");
@@ -339,7 +325,7 @@ fn load_dense(
     Ok(ModelWeights {
         output_norm,
         output,
-        rope_freqs: None,
+        rope_freqs,
         config,
         embedding: Embedding::Dense(embd),
         layers,

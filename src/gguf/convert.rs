@@ -14,7 +14,8 @@ use super::{GgufWriter, TensorSpec, Value};
 use crate::output::{self, Inputs};
 use crate::quant::rules::{tensor_type, FileType, ModelFacts, RuleOptions};
 use crate::quant::{quantize_into, GgmlType, Isa, QuantizeOptions};
-use crate::source::arch::{permute_qk_rows, MetaValue, Presence};
+use crate::source::arch::{permute_qk_rows, Generator, MetaValue, Presence, Transform};
+use crate::source::card::{general_metadata, model_name, FolderFacts, GeneralValue};
 use crate::source::hf::ModelDir;
 use crate::source::tokenizer::{read_vocab, Vocab};
 
@@ -35,7 +36,10 @@ pub struct ConvertOptions {
 /// One tensor of the source, as the outputs will hold it.
 #[derive(Clone, Debug)]
 pub struct PlannedTensor {
+    /// The checkpoint tensor it is read from; empty for a generated one.
     pub source: String,
+    /// Computed from the hyperparameters instead of read.
+    pub generated: Option<Generator>,
     pub name: String,
     /// Innermost first.
     pub dims: Vec<u64>,
@@ -92,6 +96,18 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
     let mut used = std::collections::HashSet::new();
     let mut out = Vec::new();
     for e in arch.expected_tensors(h) {
+        if let Transform::Generate(g) = e.transform {
+            if e.presence == Presence::Required {
+                out.push(PlannedTensor {
+                    source: String::new(),
+                    generated: Some(g),
+                    name: e.gguf,
+                    dims: e.dims,
+                    permute_heads: None,
+                });
+            }
+            continue;
+        }
         let Some((_, t)) = model.tensor(&e.hf) else {
             if e.presence == Presence::Required {
                 bail!(
@@ -131,6 +147,7 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
         }
         out.push(PlannedTensor {
             source: e.hf,
+            generated: None,
             name: e.gguf,
             dims,
             permute_heads,
@@ -150,6 +167,29 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
     // by name. llama-quantize writes in this order, so the files line up byte for byte.
     out.sort_by(|a, b| (layer_of(&a.name), &a.name).cmp(&(layer_of(&b.name), &b.name)));
     Ok(out)
+}
+
+/// A planned tensor's values as f32 (permuted where llama.cpp wants it, or generated), and
+/// the file they come from, for messages.
+pub fn tensor_values(model: &ModelDir, t: &PlannedTensor) -> Result<(Vec<f32>, String)> {
+    if let Some(g) = t.generated {
+        let data = g
+            .values(&model.hparams)
+            .with_context(|| model.path.display().to_string())?;
+        return Ok((data, model.path.join("config.json").display().to_string()));
+    }
+    let (file, st) = model.tensor(&t.source).expect("planned from the index");
+    let mut data = file.to_f32(st)?;
+    file.release(st);
+    if let Some(heads) = t.permute_heads {
+        data = permute_qk_rows(
+            &data,
+            st.shape[0],
+            st.shape.get(1).copied().unwrap_or(1),
+            heads,
+        );
+    }
+    Ok((data, file.path.display().to_string()))
 }
 
 fn layer_of(name: &str) -> i64 {
@@ -174,7 +214,7 @@ fn metadata(
     model: &ModelDir,
     vocab: &Vocab,
     ftype: FileType,
-    name: &str,
+    total_params: u64,
     imatrix: Option<&Imatrix>,
 ) -> Vec<(String, Value)> {
     let h = &model.hparams;
@@ -184,18 +224,23 @@ fn metadata(
             Value::String(model.arch.gguf_name.into()),
         ),
         ("general.type".into(), Value::String("model".into())),
-        ("general.name".into(), Value::String(name.into())),
-        (
-            "general.size_label".into(),
-            Value::String(size_label(model.parameter_count())),
-        ),
     ];
-    if let Some(l) = &model.card.license {
-        kv.push(("general.license".into(), Value::String(l.clone())));
-    }
-    if let Some(l) = &model.card.license_name {
-        kv.push(("general.license.name".into(), Value::String(l.clone())));
-    }
+    kv.extend(
+        general_metadata(&folder_facts(model, total_params))
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    GeneralValue::Str(s) => Value::String(s),
+                    GeneralValue::U32(x) => Value::U32(x),
+                    GeneralValue::I32(x) => Value::I32(x),
+                    GeneralValue::F32(x) => Value::F32(x),
+                    GeneralValue::Strings(a) => {
+                        Value::Array(a.into_iter().map(Value::String).collect())
+                    }
+                };
+                (k, v)
+            }),
+    );
     kv.extend(
         model
             .arch
@@ -238,7 +283,15 @@ fn metadata(
         ));
     }
     for (kind, id) in &vocab.special_ids {
-        kv.push((format!("tokenizer.ggml.{kind}_token_id"), Value::U32(*id)));
+        // gguf-py's key names (its spelling); it has no key for cls and skips it.
+        let key = match kind.as_str() {
+            "unk" => "unknown",
+            "sep" => "seperator",
+            "pad" => "padding",
+            "cls" => continue,
+            k => k,
+        };
+        kv.push((format!("tokenizer.ggml.{key}_token_id"), Value::U32(*id)));
     }
     for (flag, b) in &vocab.flags {
         kv.push((format!("tokenizer.ggml.{flag}"), Value::Bool(*b)));
@@ -269,6 +322,38 @@ fn metadata(
         }
     }
     kv
+}
+
+/// What the folder says of itself, for the `general.*` keys.
+fn folder_facts(model: &ModelDir, total_params: u64) -> FolderFacts<'_> {
+    FolderFacts {
+        card: &model.card,
+        config: &model.config,
+        generation: model.generation.as_ref(),
+        folder: &model.path,
+        total_params,
+        size_label: size_label(total_params),
+    }
+}
+
+/// A model name as a file name: no spaces or path separators.
+fn file_stem(name: &str) -> String {
+    let stem: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c == '/' || c == '\\' {
+                '-'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if stem.is_empty() || stem.starts_with('.') {
+        format!("model{stem}")
+    } else {
+        stem
+    }
 }
 
 /// Where each file type goes: the given file for one type, `<folder>/<name>-<TYPE>.gguf` else.
@@ -305,7 +390,8 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
     for w in &vocab.warnings {
         eprintln!("warning: {w}");
     }
-    let name = model.display_name();
+    let total_params: u64 = tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+    let name = file_stem(&model_name(&folder_facts(model, total_params)));
     let inputs = Inputs::capture(model.input_files().iter().chain(&opts.extra_inputs));
     let (paths, created) = output_paths(&name, &opts.types, &opts.output)?;
     let targets = output::check_all(&paths, &inputs, opts.force)?;
@@ -344,7 +430,7 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
     for ((ft, target), s) in opts.types.iter().zip(&targets).zip(&specs) {
         writers.push(GgufWriter::create(
             target,
-            &metadata(model, &vocab, *ft, &name, opts.imatrix.as_ref()),
+            &metadata(model, &vocab, *ft, total_params, opts.imatrix.as_ref()),
             s.clone(),
         )?);
     }
@@ -357,17 +443,7 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
     let start = Instant::now();
     for (i, t) in tensors.iter().enumerate() {
         bar.set_message(t.name.clone());
-        let (file, st) = model.tensor(&t.source).expect("planned from the index");
-        let mut data = file.to_f32(st)?;
-        file.release(st);
-        if let Some(heads) = t.permute_heads {
-            data = permute_qk_rows(
-                &data,
-                st.shape[0],
-                st.shape.get(1).copied().unwrap_or(1),
-                heads,
-            );
-        }
+        let (data, origin) = tensor_values(model, t)?;
         let cols = t.dims[0] as usize;
         let imatrix = opts.imatrix.as_ref().and_then(|im| im.get(&t.name));
         let mut done: HashMap<GgmlType, Vec<u8>> = HashMap::new();
@@ -388,7 +464,7 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
                         },
                         &mut out,
                     )
-                    .with_context(|| format!("{}: tensor {}", file.path.display(), t.source))?;
+                    .with_context(|| format!("{origin}: tensor {}", t.name))?;
                     e.insert(out)
                 }
             };

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Result};
 
 use super::reader::GgufFile;
 use super::Value;
-use crate::source::arch::{by_gguf_name, Architecture, HParams, Meta, Presence};
+use crate::source::arch::{by_gguf_name, Architecture, HParams, Meta, Presence, RopeScaling};
 
 /// The architecture a GGUF file declares, and its hyperparameters.
 pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
@@ -47,6 +47,7 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
         n_head,
         n_head_kv,
         head_dim: get(Meta::KeyLength).unwrap_or(n_embd / n_head),
+        head_dim_stated: get(Meta::KeyLength).is_some(),
         context_length: get(Meta::ContextLength).unwrap_or(4096),
         rms_eps: float(Meta::RmsEps)
             .ok_or_else(|| anyhow!("{name}: metadata key {} is missing", key(Meta::RmsEps)))?,
@@ -54,6 +55,7 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
         vocab_size: vocab,
         tie_embeddings: file.tensor("output.weight").is_none(),
         attn_bias: file.tensor("blk.0.attn_q.bias").is_some(),
+        rope_scaling: rope_scaling(file, arch_name),
     };
     for (what, v, max) in [
         ("embedding_length", h.n_embd, 1u64 << 20),
@@ -67,6 +69,19 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
         }
     }
     Ok((arch, h))
+}
+
+/// The divisors of Llama 3.1's scaling travel as a tensor; other kinds as metadata keys.
+fn rope_scaling(file: &GgufFile, arch_name: &str) -> RopeScaling {
+    let kind = file
+        .get(&format!("{arch_name}.rope.scaling.type"))
+        .and_then(Value::as_str)
+        .filter(|k| *k != "none");
+    match kind {
+        Some(k) => RopeScaling::Unsupported(k.to_string()),
+        None if file.tensor("rope_freqs.weight").is_some() => RopeScaling::Llama3(None),
+        None => RopeScaling::None,
+    }
 }
 
 /// Every tensor the description implies is there once with its shape, and nothing else is
@@ -94,9 +109,7 @@ pub fn check_tensors(file: &GgufFile, arch: &Architecture, h: &HParams) -> Resul
         }
     }
     for t in &file.tensors {
-        let known =
-            expected.iter().any(|e| e.gguf == t.name) || arch.generated.contains(&t.name.as_str());
-        if !known {
+        if !expected.iter().any(|e| e.gguf == t.name) {
             bail!(
                 "{name}: tensor {} is not part of a {} model with these metadata",
                 t.name,

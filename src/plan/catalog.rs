@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::license::{self, Licence};
 use crate::gguf::GgufFile;
-use crate::source::arch::{by_gguf_name, Architecture, HParams, Presence};
+use crate::source::arch::{by_gguf_name, Architecture, HParams, Llama3Rope, Presence, RopeScaling};
 
 /// A published benchmark score of the unquantized model, with its source.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -45,6 +45,7 @@ pub struct ModelSpec {
     pub context: u64,
     pub tied_embeddings: bool,
     pub attn_bias: bool,
+    pub rope_scaling: RopeScaling,
     /// MMLU 5-shot of the unquantized base model, as its authors report it.
     pub mmlu: Option<Benchmark>,
     pub license: Licence,
@@ -73,6 +74,9 @@ struct Entry {
     tied_embeddings: bool,
     #[serde(default)]
     attn_bias: bool,
+    /// "llama3": Llama 3.1's RoPE scaling (factor 8, low/high frequency factors 1/4, original
+    /// context 8192, as in its config.json), which adds the tensor rope_freqs.weight.
+    rope_scaling: Option<String>,
     /// Where the hyperparameters come from (documentation only).
     #[serde(rename = "config")]
     _config: String,
@@ -97,6 +101,16 @@ fn build(text: &str) -> Result<Vec<ModelSpec>> {
                 .get(&e.license)
                 .with_context(|| format!("catalog.toml: {}: no [license.{}]", e.id, e.license))?
                 .clone();
+            let rope_scaling = match e.rope_scaling.as_deref() {
+                None => RopeScaling::None,
+                Some("llama3") => RopeScaling::Llama3(Some(Llama3Rope {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_context: 8192.0,
+                })),
+                Some(other) => bail!("catalog.toml: {}: rope_scaling {other:?} unknown", e.id),
+            };
             Ok(ModelSpec {
                 head_dim: e.head_dim.unwrap_or(e.n_embd / e.n_head.max(1)),
                 id: e.id,
@@ -115,6 +129,7 @@ fn build(text: &str) -> Result<Vec<ModelSpec>> {
                 context: e.context,
                 tied_embeddings: e.tied_embeddings,
                 attn_bias: e.attn_bias,
+                rope_scaling,
                 mmlu: e.mmlu,
                 license,
             })
@@ -229,6 +244,7 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
         context: h.context_length,
         tied_embeddings: h.tie_embeddings,
         attn_bias: h.attn_bias,
+        rope_scaling: h.rope_scaling.clone(),
         mmlu: None,
         license,
     })
@@ -262,6 +278,7 @@ fn from_gguf(path: &Path) -> Result<ModelSpec> {
         context: h.context_length,
         tied_embeddings: h.tie_embeddings,
         attn_bias: h.attn_bias,
+        rope_scaling: h.rope_scaling.clone(),
         mmlu: None,
         license,
     })
@@ -281,12 +298,14 @@ impl ModelSpec {
             n_head: self.n_head,
             n_head_kv: self.n_head_kv,
             head_dim: self.head_dim,
+            head_dim_stated: false,
             context_length: self.context,
             rms_eps: 1e-5,
             rope_theta: 10_000.0,
             vocab_size: self.vocab,
             tie_embeddings: self.tied_embeddings,
             attn_bias: self.attn_bias,
+            rope_scaling: self.rope_scaling.clone(),
         }
     }
 }

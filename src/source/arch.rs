@@ -20,6 +20,9 @@ pub struct HParams {
     pub n_head: u64,
     pub n_head_kv: u64,
     pub head_dim: u64,
+    /// config.json states `head_dim` (llama.cpp then writes attention.key_length and
+    /// value_length, whatever their value).
+    pub head_dim_stated: bool,
     pub context_length: u64,
     pub rms_eps: f64,
     pub rope_theta: f64,
@@ -27,6 +30,40 @@ pub struct HParams {
     pub tie_embeddings: bool,
     /// Biases on the attention projections (`attention_bias`; always for Qwen2's Q/K/V).
     pub attn_bias: bool,
+    pub rope_scaling: RopeScaling,
+}
+
+/// config.json's `rope_scaling`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub enum RopeScaling {
+    #[default]
+    None,
+    /// Llama 3.1's: per-frequency divisors, which llama.cpp's converter writes as the tensor
+    /// `rope_freqs.weight`. `None` when read back from a GGUF file (the tensor holds them).
+    Llama3(Option<Llama3Rope>),
+    /// A kind quantfit does not implement (its name): the planner sizes such a model, the
+    /// converter and the forward pass refuse it rather than run another model.
+    Unsupported(String),
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Llama3Rope {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_context: f64,
+}
+
+impl RopeScaling {
+    /// An error naming `origin` for a scaling the converter and forward pass cannot honour.
+    pub fn check_supported(&self, origin: &str) -> Result<()> {
+        match self {
+            RopeScaling::Unsupported(kind) => bail!(
+                "{origin}: \"rope_scaling\" of type {kind:?} is not supported yet (quantfit would write or run a model llama.cpp runs differently)"
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl HParams {
@@ -48,6 +85,8 @@ pub enum Dim {
     Q,
     /// n_head_kv x head_dim.
     Kv,
+    /// head_dim / 2: one value per RoPE frequency.
+    HalfHead,
 }
 
 impl Dim {
@@ -58,6 +97,7 @@ impl Dim {
             Dim::Vocab => h.vocab_size,
             Dim::Q => h.q_dim(),
             Dim::Kv => h.kv_dim(),
+            Dim::HalfHead => h.head_dim / 2,
         }
     }
 }
@@ -79,6 +119,60 @@ pub enum Transform {
     /// llama.cpp's RoPE row order for Q (heads = n_head) or K (heads = n_head_kv).
     PermuteQ,
     PermuteK,
+    /// Not in the checkpoint: computed from the hyperparameters, as llama.cpp's converter
+    /// generates it.
+    Generate(Generator),
+}
+
+/// A tensor llama.cpp's converter computes rather than copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generator {
+    /// `rope_freqs.weight` of Llama 3.1's RoPE scaling.
+    Llama3RopeFactors,
+}
+
+impl Generator {
+    pub fn values(self, h: &HParams) -> Result<Vec<f32>> {
+        match (self, &h.rope_scaling) {
+            (Generator::Llama3RopeFactors, RopeScaling::Llama3(Some(r))) => {
+                Ok(llama3_rope_factors(h.head_dim, h.rope_theta, r))
+            }
+            _ => bail!("rope_freqs.weight needs Llama 3 rope_scaling parameters"),
+        }
+    }
+}
+
+/// Llama 3.1's RoPE frequency divisors, in float32 step by step as llama.cpp's converter
+/// computes them with torch (conversion/llama.py `generate_extra_tensors`, after Meta's
+/// `apply_scaling`): 1 for wavelengths shorter than original_context / high_freq_factor,
+/// `factor` for those longer than original_context / low_freq_factor, smooth in between.
+/// torch computes `a / t` as `t.reciprocal() * a` and keeps python scalars as float32.
+pub fn llama3_rope_factors(head_dim: u64, theta: f64, r: &Llama3Rope) -> Vec<f32> {
+    let dim = head_dim as f32;
+    let (low_wavelen, high_wavelen) = (
+        (r.original_context / r.low_freq_factor) as f32,
+        (r.original_context / r.high_freq_factor) as f32,
+    );
+    let (factor, low, high, context) = (
+        r.factor as f32,
+        r.low_freq_factor as f32,
+        r.high_freq_factor as f32,
+        r.original_context as f32,
+    );
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / dim);
+            let wavelen = (1.0 / freq) * std::f64::consts::TAU as f32;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = ((1.0 / wavelen) * context - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
 }
 
 /// One tensor of the architecture. Names use `{i}` for the layer index; `dims` are GGUF's
@@ -109,6 +203,7 @@ impl ExpectedTensor {
             Transform::None => None,
             Transform::PermuteQ => Some(h.n_head),
             Transform::PermuteK => Some(h.n_head_kv),
+            Transform::Generate(_) => None,
         }
     }
 }
@@ -126,7 +221,7 @@ pub enum Meta {
     RmsEps,
     RopeDimensionCount,
     VocabSize,
-    /// Written only when head_dim differs from n_embd / n_head (as llama.cpp does).
+    /// Written when config.json states head_dim (as llama.cpp does).
     KeyLength,
     ValueLength,
 }
@@ -170,9 +265,7 @@ impl Meta {
             Meta::RmsEps => Some(MetaValue::F32(h.rms_eps as f32)),
             Meta::RopeDimensionCount => u(h.head_dim),
             Meta::VocabSize => u(h.vocab_size),
-            Meta::KeyLength | Meta::ValueLength if h.head_dim * h.n_head != h.n_embd => {
-                u(h.head_dim)
-            }
+            Meta::KeyLength | Meta::ValueLength if h.head_dim_stated => u(h.head_dim),
             Meta::KeyLength | Meta::ValueLength => None,
         }
     }
@@ -203,9 +296,6 @@ pub struct Architecture {
     pub tensors: &'static [TensorDef],
     /// Checkpoint tensors that llama.cpp recomputes and the converter skips (name suffixes).
     pub ignored_suffixes: &'static [&'static str],
-    /// GGUF tensors llama.cpp's converter generates rather than copies (Llama 3.1's RoPE
-    /// frequency divisors), accepted when a GGUF file is read.
-    pub generated: &'static [&'static str],
     pub metadata: &'static [Meta],
     pub rope: RopeLayout,
     /// llama.cpp's LLM_TYPE_70B for this architecture (it changes the attn_v quant rule).
@@ -221,6 +311,13 @@ const fn untied(h: &HParams) -> Presence {
         Presence::Optional
     } else {
         Presence::Required
+    }
+}
+const fn with_llama3_rope(h: &HParams) -> Presence {
+    if matches!(h.rope_scaling, RopeScaling::Llama3(_)) {
+        Presence::Required
+    } else {
+        Presence::Absent
     }
 }
 const fn with_bias(h: &HParams) -> Presence {
@@ -247,12 +344,13 @@ const fn t(
     }
 }
 
-use Dim::{Embd, Ff, Kv, Vocab, Q};
+use Dim::{Embd, Ff, HalfHead, Kv, Vocab, Q};
 use Transform::{PermuteK, PermuteQ};
 
 /// The Llama layout (Llama 2/3, Mistral, SmolLM, TinyLlama): optional Q/K/V/O biases.
 #[rustfmt::skip]
 static LLAMA_TENSORS: &[TensorDef] = &[
+    t("", "rope_freqs.weight", &[HalfHead], with_llama3_rope, Transform::Generate(Generator::Llama3RopeFactors)),
     t("model.embed_tokens.weight", "token_embd.weight", &[Embd, Vocab], always, Transform::None),
     t("model.norm.weight", "output_norm.weight", &[Embd], always, Transform::None),
     t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
@@ -315,10 +413,10 @@ static LLAMA_META: &[Meta] = &[
     Meta::HeadCountKv,
     Meta::RopeFreqBase,
     Meta::RmsEps,
-    Meta::RopeDimensionCount,
-    Meta::VocabSize,
     Meta::KeyLength,
     Meta::ValueLength,
+    Meta::VocabSize,
+    Meta::RopeDimensionCount,
 ];
 
 fn eighty_layers_gqa(h: &HParams) -> bool {
@@ -331,7 +429,6 @@ pub static ARCHITECTURES: &[Architecture] = &[
         gguf_name: "llama",
         tensors: LLAMA_TENSORS,
         ignored_suffixes: &["rotary_emb.inv_freq"],
-        generated: &["rope_freqs.weight"],
         metadata: LLAMA_META,
         rope: RopeLayout::Adjacent,
         type_70b: eighty_layers_gqa,
@@ -345,7 +442,6 @@ pub static ARCHITECTURES: &[Architecture] = &[
         gguf_name: "qwen2",
         tensors: QWEN2_TENSORS,
         ignored_suffixes: &["rotary_emb.inv_freq"],
-        generated: &[],
         metadata: LLAMA_META,
         rope: RopeLayout::Neox,
         type_70b: eighty_layers_gqa,
@@ -359,7 +455,6 @@ pub static ARCHITECTURES: &[Architecture] = &[
         gguf_name: "phi3",
         tensors: PHI3_TENSORS,
         ignored_suffixes: &["rotary_emb.inv_freq"],
-        generated: &[],
         metadata: LLAMA_META,
         rope: RopeLayout::Neox,
         type_70b: |_| false,
@@ -510,9 +605,11 @@ impl HParams {
                 path.display()
             );
         }
-        let head_dim = match config.get("head_dim") {
-            Some(v) if !v.is_null() => get_u64(config, path, "head_dim")?,
-            _ => n_embd / n_head,
+        let head_dim_stated = config.get("head_dim").is_some_and(|v| !v.is_null());
+        let head_dim = if head_dim_stated {
+            get_u64(config, path, "head_dim")?
+        } else {
+            n_embd / n_head
         };
         let float = |key: &str, default: f64| -> Result<f64> {
             match config.get(key) {
@@ -523,18 +620,7 @@ impl HParams {
             }
         };
         let flag = |key: &str| config.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
-        // A RoPE scaling quantfit does not implement would convert and run as another model.
-        if let Some(r) = config.get("rope_scaling").filter(|v| !v.is_null()) {
-            let kind = r
-                .get("rope_type")
-                .or_else(|| r.get("type"))
-                .and_then(|v| v.as_str())
-                .unwrap_or("unnamed");
-            bail!(
-                "{}: \"rope_scaling\" of type {kind:?} is not supported yet (quantfit would write a model llama.cpp runs differently)",
-                path.display()
-            );
-        }
+        let rope_scaling = rope_scaling(config, path)?;
         let h = HParams {
             n_embd,
             n_ff: get_u64(config, path, "intermediate_size")?,
@@ -542,15 +628,69 @@ impl HParams {
             n_head,
             n_head_kv,
             head_dim,
+            head_dim_stated,
             context_length: get_u64(config, path, "max_position_embeddings")?,
             rms_eps: float("rms_norm_eps", 1e-6)?,
             rope_theta: float("rope_theta", 10_000.0)?,
             vocab_size: get_u64(config, path, "vocab_size")?,
             tie_embeddings: flag("tie_word_embeddings"),
             attn_bias: arch.gguf_name == "qwen2" || flag("attention_bias"),
+            rope_scaling,
         };
         check_ranges(&h, path)?;
         Ok(h)
+    }
+}
+
+/// config.json's `rope_scaling` (transformers 4.57 also writes it as `rope_parameters`).
+fn rope_scaling(config: &Json, path: &Path) -> Result<RopeScaling> {
+    let Some(r) = ["rope_scaling", "rope_parameters"]
+        .iter()
+        .find_map(|k| config.get(*k).filter(|v| !v.is_null()))
+    else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = r
+        .get("rope_type")
+        .or_else(|| r.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("unnamed")
+        .to_ascii_lowercase();
+    match kind.as_str() {
+        // transformers' name for no scaling.
+        "default" => Ok(RopeScaling::None),
+        "llama3" => {
+            let get = |key: &str, default: f64| -> Result<f64> {
+                match r.get(key) {
+                    None | Some(Json::Null) => Ok(default),
+                    Some(v) => v
+                        .as_f64()
+                        .filter(|x| x.is_finite() && *x > 0.0)
+                        .with_context(|| {
+                            format!(
+                                "{}: rope_scaling \"{key}\" is not a positive number",
+                                path.display()
+                            )
+                        }),
+                }
+            };
+            let rope = Llama3Rope {
+                factor: get("factor", 8.0)?,
+                low_freq_factor: get("low_freq_factor", 1.0)?,
+                high_freq_factor: get("high_freq_factor", 4.0)?,
+                original_context: get("original_max_position_embeddings", 8192.0)?,
+            };
+            if rope.high_freq_factor <= rope.low_freq_factor {
+                bail!(
+                    "{}: rope_scaling high_freq_factor {} is not above low_freq_factor {}",
+                    path.display(),
+                    rope.high_freq_factor,
+                    rope.low_freq_factor
+                );
+            }
+            Ok(RopeScaling::Llama3(Some(rope)))
+        }
+        _ => Ok(RopeScaling::Unsupported(kind)),
     }
 }
 
@@ -586,12 +726,14 @@ mod tests {
             n_head: 4,
             n_head_kv: 2,
             head_dim: 16,
+            head_dim_stated: false,
             context_length: 256,
             rms_eps: 1e-5,
             rope_theta: 1e4,
             vocab_size: 100,
             tie_embeddings: false,
             attn_bias: false,
+            rope_scaling: RopeScaling::None,
         }
     }
 
@@ -670,6 +812,56 @@ mod tests {
         assert!(
             err.contains("num_hidden_layers") && err.contains("c.json"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn rope_scaling_kinds() {
+        let a = find("LlamaForCausalLM").unwrap();
+        let cfg = |r: serde_json::Value| {
+            serde_json::json!({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+                "num_hidden_layers": 2, "max_position_embeddings": 256, "vocab_size": 100, "rope_scaling": r})
+        };
+        let h = |r| HParams::from_config(&cfg(r), Path::new("c.json"), a).unwrap();
+        // Planned, never converted or run.
+        let yarn = h(serde_json::json!({"type": "yarn", "factor": 4.0}));
+        assert_eq!(yarn.rope_scaling, RopeScaling::Unsupported("yarn".into()));
+        assert!(yarn.rope_scaling.check_supported("c.json").is_err());
+        assert_eq!(
+            h(serde_json::json!({"rope_type": "default"})).rope_scaling,
+            RopeScaling::None
+        );
+        let l3 = h(serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+            "original_max_position_embeddings": 8192}));
+        let RopeScaling::Llama3(Some(r)) = &l3.rope_scaling else {
+            panic!("{:?}", l3.rope_scaling)
+        };
+        assert_eq!((r.low_freq_factor, r.high_freq_factor), (1.0, 4.0));
+        let rope = a
+            .expected_tensors(&l3)
+            .into_iter()
+            .find(|t| t.gguf == "rope_freqs.weight")
+            .unwrap();
+        assert_eq!(
+            (rope.dims.as_slice(), rope.presence),
+            (&[8u64][..], Presence::Required)
+        );
+        // Llama 3.1 8B: head_dim 128, theta 5e5: short wavelengths keep 1, long ones 8, and the
+        // band between rises monotonically.
+        let f = llama3_rope_factors(128, 500_000.0, r);
+        assert_eq!(f.len(), 64);
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[63], 8.0);
+        assert!(f.windows(2).all(|w| w[0] <= w[1]));
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0));
+        let plain = h(serde_json::Value::Null);
+        assert_eq!(
+            a.expected_tensors(&plain)
+                .iter()
+                .find(|t| t.gguf == "rope_freqs.weight")
+                .unwrap()
+                .presence,
+            Presence::Absent
         );
     }
 }

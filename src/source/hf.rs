@@ -12,6 +12,8 @@ use super::arch::{self, Architecture};
 use super::safetensors::{SafetensorsFile, StTensor};
 
 pub use super::arch::HParams;
+use super::card::FolderFacts;
+pub use super::card::ModelCard;
 
 pub struct ModelDir {
     pub path: PathBuf,
@@ -25,80 +27,8 @@ pub struct ModelDir {
     /// Names in a stable order: model-level first, then by layer.
     pub tensor_names: Vec<String>,
     pub card: ModelCard,
-}
-
-/// What the model card's YAML front matter says (only the keys quantfit reports).
-#[derive(Clone, Debug, Default)]
-pub struct ModelCard {
-    pub license: Option<String>,
-    pub license_name: Option<String>,
-    pub license_link: Option<String>,
-    /// The first base model (`base_model`, a string or a list).
-    pub base_model: Option<String>,
-    /// Every base model listed.
-    pub base_models: Vec<String>,
-    /// `datasets`: the data the model was trained or fine-tuned on, as the card names it.
-    pub datasets: Vec<String>,
-}
-
-impl ModelCard {
-    /// Reads the keys above from the YAML front matter. A small line parser rather than a YAML
-    /// crate: cards use only `key: value` and `key:` followed by `- item` lines for these keys.
-    pub fn parse(text: &str) -> ModelCard {
-        let mut card = ModelCard::default();
-        let Some(rest) = text.strip_prefix("---") else {
-            return card;
-        };
-        let Some(end) = rest.find("\n---") else {
-            return card;
-        };
-        let mut list: Option<&str> = None;
-        for line in rest[..end].lines() {
-            let trimmed = line.trim();
-            if let Some(key) = list {
-                if let Some(item) = trimmed.strip_prefix("- ") {
-                    let item = unquote(item);
-                    match key {
-                        "base_model" => card.base_models.push(item),
-                        _ => card.datasets.push(item),
-                    }
-                    continue;
-                }
-                list = None;
-            }
-            if let Some((key, value)) = line.split_once(':') {
-                let (key, value) = (key.trim(), unquote(value.trim()));
-                match key {
-                    "license" if !value.is_empty() => card.license = Some(value),
-                    "license_name" if !value.is_empty() => card.license_name = Some(value),
-                    "license_link" if !value.is_empty() => card.license_link = Some(value),
-                    "base_model" if value.is_empty() => list = Some("base_model"),
-                    "base_model" => card.base_models.push(value),
-                    "datasets" if value.is_empty() => list = Some("datasets"),
-                    "datasets" => card.datasets.extend(inline_list(&value)),
-                    _ => {}
-                }
-            }
-        }
-        card.base_models.retain(|b| !b.is_empty() && b != "none");
-        card.base_model = card.base_models.first().cloned();
-        card
-    }
-}
-
-/// `[a, b]` or a single value.
-fn inline_list(value: &str) -> Vec<String> {
-    value
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .split(',')
-        .map(unquote)
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-fn unquote(s: &str) -> String {
-    s.trim().trim_matches(|c| c == '"' || c == '\'').to_string()
+    /// generation_config.json, when present and valid JSON (llama.cpp ignores it otherwise).
+    pub generation: Option<Json>,
 }
 
 fn read_json(path: &Path) -> Result<Json> {
@@ -127,6 +57,9 @@ impl ModelDir {
             .to_string();
         let arch = arch::find(&arch_class).with_context(|| config_path.display().to_string())?;
         let hparams = HParams::from_config(&config, &config_path, arch)?;
+        hparams
+            .rope_scaling
+            .check_supported(&config_path.display().to_string())?;
 
         let shard_paths = weight_files(path)?;
         let mut shards = Vec::with_capacity(shard_paths.len());
@@ -162,6 +95,7 @@ impl ModelDir {
             index,
             tensor_names,
             card,
+            generation: read_json(&path.join("generation_config.json")).ok(),
         })
     }
 
@@ -206,28 +140,18 @@ impl ModelDir {
     }
 }
 
-/// The name a folder's model goes by (GGUF `general.name`): the model card's base model, else
-/// config.json's `_name_or_path`, else the folder name.
+/// The name a folder's model goes by (GGUF `general.name`), as llama.cpp's converter derives
+/// it: the card's `name` / `model_name`, else config.json's `_name_or_path`, else the folder's
+/// name, title-cased by gguf-py's rule.
 pub fn model_name(card: &ModelCard, config: &Json, folder: &Path) -> String {
-    let last = |b: &str| b.rsplit('/').next().map(str::to_string);
-    card.base_model
-        .as_deref()
-        .and_then(last)
-        .or_else(|| {
-            config
-                .get("_name_or_path")
-                .and_then(|v| v.as_str())
-                .and_then(last)
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| {
-            folder
-                .canonicalize()
-                .unwrap_or(folder.to_path_buf())
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".into())
-        })
+    super::card::model_name(&FolderFacts {
+        card,
+        config,
+        generation: None,
+        folder,
+        total_params: 0,
+        size_label: String::new(),
+    })
 }
 
 /// Model-level tensors first, then layers in numeric order (llama.cpp's order).
@@ -344,33 +268,4 @@ fn check_index_agrees(
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn card_front_matter() {
-        let card = ModelCard::parse("---\nlicense: apache-2.0\nbase_model:\n- HuggingFaceTB/SmolLM2-135M\ntags: [a]\n---\n# x");
-        assert_eq!(card.license.as_deref(), Some("apache-2.0"));
-        assert_eq!(
-            card.base_model.as_deref(),
-            Some("HuggingFaceTB/SmolLM2-135M")
-        );
-        let card = ModelCard::parse(
-            "---\nlicense: other\nlicense_name: \"llama3.1\"\nbase_model: meta/x\n---\n",
-        );
-        assert_eq!(card.license_name.as_deref(), Some("llama3.1"));
-        assert_eq!(card.base_model.as_deref(), Some("meta/x"));
-        assert!(ModelCard::parse("no front matter").license.is_none());
-        let card = ModelCard::parse(
-            "---\nlicense: other\nlicense_link: https://x/LICENSE\nbase_model: none\ndatasets:\n- a/b\n- 'c'\nlanguage: [en]\n---\n",
-        );
-        assert_eq!(card.license_link.as_deref(), Some("https://x/LICENSE"));
-        assert_eq!(card.base_model, None, "'none' names no base model");
-        assert_eq!(card.datasets, ["a/b", "c"]);
-        let card = ModelCard::parse("---\ndatasets: [x, \"y\"]\n---\n");
-        assert_eq!(card.datasets, ["x", "y"]);
-    }
 }

@@ -2,6 +2,7 @@
 //! card) and raw f32 matrices.
 
 pub mod arch;
+pub mod card;
 pub mod hf;
 pub mod pretok_hashes;
 pub mod raw;

@@ -32,37 +32,54 @@ pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
 pub fn smollm2_dir() -> PathBuf {
     use std::sync::OnceLock;
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let src = shared_dir().join("models").join("smollm2-135m");
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join("test-data")
-            .join("smollm2-135m");
-        let weights = dir.join("model.safetensors");
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in [
-            "config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "README.md",
-        ] {
-            std::fs::copy(src.join(f), dir.join(f))
-                .unwrap_or_else(|e| panic!("{}: {e}", src.join(f).display()));
+    DIR.get_or_init(|| model_dir("smollm2-135m")).clone()
+}
+
+/// A `../shared/models/NAME` fixture as a usable Hugging Face folder (its weights
+/// decompressed) under target/test-data/NAME: the folder keeps the fixture's name, from which
+/// llama.cpp's converter derived the model's name.
+pub fn model_dir(name: &str) -> PathBuf {
+    let src = shared_dir().join("models").join(name);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("test-data")
+        .join(name);
+    let weights = dir.join("model.safetensors");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let f = entry.unwrap().file_name();
+        let f = f.to_str().unwrap();
+        if f.ends_with(".zst") || f == "reference.json" {
+            continue;
         }
-        if !weights.exists() {
-            // Decompress to a temporary name first: a test killed midway leaves no half file.
-            let tmp = dir.join(format!("model.safetensors.partial-{}", std::process::id()));
-            let input = std::fs::File::open(src.join("model.safetensors.zst")).unwrap();
-            let mut decoder = zstd::stream::read::Decoder::new(input).unwrap();
-            decoder.window_log_max(27).unwrap();
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
-            std::io::copy(&mut decoder, &mut out).unwrap();
-            drop(out);
-            std::fs::rename(&tmp, &weights).unwrap();
+        let same = |a: &std::path::Path, b: &std::path::Path| {
+            std::fs::read(a)
+                .ok()
+                .is_some_and(|x| std::fs::read(b).ok() == Some(x))
+        };
+        if same(&src.join(f), &dir.join(f)) {
+            continue;
         }
-        dir
-    })
-    .clone()
+        let _ = std::fs::remove_file(dir.join(f));
+        std::fs::copy(src.join(f), dir.join(f))
+            .unwrap_or_else(|e| panic!("{}: {e}", src.join(f).display()));
+    }
+    if !weights.exists() {
+        // Decompress to a temporary name first: a test killed midway leaves no half file.
+        let tmp = dir.join(format!(
+            "model.safetensors.partial-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let input = std::fs::File::open(src.join("model.safetensors.zst")).unwrap();
+        let mut decoder = zstd::stream::read::Decoder::new(input).unwrap();
+        decoder.window_log_max(27).unwrap();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+        std::io::copy(&mut decoder, &mut out).unwrap();
+        drop(out);
+        std::fs::rename(&tmp, &weights).unwrap();
+    }
+    dir
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -98,4 +115,27 @@ pub fn write_tiny_llama(dir: &std::path::Path, n_layer: usize) -> PathBuf {
     let tokenizer = shared_dir().join("models").join("smollm2-135m");
     quantfit::source::synthetic::write_llama(dir, &tiny_spec(n_layer), &tokenizer).unwrap();
     dir.to_path_buf()
+}
+
+/// Says which of the x86 quantizer paths this CPU cannot run, so a test that loops over
+/// `Isa::available()` never passes silently for the paths it left out.
+pub fn report_missing_isas(test: &str) {
+    use quantfit::quant::Isa;
+    #[cfg(target_arch = "x86_64")]
+    for (isa, needs) in [
+        (Isa::Avx2, "avx2 and fma"),
+        (Isa::Avx512, "avx512f, avx512bw and avx512vl"),
+    ] {
+        if !isa.is_supported() {
+            quantfit::testing::skipped(
+                test,
+                &format!(
+                    "the {} quantizer paths need {needs}, which this CPU lacks: not compared",
+                    isa.name()
+                ),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (test, Isa::Scalar);
 }

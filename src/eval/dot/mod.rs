@@ -442,6 +442,18 @@ mod tests {
     /// Every kernel against the dequantized weights times the Q8_0-rounded activations.
     #[test]
     fn kernels_match_dequantized_products() {
+        #[cfg(target_arch = "x86_64")]
+        if !x86::has_avx2() {
+            crate::testing::skipped(
+                "eval::dot::kernels_match_dequantized_products",
+                "the x86 kernels need avx2, fma and f16c, which this CPU lacks: only the scalar kernels were checked",
+            );
+        } else if !x86::has_vnni() {
+            crate::testing::skipped(
+                "eval::dot::kernels_match_dequantized_products",
+                "the AVX-512 VNNI kernels need avx512vnni, avx512vl and avx512bw, which this CPU lacks: only the scalar and AVX2 kernels were checked",
+            );
+        }
         // 9 blocks of 32 exercise the odd block after the kernels' pairs of accumulators.
         for k in [256, 288] {
             kernels_match_at(k);

@@ -14,14 +14,14 @@ use super::{DotFn, Q8Row, Q8_0_BLOCK};
 use crate::quant::GgmlType;
 
 /// What the `avx2` entry points need.
-fn has_avx2() -> bool {
+pub(super) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
 }
 
 /// What the `vnni` entry points need beyond `has_avx2`.
-fn has_vnni() -> bool {
+pub(super) fn has_vnni() -> bool {
     is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512bw")

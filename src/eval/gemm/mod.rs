@@ -417,6 +417,12 @@ mod tests {
                     panel_scalar(&acts, &p, lanes, &mut scalar[first..], n);
                 }
                 let fast = matmul(ty, &q, n, k, &x);
+                if fast.is_none() && m == 1 && ty == TYPES[0] {
+                    crate::testing::skipped(
+                        "eval::gemm::integer_gemm_matches_dequantized_products",
+                        "the integer GEMM kernel needs AVX-512 VNNI (avx512vnni, avx512vl, avx512bw), which this CPU lacks (or QUANTFIT_EVAL_GEMM=f32): only the scalar panel was checked",
+                    );
+                }
                 for i in 0..m * n {
                     let tol = 1e-4 * want[i].abs().max(1.0);
                     assert!(
