@@ -621,6 +621,16 @@ impl HParams {
         };
         let flag = |key: &str| config.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
         let rope_scaling = rope_scaling(config, path)?;
+        // transformers 4.57 may keep the base inside rope_parameters only.
+        let nested_theta = config
+            .get("rope_parameters")
+            .and_then(|r| r.get("rope_theta"))
+            .and_then(Json::as_f64)
+            .filter(|x| x.is_finite() && *x > 0.0);
+        let rope_theta = match config.get("rope_theta") {
+            None | Some(Json::Null) => nested_theta.unwrap_or(10_000.0),
+            Some(_) => float("rope_theta", 10_000.0)?,
+        };
         let h = HParams {
             n_embd,
             n_ff: get_u64(config, path, "intermediate_size")?,
@@ -631,7 +641,7 @@ impl HParams {
             head_dim_stated,
             context_length: get_u64(config, path, "max_position_embeddings")?,
             rms_eps: float("rms_norm_eps", 1e-6)?,
-            rope_theta: float("rope_theta", 10_000.0)?,
+            rope_theta,
             vocab_size: get_u64(config, path, "vocab_size")?,
             tie_embeddings: flag("tie_word_embeddings"),
             attn_bias: arch.gguf_name == "qwen2" || flag("attention_bias"),
