@@ -17,12 +17,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$root" && cargo build --release --quiet)
 quantfit="$root/target/release/quantfit"
-model="$root/target/test-data/smollm2-135m"
-if [ ! -f "$model/model.safetensors" ]; then
-  mkdir -p "$model"
-  cp "$shared/models/smollm2-135m/"{config.json,tokenizer.json,tokenizer_config.json,README.md} "$model/"
-  zstd -q -d --long=27 "$shared/models/smollm2-135m/model.safetensors.zst" -o "$model/model.safetensors"
-fi
+. "$root/benches/llama_cpp/smollm2_folder.sh"
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" > /dev/null 2>&1; t1=$(date +%s.%N); python3 -c "print(round($t1 - $t0, 3))"; }
 q=(); c=(); l=()
 for r in $(seq "$rounds"); do

@@ -224,13 +224,27 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
     // and of its GGUF files find this model.
     let name = crate::source::hf::model_name(&card, &c, folder);
     let base = card.base_models.iter().find_map(|b| by_repo(b));
-    Ok(ModelSpec {
+    let family = base
+        .map(|b| b.family.clone())
+        .unwrap_or_else(|| "unknown".into());
+    Ok(outside_catalog(id, name, family, arch, &h, license))
+}
+
+/// A model the catalog does not list (a folder or a GGUF file): its own hyperparameters, no
+/// published figures.
+fn outside_catalog(
+    id: String,
+    name: String,
+    family: String,
+    arch: &Architecture,
+    h: &HParams,
+    license: Licence,
+) -> ModelSpec {
+    ModelSpec {
         id,
         name,
         repo: None,
-        family: base
-            .map(|b| b.family.clone())
-            .unwrap_or_else(|| "unknown".into()),
+        family,
         scale: None,
         quality_proxy: None,
         arch: arch.gguf_name.into(),
@@ -247,7 +261,7 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
         rope_scaling: h.rope_scaling.clone(),
         mmlu: None,
         license,
-    })
+    }
 }
 
 fn from_gguf(path: &Path) -> Result<ModelSpec> {
@@ -260,28 +274,14 @@ fn from_gguf(path: &Path) -> Result<ModelSpec> {
         .unwrap_or("model")
         .to_string();
     let license = license::from_gguf(&f, &path.display().to_string());
-    Ok(ModelSpec {
-        id: name.clone(),
+    Ok(outside_catalog(
+        name.clone(),
         name,
-        repo: None,
-        family: "unknown".into(),
-        scale: None,
-        quality_proxy: None,
-        arch: arch.gguf_name.to_string(),
-        n_layer: h.n_layer,
-        n_embd: h.n_embd,
-        n_ff: h.n_ff,
-        n_head: h.n_head,
-        n_head_kv: h.n_head_kv,
-        head_dim: h.head_dim,
-        vocab: h.vocab_size,
-        context: h.context_length,
-        tied_embeddings: h.tie_embeddings,
-        attn_bias: h.attn_bias,
-        rope_scaling: h.rope_scaling.clone(),
-        mmlu: None,
+        "unknown".into(),
+        arch,
+        &h,
         license,
-    })
+    ))
 }
 
 impl ModelSpec {

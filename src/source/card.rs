@@ -60,16 +60,7 @@ impl ModelCard {
                 v => scalar(v).into_iter().collect(),
             }
         };
-        let license = match &front["license"] {
-            Yaml::Array(items) => Some(
-                items
-                    .iter()
-                    .filter_map(scalar)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            v => scalar(v),
-        };
+        let license = license_text(&front["license"]);
         let mut base_models = list("base_model");
         base_models.retain(|b| !b.is_empty() && b != "none");
         ModelCard {
@@ -96,6 +87,20 @@ fn scalar(v: &Yaml) -> Option<String> {
         Yaml::Integer(i) => Some(i.to_string()),
         Yaml::Boolean(b) => Some(if *b { "True" } else { "False" }.into()),
         _ => None,
+    }
+}
+
+/// A card's `license`: one value, or a list joined with commas as gguf-py writes it.
+fn license_text(v: &Yaml) -> Option<String> {
+    match v {
+        Yaml::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(scalar)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        v => scalar(v),
     }
 }
 
@@ -448,16 +453,7 @@ fn heuristics(f: &FolderFacts) -> Meta {
     m.base_models = entries(["base_model", "base_models", "base_model_sources"]);
     m.datasets = entries(["datasets", "dataset", "dataset_sources"]);
     if let Some(v) = card.get("license") {
-        m.license = match v {
-            Yaml::Array(items) => Some(
-                items
-                    .iter()
-                    .filter_map(scalar)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            v => scalar(v),
-        };
+        m.license = license_text(v);
     }
     take(&mut m.license_name, "license_name");
     take(&mut m.license_link, "license_link");
