@@ -301,3 +301,114 @@ fn weights_that_contradict_the_config() {
         expect_failure(&dir, &["config.json", mention]);
     }
 }
+
+/// A copy of a shared mixture-of-experts fixture with its config.json edited and names in its
+/// weights' header replaced (by names of the same length, so the offsets stay valid).
+fn moe_case(
+    case: &str,
+    fixture: &str,
+    edit_config: impl Fn(&mut serde_json::Value),
+    renames: &[(&str, &str)],
+) -> PathBuf {
+    let src = common::model_dir(fixture);
+    let dir = case_dir(case).join(fixture);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let config_path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    edit_config(&mut config);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let weights = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
+    for (from, to) in renames {
+        assert_eq!(from.len(), to.len());
+        assert!(header.contains(from), "{from}");
+        header = header.replace(from, to);
+    }
+    bytes[8..8 + header_len].copy_from_slice(header.as_bytes());
+    std::fs::write(&weights, bytes).unwrap();
+    dir
+}
+
+#[test]
+fn mixtures_of_experts_that_contradict_their_weights() {
+    // More or fewer experts configured than the weights hold: the router says so first.
+    expect_failure(
+        &moe_case(
+            "moe_more_experts",
+            "tiny-qwen3moe",
+            |c| c["num_experts"] = 16.into(),
+            &[],
+        ),
+        &[
+            "model.layers.0.mlp.gate.weight",
+            "[8, 256]",
+            "implies [16, 256]",
+        ],
+    );
+    // One expert's matrix missing (its name replaced by one the model has no use for).
+    expect_failure(
+        &moe_case(
+            "moe_missing_expert",
+            "tiny-qwen3moe",
+            |_| {},
+            &[(
+                "layers.1.mlp.experts.3.down_proj",
+                "layers.1.mlp.experts.9.down_proj",
+            )],
+        ),
+        &[
+            "model.layers.1.mlp.experts.3.down_proj.weight",
+            "is missing",
+        ],
+    );
+    expect_failure(
+        &moe_case(
+            "moe_fewer_experts",
+            "tiny-mixtral",
+            |c| c["num_local_experts"] = 3.into(),
+            &[],
+        ),
+        &[
+            "model.layers.0.block_sparse_moe.gate.weight",
+            "implies [3, 256]",
+        ],
+    );
+    expect_failure(
+        &moe_case(
+            "moe_used",
+            "tiny-mixtral",
+            |c| c["num_experts_per_tok"] = 5.into(),
+            &[],
+        ),
+        &["config.json", "num_experts_per_tok", "5 of 4"],
+    );
+    // Heads that do not match the attention weights.
+    expect_failure(
+        &moe_case(
+            "moe_heads",
+            "tiny-mixtral",
+            |c| c["num_attention_heads"] = 8.into(),
+            &[],
+        ),
+        &[
+            "model.layers.0.self_attn.q_proj.weight",
+            "config.json implies",
+        ],
+    );
+    expect_failure(
+        &moe_case(
+            "moe_unknown_class",
+            "tiny-mixtral",
+            |c| c["architectures"] = serde_json::json!(["FooMoeForCausalLM"]),
+            &[],
+        ),
+        &["config.json", "unsupported architecture FooMoeForCausalLM"],
+    );
+}

@@ -2,8 +2,9 @@
 //! 0c1e57098 made from the same folders (each fixture's reference.json): for every reference
 //! type, quantfit's file has llama.cpp's tensors (GGUF type and sha256 of the bytes) and its
 //! whole-file size; the F32 file has llama.cpp's metadata keys, kinds and values; the planner
-//! sizes exactly the tensors the converter writes; and perplexity is within 0.5% of
-//! llama-perplexity's.
+//! sizes exactly the tensors the converter writes (from the folder and from each file); the
+//! folder and every file give llama-perplexity's perplexity within 0.5%; and generation through
+//! the KV cache gives the batch's logits.
 
 mod common;
 
@@ -21,7 +22,7 @@ use quantfit::quant::Isa;
 use quantfit::source::hf::ModelDir;
 
 /// The fixtures whose architecture quantfit converts and runs.
-const FIXTURES: &[&str] = &["tiny-llama"];
+const FIXTURES: &[&str] = &["tiny-llama", "tiny-mixtral", "tiny-qwen3moe"];
 
 fn reference(name: &str) -> serde_json::Value {
     let path = common::shared_dir()
@@ -186,6 +187,73 @@ fn planner_sizes_what_the_converter_writes() {
     }
 }
 
+/// `plan --model FILE.gguf` sizes a converted file's tensors as the file holds them.
+#[test]
+fn planner_sizes_converted_files() {
+    for name in FIXTURES {
+        for out in converted(name) {
+            let spec = catalog::resolve(out.path.to_str().unwrap()).unwrap();
+            let ft = FileType::from_name(&out.file_type).unwrap();
+            assert_eq!(weight_bytes(&spec, ft), out.tensor_bytes, "{name} {ft}");
+        }
+    }
+}
+
+/// Generation: tokens fed one at a time through the KV cache (the decoding team for dense
+/// models, the graph for mixtures of experts) give the logits of the whole batch at once.
+#[test]
+fn generation_matches_the_batch() {
+    use quantfit::eval::model::KvCache;
+    for name in FIXTURES {
+        let text = corpus(&reference(name));
+        let outs = converted(name);
+        let gguf = |ty: &str| {
+            outs.iter()
+                .find(|o| o.file_type == ty)
+                .unwrap()
+                .path
+                .clone()
+        };
+        for (path, tolerance) in [
+            (common::model_dir(name), 1e-3),
+            (gguf("Q8_0"), 1e-4),
+            (gguf("Q4_K_M"), 1e-4),
+        ] {
+            let m = quantfit::eval::load(&path, None).unwrap();
+            let head: String = text.chars().take(2000).collect();
+            let tokens = m.tokenizer.encode(&head).unwrap();
+            let tokens = &tokens[..24];
+            let n_vocab = m.model.config().n_vocab;
+            let mut cache = KvCache::default();
+            let batch = m.model.forward(tokens, &mut cache, 0).unwrap();
+            let batch = batch.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut cache = KvCache::default();
+            m.model.forward(&tokens[..16], &mut cache, 15).unwrap();
+            let mut largest = 0f32;
+            for (i, &t) in tokens.iter().enumerate().skip(16) {
+                let step = m.model.forward(&[t], &mut cache, 0).unwrap();
+                let step = step.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let row = &batch[i * n_vocab..(i + 1) * n_vocab];
+                let scale = row.iter().fold(0f32, |a, &b| a.max(b.abs()));
+                let worst = row
+                    .iter()
+                    .zip(&step)
+                    .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(
+                    worst < tolerance * scale,
+                    "{}: position {i}: logits differ by {worst} (scale {scale})",
+                    path.display()
+                );
+                largest = largest.max(worst / scale);
+            }
+            eprintln!(
+                "{}: largest difference {largest:.2e} of the logits' scale",
+                path.display()
+            );
+        }
+    }
+}
+
 fn corpus(r: &serde_json::Value) -> String {
     let file = r["text"].as_str().unwrap();
     std::fs::read_to_string(common::shared_dir().join("corpora").join(file)).unwrap()
@@ -226,6 +294,17 @@ fn perplexity_matches_llama_perplexity() {
             "{name} tokens"
         );
         drop(m);
+        // The Hugging Face folder itself, run unquantized, scores llama.cpp's F32 figure.
+        let want = r["types"]["F32"]["ppl"].as_f64().unwrap();
+        let got = perplexity(&common::model_dir(name), &text, ctx, chunks);
+        let rel = got / want - 1.0;
+        report.push(format!(
+            "{name} folder: {got:.4} vs llama-perplexity F32 {want:.4} ({:+.3}%)",
+            rel * 100.0
+        ));
+        if rel.abs() > 0.005 {
+            failures.push(report.last().unwrap().clone());
+        }
         for out in converted(name) {
             let want = r["types"][&out.file_type]["ppl"].as_f64().unwrap();
             let got = perplexity(&out.path, &text, ctx, chunks);

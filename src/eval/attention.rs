@@ -22,6 +22,8 @@ pub struct Shape {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub neox: bool,
+    /// Epsilon of the per-head query/key norms (Qwen3).
+    pub rms_eps: f32,
 }
 
 impl Shape {
@@ -31,6 +33,7 @@ impl Shape {
             kv_heads: c.n_head_kv,
             head_dim: c.head_dim,
             neox: c.rope_neox,
+            rms_eps: c.rms_eps,
         }
     }
 }
@@ -56,23 +59,46 @@ fn rope(head: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
     }
 }
 
-/// One position's query, key and value rows in place: biases, RoPE on queries and keys
-/// (`cos`/`sin` of this position), then the F16 rounding of llama.cpp's KV cache (queries
-/// too: ggml multiplies them with the cache in F16).
+/// What a layer adds to its Q/K/V projections before attention: biases on each, and
+/// per-head RMS norm weights on queries and keys.
+#[derive(Clone, Copy, Default)]
+pub struct Extras<'a> {
+    pub biases: [Option<&'a [f32]>; 3],
+    pub norms: [Option<&'a [f32]>; 2],
+}
+
+impl<'a> Extras<'a> {
+    pub fn of(w: &'a super::weights::LayerWeights) -> Extras<'a> {
+        Extras {
+            biases: [&w.q_bias, &w.k_bias, &w.v_bias].map(|b| b.as_deref()),
+            norms: [&w.q_norm, &w.k_norm].map(|b| b.as_deref()),
+        }
+    }
+}
+
+/// One position's query, key and value rows in place: biases, per-head norms, RoPE on
+/// queries and keys (`cos`/`sin` of this position), then the F16 rounding of llama.cpp's KV
+/// cache (queries too: ggml multiplies them with the cache in F16).
 pub fn prepare_position(
     [q, k, v]: [&mut [f32]; 3],
-    biases: [Option<&[f32]>; 3],
+    extras: Extras,
     cos: &[f32],
     sin: &[f32],
     shape: Shape,
 ) {
-    for (y, bias) in [&mut *q, &mut *k, &mut *v].into_iter().zip(biases) {
+    for (y, bias) in [&mut *q, &mut *k, &mut *v].into_iter().zip(extras.biases) {
         if let Some(bias) = bias {
             y.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
         }
     }
-    for y in [&mut *q, &mut *k] {
+    let mut normed = Vec::new();
+    for (y, norm) in [&mut *q, &mut *k].into_iter().zip(extras.norms) {
         for head in y.chunks_mut(shape.head_dim) {
+            if let Some(weight) = norm {
+                normed.resize(head.len(), 0.0);
+                super::model::rms_norm_row(head, weight, shape.rms_eps, &mut normed);
+                head.copy_from_slice(&normed);
+            }
             rope(head, cos, sin, shape.neox);
         }
     }
@@ -84,7 +110,7 @@ pub fn prepare_position(
 /// `prepare_position` for every row of `[t, n]` queries, keys and values.
 pub fn prepare_batch(
     [q, k, v]: [&mut [f32]; 3],
-    biases: [Option<&[f32]>; 3],
+    extras: Extras,
     cos: &[f32],
     sin: &[f32],
     shape: Shape,
@@ -98,7 +124,7 @@ pub fn prepare_batch(
         .enumerate()
         .for_each(|(p, ((q, k), v))| {
             let (cos, sin) = (&cos[p * half..][..half], &sin[p * half..][..half]);
-            prepare_position([q, k, v], biases, cos, sin, shape);
+            prepare_position([q, k, v], extras, cos, sin, shape);
         });
 }
 
@@ -239,6 +265,7 @@ mod tests {
             kv_heads: 2,
             head_dim: 8,
             neox: false,
+            rms_eps: 1e-6,
         };
         let (offset, t, capacity) = (5, 2 * QUERY_BLOCK + 3, 256);
         let dim = shape.head_dim;

@@ -143,8 +143,14 @@ impl Decoder {
         let guards: Vec<[WeightGuard; 7]> = w
             .layers
             .iter()
-            .map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].map(Linear::guard))
-            .collect();
+            .map(|l| -> Result<[WeightGuard; 7]> {
+                let [gate, up, down] = l
+                    .ffn
+                    .dense()
+                    .context("the decoding team runs dense feed-forward layers only")?;
+                Ok([&l.q, &l.k, &l.v, &l.o, gate, up, down].map(Linear::guard))
+            })
+            .collect::<Result<_>>()?;
         let output_guard = w.output.guard();
         let layers = guards
             .iter()
@@ -298,7 +304,7 @@ impl Step<'_> {
         }
         attention::prepare_position(
             [&mut s.q, &mut s.k, &mut s.v],
-            [&weights.q_bias, &weights.k_bias, &weights.v_bias].map(|b| b.as_deref()),
+            attention::Extras::of(weights),
             self.cos,
             self.sin,
             attention::Shape::of(&self.model.weights.config),

@@ -39,6 +39,8 @@ enum Kind {
         file: Arc<GgufFile>,
         index: usize,
         ty: GgmlType,
+        /// Where the matrix starts in the tensor's bytes (one expert of a stacked tensor).
+        offset: usize,
     },
 }
 
@@ -53,13 +55,47 @@ impl Linear {
         })
     }
 
-    /// A GGUF tensor, read in place from the mapped file.
+    /// A GGUF matrix, read in place from the mapped file.
     pub fn quantized(file: Arc<GgufFile>, index: usize, ty: GgmlType) -> Linear {
+        Self::quantized_expert(file, index, ty, 0)
+    }
+
+    /// Matrix `expert` of a stacked `[cols, rows, experts]` GGUF tensor (expert 0 of a
+    /// plain matrix), read in place: the experts' rows follow one another.
+    pub fn quantized_expert(
+        file: Arc<GgufFile>,
+        index: usize,
+        ty: GgmlType,
+        expert: usize,
+    ) -> Linear {
         let dims = &file.tensors[index].dims;
+        let (rows, cols) = (dims[1] as usize, dims[0] as usize);
         Linear {
-            rows: dims[1] as usize,
-            cols: dims[0] as usize,
-            kind: Kind::Quantized { file, index, ty },
+            rows,
+            cols,
+            kind: Kind::Quantized {
+                file,
+                index,
+                ty,
+                offset: expert * rows * ty.info().row_bytes(cols),
+            },
+        }
+    }
+
+    /// The quantized weight's bytes, None for a dense one.
+    fn weight_bytes(&self) -> Option<(GgmlType, &[u8])> {
+        match &self.kind {
+            Kind::Dense(_) => None,
+            Kind::Quantized {
+                file,
+                index,
+                ty,
+                offset,
+            } => {
+                let data = file.tensor_data(&file.tensors[*index]);
+                let len = self.rows * ty.info().row_bytes(self.cols);
+                Some((*ty, &data[*offset..*offset + len]))
+            }
         }
     }
 
@@ -71,17 +107,17 @@ impl Linear {
                 let x = Tensor::from_slice(x, (m, self.cols), &Device::Cpu)?;
                 Ok(x.matmul(&w.t()?)?.flatten_all()?.to_vec1()?)
             }
-            Kind::Quantized { file, index, ty } => {
-                let data = file.tensor_data(&file.tensors[*index]);
+            Kind::Quantized { .. } => {
+                let (ty, data) = self.weight_bytes().expect("quantized");
                 if m < BATCH_ROWS {
-                    return Ok(super::dot::matmul(*ty, data, self.rows, self.cols, x, m));
+                    return Ok(super::dot::matmul(ty, data, self.rows, self.cols, x, m));
                 }
-                if let Some(out) = super::gemm::matmul(*ty, data, self.rows, self.cols, x) {
+                if let Some(out) = super::gemm::matmul(ty, data, self.rows, self.cols, x) {
                     return Ok(out);
                 }
                 let mut input = x.to_vec();
-                round_like_ggml_activations(&mut input, self.cols, *ty);
-                Ok(self.panel_gemm(&input, m, data, *ty))
+                round_like_ggml_activations(&mut input, self.cols, ty);
+                Ok(self.panel_gemm(&input, m, data, ty))
             }
         }
     }
@@ -94,10 +130,10 @@ impl Linear {
         let m = x.len() / cols;
         let parts: Option<Vec<super::dot::Part>> = linears
             .iter()
-            .map(|l| match &l.kind {
-                Kind::Quantized { file, index, ty } if l.cols == cols => Some(super::dot::Part {
-                    ty: *ty,
-                    weight: file.tensor_data(&file.tensors[*index]),
+            .map(|l| match l.weight_bytes() {
+                Some((ty, weight)) if l.cols == cols => Some(super::dot::Part {
+                    ty,
+                    weight,
                     n: l.rows,
                 }),
                 _ => None,
@@ -126,10 +162,10 @@ impl Linear {
                     len: self.rows * self.cols,
                 }
             }
-            Kind::Quantized { file, index, ty } => WeightGuard::Quantized {
-                ty: *ty,
-                bytes: file.tensor_data(&file.tensors[*index]),
-            },
+            Kind::Quantized { .. } => {
+                let (ty, bytes) = self.weight_bytes().expect("quantized");
+                WeightGuard::Quantized { ty, bytes }
+            }
         }
     }
 

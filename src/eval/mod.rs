@@ -8,6 +8,7 @@ pub mod dot;
 pub mod gemm;
 pub mod linear;
 pub mod model;
+pub mod moe;
 pub mod perplexity;
 pub mod results;
 pub mod run;

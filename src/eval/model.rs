@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use super::attention;
 use super::decode::Decoder;
 use super::linear::Linear;
-use super::weights::{LayerWeights, ModelConfig, ModelWeights};
+use super::weights::{Ffn, LayerWeights, ModelConfig, ModelWeights};
 
 /// Keys and values of the positions processed so far, per layer, each head's rows contiguous
 /// (`[n_head_kv][capacity][head_dim]`), grown by doubling so that a generated token appends
@@ -148,7 +148,9 @@ impl Model {
         static GRAPH_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let graph_only = *GRAPH_ONLY
             .get_or_init(|| std::env::var("QUANTFIT_EVAL_DECODE").as_deref() == Ok("graph"));
-        if t == 1 && logits_from == 0 && !graph_only {
+        // The decoding team runs dense layers; a mixture of experts goes through the graph.
+        let dense = self.weights.layers.iter().all(|l| l.ffn.dense().is_some());
+        if t == 1 && logits_from == 0 && !graph_only && dense {
             return self.decode(tokens[0], cache);
         }
         self.forward_graph(tokens, cache, logits_from)
@@ -253,7 +255,7 @@ impl Model {
         let shape = attention::Shape::of(c);
         attention::prepare_batch(
             [&mut q, &mut k, &mut v],
-            [&w.q_bias, &w.k_bias, &w.v_bias].map(|b| b.as_deref()),
+            attention::Extras::of(w),
             cos,
             sin,
             shape,
@@ -290,11 +292,19 @@ impl Model {
         add_into(x, &o);
 
         let xn = rms_norm(x, &w.ffn_norm, c.rms_eps);
-        let mut gate_up = Linear::forward_many(&[&w.gate, &w.up], &xn)?;
-        let up = gate_up.pop().expect("two outputs");
-        let mut act = gate_up.pop().expect("two outputs");
-        super::softmax::swiglu(&mut act, &up);
-        add_into(x, &w.down.forward(&act)?);
+        let y = match &w.ffn {
+            Ffn::Dense { gate, up, down } => {
+                let mut gate_up = Linear::forward_many(&[gate, up], &xn)?;
+                let up = gate_up.pop().expect("two outputs");
+                let mut act = gate_up.pop().expect("two outputs");
+                super::softmax::swiglu(&mut act, &up);
+                down.forward(&act)?
+            }
+            Ffn::Experts(e) => {
+                super::moe::forward(e, &xn, c.n_embd, c.n_expert_used, c.norm_expert_weights)?
+            }
+        };
+        add_into(x, &y);
         Ok(())
     }
 }

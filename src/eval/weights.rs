@@ -34,6 +34,11 @@ pub struct ModelConfig {
     pub rope_neox: bool,
     pub n_vocab: usize,
     pub n_ctx_train: usize,
+    /// Routed experts (0: dense), experts per token, and whether their weights are
+    /// renormalized to sum to one.
+    pub n_expert: usize,
+    pub n_expert_used: usize,
+    pub norm_expert_weights: bool,
 }
 
 /// Token embedding rows, dequantized on lookup as ggml's get_rows does.
@@ -56,10 +61,42 @@ pub struct LayerWeights {
     pub v_bias: Option<Vec<f32>>,
     pub o: Linear,
     pub o_bias: Option<Vec<f32>>,
+    /// Per-head RMS norm weights of queries and keys (Qwen3), applied before RoPE.
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
+    pub ffn: Ffn,
+}
+
+/// A layer's feed-forward block.
+pub enum Ffn {
+    /// SwiGLU: down(silu(gate x) * up x).
+    Dense {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    /// A mixture of SwiGLU experts chosen per token by a router.
+    Experts(Experts),
+}
+
+pub struct Experts {
+    /// `[n_expert, n_embd]`, F32 in every file llama.cpp writes.
+    pub router: Linear,
+    /// One matrix per expert, views into the stacked tensors.
+    pub gate: Vec<Linear>,
+    pub up: Vec<Linear>,
+    pub down: Vec<Linear>,
+}
+
+impl Ffn {
+    /// The dense block's matrices, None for a mixture of experts.
+    pub fn dense(&self) -> Option<[&Linear; 3]> {
+        match self {
+            Ffn::Dense { gate, up, down } => Some([gate, up, down]),
+            Ffn::Experts(_) => None,
+        }
+    }
 }
 
 pub struct ModelWeights {
@@ -142,6 +179,59 @@ impl GgufLoader {
     fn has(&self, name: &str) -> bool {
         self.file.tensor(name).is_some()
     }
+
+    fn optional_vector(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        if self.has(name) {
+            Ok(Some(self.vector(name)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Each expert's matrix of a stacked `[cols, rows, experts]` tensor.
+    fn experts(&self, name: &str, n_expert: usize) -> Result<Vec<Linear>> {
+        let (index, t) = self.info(name)?;
+        let ty = self.ty(name)?;
+        if t.dims.len() != 3 || t.dims[2] as usize != n_expert {
+            bail!(
+                "{}: tensor {name} has shape {:?}; {n_expert} stacked experts were expected",
+                self.file.path.display(),
+                t.dims
+            );
+        }
+        if ty == GgmlType::F32 {
+            let (data, _) = self.dense(name)?;
+            return dense_experts(data, [t.dims[1] as usize, t.dims[0] as usize], n_expert);
+        }
+        Ok((0..n_expert)
+            .map(|e| Linear::quantized_expert(self.file.clone(), index, ty, e))
+            .collect())
+    }
+
+    fn ffn(&self, layer: usize, c: &ModelConfig) -> Result<Ffn> {
+        let n = |s: &str| format!("blk.{layer}.{s}");
+        if c.n_expert == 0 {
+            return Ok(Ffn::Dense {
+                gate: self.linear(&n("ffn_gate.weight"))?,
+                up: self.linear(&n("ffn_up.weight"))?,
+                down: self.linear(&n("ffn_down.weight"))?,
+            });
+        }
+        Ok(Ffn::Experts(Experts {
+            router: self.linear(&n("ffn_gate_inp.weight"))?,
+            gate: self.experts(&n("ffn_gate_exps.weight"), c.n_expert)?,
+            up: self.experts(&n("ffn_up_exps.weight"), c.n_expert)?,
+            down: self.experts(&n("ffn_down_exps.weight"), c.n_expert)?,
+        }))
+    }
+}
+
+/// Dense per-expert matrices `[rows, cols]` from stacked f32 data.
+fn dense_experts(data: Vec<f32>, [rows, cols]: [usize; 2], n_expert: usize) -> Result<Vec<Linear>> {
+    data.chunks_exact(rows * cols)
+        .take(n_expert)
+        .map(|m| Linear::dense(Tensor::from_slice(m, (rows, cols), &Device::Cpu)?))
+        .collect()
 }
 
 impl ModelConfig {
@@ -160,6 +250,9 @@ impl ModelConfig {
             rope_neox: arch.rope == RopeLayout::Neox,
             n_vocab: h.vocab_size as usize,
             n_ctx_train: h.context_length as usize,
+            n_expert: h.n_expert as usize,
+            n_expert_used: h.n_expert_used as usize,
+            norm_expert_weights: arch.norm_expert_weights,
         }
     }
 }
@@ -204,28 +297,21 @@ pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
     let mut layers = Vec::with_capacity(config.n_layer);
     for i in 0..config.n_layer {
         let n = |s: &str| format!("blk.{i}.{s}");
-        let bias = |l: &GgufLoader, s: &str| -> Result<Option<Vec<f32>>> {
-            let name = n(s);
-            if l.has(&name) {
-                Ok(Some(l.vector(&name)?))
-            } else {
-                Ok(None)
-            }
-        };
+        let optional = |s: &str| loader.optional_vector(&n(s));
         layers.push(LayerWeights {
             attn_norm: loader.vector(&n("attn_norm.weight"))?,
             q: loader.linear(&n("attn_q.weight"))?,
             k: loader.linear(&n("attn_k.weight"))?,
             v: loader.linear(&n("attn_v.weight"))?,
-            q_bias: bias(&loader, "attn_q.bias")?,
-            k_bias: bias(&loader, "attn_k.bias")?,
-            v_bias: bias(&loader, "attn_v.bias")?,
+            q_bias: optional("attn_q.bias")?,
+            k_bias: optional("attn_k.bias")?,
+            v_bias: optional("attn_v.bias")?,
             o: loader.linear(&n("attn_output.weight"))?,
-            o_bias: bias(&loader, "attn_output.bias")?,
+            o_bias: optional("attn_output.bias")?,
+            q_norm: optional("attn_q_norm.weight")?,
+            k_norm: optional("attn_k_norm.weight")?,
             ffn_norm: loader.vector(&n("ffn_norm.weight"))?,
-            gate: loader.linear(&n("ffn_gate.weight"))?,
-            up: loader.linear(&n("ffn_up.weight"))?,
-            down: loader.linear(&n("ffn_down.weight"))?,
+            ffn: loader.ffn(i, &config)?,
         });
     }
     let output = if loader.has("output.weight") {
@@ -284,18 +370,36 @@ fn load_dense(
     let mut layers = Vec::with_capacity(config.n_layer);
     for i in 0..config.n_layer {
         let n = |s: &str| format!("blk.{i}.{s}");
-        let mut bias = |s: &str| -> Result<Option<Vec<f32>>> {
-            match take(&n(s)) {
-                Ok((data, _)) => Ok(Some(data)),
-                Err(_) => Ok(None),
-            }
-        };
+        let mut optional = |s: &str| take(&n(s)).ok().map(|(data, _)| data);
         let (q_bias, k_bias, v_bias, o_bias) = (
-            bias("attn_q.bias")?,
-            bias("attn_k.bias")?,
-            bias("attn_v.bias")?,
-            bias("attn_output.bias")?,
+            optional("attn_q.bias"),
+            optional("attn_k.bias"),
+            optional("attn_v.bias"),
+            optional("attn_output.bias"),
         );
+        let (q_norm, k_norm) = (
+            optional("attn_q_norm.weight"),
+            optional("attn_k_norm.weight"),
+        );
+        let ffn = if config.n_expert == 0 {
+            Ffn::Dense {
+                gate: matrix(take(&n("ffn_gate.weight"))?)?,
+                up: matrix(take(&n("ffn_up.weight"))?)?,
+                down: matrix(take(&n("ffn_down.weight"))?)?,
+            }
+        } else {
+            let router = matrix(take(&n("ffn_gate_inp.weight"))?)?;
+            let mut stacked = |s: &str| -> Result<Vec<Linear>> {
+                let (data, shape) = take(&n(s))?;
+                dense_experts(data, [shape[1], shape[2]], config.n_expert)
+            };
+            Ffn::Experts(Experts {
+                router,
+                gate: stacked("ffn_gate_exps.weight")?,
+                up: stacked("ffn_up_exps.weight")?,
+                down: stacked("ffn_down_exps.weight")?,
+            })
+        };
         layers.push(LayerWeights {
             attn_norm: take(&n("attn_norm.weight"))?.0,
             q: matrix(take(&n("attn_q.weight"))?)?,
@@ -306,10 +410,10 @@ fn load_dense(
             v_bias,
             o: matrix(take(&n("attn_output.weight"))?)?,
             o_bias,
+            q_norm,
+            k_norm,
             ffn_norm: take(&n("ffn_norm.weight"))?.0,
-            gate: matrix(take(&n("ffn_gate.weight"))?)?,
-            up: matrix(take(&n("ffn_up.weight"))?)?,
-            down: matrix(take(&n("ffn_down.weight"))?)?,
+            ffn,
         });
     }
     let output = match take("output.weight") {

@@ -36,8 +36,9 @@ pub struct ConvertOptions {
 /// One tensor of the source, as the outputs will hold it.
 #[derive(Clone, Debug)]
 pub struct PlannedTensor {
-    /// The checkpoint tensor it is read from; empty for a generated one.
-    pub source: String,
+    /// The checkpoint tensors it is read from, stacked in order (one per expert for a
+    /// mixture's expert matrices); none for a generated one.
+    pub sources: Vec<String>,
     /// Computed from the hyperparameters instead of read.
     pub generated: Option<Generator>,
     pub name: String,
@@ -85,6 +86,29 @@ pub fn size_label(params: u64) -> String {
     format!("{scaled:.fix$}{suffix}")
 }
 
+/// llama.cpp's size label for a tensor list: the parameter count, or for a mixture of experts
+/// "N x (shared + one expert's parameters)" (gguf-py's `size_label` on the counts of
+/// `GGUFWriter.get_total_parameter_count`, where a `_exps.` tensor's outermost dimension
+/// counts its experts).
+pub fn params_label(tensors: &[PlannedTensor]) -> String {
+    let (mut shared, mut per_expert, mut experts, mut stacked) = (0u64, 0u64, 0u64, 0u64);
+    for t in tensors {
+        let size: u64 = t.dims.iter().product();
+        match t.dims.last() {
+            Some(&n) if t.name.contains("_exps.") && n > 0 => {
+                per_expert += size / n;
+                experts += n;
+                stacked += 1;
+            }
+            _ => shared += size,
+        }
+    }
+    match experts.checked_div(stacked) {
+        Some(n) => format!("{n}x{}", size_label(shared + per_expert)),
+        None => size_label(shared),
+    }
+}
+
 /// The tensors the outputs hold, in order, with llama.cpp names and shapes: the
 /// architecture's description evaluated for the model's config, each checked against the
 /// checkpoint (present once, the shape the config implies, nothing the description does not
@@ -99,7 +123,7 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
         if let Transform::Generate(g) = e.transform {
             if e.presence == Presence::Required {
                 out.push(PlannedTensor {
-                    source: String::new(),
+                    sources: Vec::new(),
                     generated: Some(g),
                     name: e.gguf,
                     dims: e.dims,
@@ -108,37 +132,59 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
             }
             continue;
         }
-        let Some((_, t)) = model.tensor(&e.hf) else {
+        let sources = e.sources(h);
+        let stacked = e.transform == Transform::StackExperts;
+        // Each source holds the whole tensor, or one expert's slice of it.
+        let part_dims = if stacked {
+            &e.dims[..e.dims.len() - 1]
+        } else {
+            &e.dims[..]
+        };
+        let found: Vec<&str> = sources
+            .iter()
+            .filter(|s| model.tensor(s).is_some())
+            .map(String::as_str)
+            .collect();
+        if found.is_empty() {
             if e.presence == Presence::Required {
                 bail!(
                     "{path}: tensor {} is missing; a {} model with this config.json has it",
-                    e.hf,
+                    sources.first().unwrap_or(&e.hf),
                     model.arch_class
                 );
             }
             continue;
-        };
+        }
         if e.presence == Presence::Absent {
             bail!(
-                "{path}: tensor {} contradicts config.json (e.g. \"attention_bias\" is false); a {} model with this config has no such tensor",
-                e.hf,
+                "{path}: tensor {} contradicts config.json (e.g. \"attention_bias\" is false, or no experts are configured); a {} model with this config has no such tensor",
+                found[0],
                 model.arch_class
             );
         }
-        used.insert(e.hf.clone());
-        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
-        if dims != e.dims {
-            let want: Vec<u64> = e.dims.iter().rev().copied().collect();
+        if let Some(missing) = sources.iter().find(|s| model.tensor(s).is_none()) {
             bail!(
-                "{path}: tensor {} has shape {:?}, but config.json implies {want:?}",
-                e.hf,
-                t.shape
+                "{path}: tensor {missing} is missing; config.json gives {} experts and {} needs all of them",
+                h.n_expert,
+                e.gguf
             );
+        }
+        for source in &sources {
+            let (_, t) = model.tensor(source).expect("checked above");
+            used.insert(source.clone());
+            let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+            if dims != part_dims {
+                let want: Vec<u64> = part_dims.iter().rev().copied().collect();
+                bail!(
+                    "{path}: tensor {source} has shape {:?}, but config.json implies {want:?}",
+                    t.shape
+                );
+            }
         }
         let permute_heads = e.permute_heads(h).map(|n| n as usize);
         if let Some(heads) = permute_heads {
-            let rows = t.shape[0];
-            if rows % (2 * heads) != 0 {
+            let rows = e.dims.get(1).copied().unwrap_or(e.dims[0]);
+            if rows % (2 * heads as u64) != 0 {
                 bail!(
                     "{path}: tensor {}: {rows} rows do not split into {heads} heads of even size",
                     e.hf
@@ -146,10 +192,10 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
             }
         }
         out.push(PlannedTensor {
-            source: e.hf,
+            sources,
             generated: None,
             name: e.gguf,
-            dims,
+            dims: e.dims,
             permute_heads,
         });
     }
@@ -172,13 +218,31 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
 /// A planned tensor's values as f32 (permuted where llama.cpp wants it, or generated), and
 /// the file they come from, for messages.
 pub fn tensor_values(model: &ModelDir, t: &PlannedTensor) -> Result<(Vec<f32>, String)> {
+    let (mut data, origin) = part_values(model, t, 0)?;
+    for part in 1..t.parts() {
+        data.extend_from_slice(&part_values(model, t, part)?.0);
+    }
+    Ok((data, origin))
+}
+
+impl PlannedTensor {
+    /// Pieces it is read and written in: one per expert for a stacked tensor, else one.
+    pub fn parts(&self) -> usize {
+        self.sources.len().max(1)
+    }
+}
+
+/// Piece `part` of a planned tensor (see `PlannedTensor::parts`) as f32.
+pub fn part_values(model: &ModelDir, t: &PlannedTensor, part: usize) -> Result<(Vec<f32>, String)> {
     if let Some(g) = t.generated {
         let data = g
             .values(&model.hparams)
             .with_context(|| model.path.display().to_string())?;
         return Ok((data, model.path.join("config.json").display().to_string()));
     }
-    let (file, st) = model.tensor(&t.source).expect("planned from the index");
+    let (file, st) = model
+        .tensor(&t.sources[part])
+        .expect("planned from the index");
     let mut data = file.to_f32(st)?;
     file.release(st);
     if let Some(heads) = t.permute_heads {
@@ -200,21 +264,18 @@ fn layer_of(name: &str) -> i64 {
 }
 
 pub fn model_facts(model: &ModelDir, tensors: &[PlannedTensor]) -> ModelFacts {
-    let h = &model.hparams;
-    ModelFacts {
-        n_layer: h.n_layer as u32,
-        n_head: h.n_head as u32,
-        n_head_kv: h.n_head_kv as u32,
-        is_70b: (model.arch.type_70b)(h),
-        has_output: tensors.iter().any(|t| t.name == "output.weight"),
-    }
+    ModelFacts::of(
+        model.arch,
+        &model.hparams,
+        tensors.iter().any(|t| t.name == "output.weight"),
+    )
 }
 
 fn metadata(
     model: &ModelDir,
     vocab: &Vocab,
     ftype: FileType,
-    total_params: u64,
+    tensors: &[PlannedTensor],
     imatrix: Option<&Imatrix>,
 ) -> Vec<(String, Value)> {
     let h = &model.hparams;
@@ -226,7 +287,7 @@ fn metadata(
         ("general.type".into(), Value::String("model".into())),
     ];
     kv.extend(
-        general_metadata(&folder_facts(model, total_params))
+        general_metadata(&folder_facts(model, tensors))
             .into_iter()
             .map(|(k, v)| {
                 let v = match v {
@@ -325,14 +386,15 @@ fn metadata(
 }
 
 /// What the folder says of itself, for the `general.*` keys.
-fn folder_facts(model: &ModelDir, total_params: u64) -> FolderFacts<'_> {
+fn folder_facts<'a>(model: &'a ModelDir, tensors: &[PlannedTensor]) -> FolderFacts<'a> {
+    let total_params = tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum();
     FolderFacts {
         card: &model.card,
         config: &model.config,
         generation: model.generation.as_ref(),
         folder: &model.path,
         total_params,
-        size_label: size_label(total_params),
+        size_label: params_label(tensors),
     }
 }
 
@@ -390,8 +452,7 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
     for w in &vocab.warnings {
         eprintln!("warning: {w}");
     }
-    let total_params: u64 = tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum();
-    let name = file_stem(&model_name(&folder_facts(model, total_params)));
+    let name = file_stem(&model_name(&folder_facts(model, &tensors)));
     let inputs = Inputs::capture(model.input_files().iter().chain(&opts.extra_inputs));
     let (paths, created) = output_paths(&name, &opts.types, &opts.output)?;
     let targets = output::check_all(&paths, &inputs, opts.force)?;
@@ -413,14 +474,21 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
         );
     }
     if let Some(im) = &opts.imatrix {
-        for t in tensors.iter().filter(|t| t.dims.len() == 2) {
+        for t in tensors.iter().filter(|t| t.dims.len() >= 2) {
             if let Some(w) = im.get(&t.name) {
-                if w.len() as u64 != t.dims[0] {
+                // One vector per expert for a stacked tensor, as llama-imatrix collects them.
+                let want = t.dims[0] * t.dims.get(2).copied().unwrap_or(1);
+                if w.len() as u64 != want {
                     bail!(
-                        "imatrix entry {} has {} values but the tensor's rows have {} columns",
+                        "imatrix entry {} has {} values but the tensor needs {want} ({} columns{})",
                         t.name,
                         w.len(),
-                        t.dims[0]
+                        t.dims[0],
+                        if t.dims.len() > 2 {
+                            format!(" x {} experts", t.dims[2])
+                        } else {
+                            String::new()
+                        }
                     );
                 }
             }
@@ -430,7 +498,7 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
     for ((ft, target), s) in opts.types.iter().zip(&targets).zip(&specs) {
         writers.push(GgufWriter::create(
             target,
-            &metadata(model, &vocab, *ft, total_params, opts.imatrix.as_ref()),
+            &metadata(model, &vocab, *ft, &tensors, opts.imatrix.as_ref()),
             s.clone(),
         )?);
     }
@@ -443,34 +511,43 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
     let start = Instant::now();
     for (i, t) in tensors.iter().enumerate() {
         bar.set_message(t.name.clone());
-        let (data, origin) = tensor_values(model, t)?;
         let cols = t.dims[0] as usize;
-        let imatrix = opts.imatrix.as_ref().and_then(|im| im.get(&t.name));
-        let mut done: HashMap<GgmlType, Vec<u8>> = HashMap::new();
-        for (w, s) in writers.iter_mut().zip(&specs) {
-            let ty = s[i].ty;
-            let bytes = match done.entry(ty) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let mut out = vec![0u8; s[i].bytes() as usize];
-                    quantize_into(
-                        ty,
-                        &data,
-                        cols,
-                        imatrix,
-                        QuantizeOptions {
-                            isa: opts.isa,
-                            parallel: true,
-                        },
-                        &mut out,
-                    )
-                    .with_context(|| format!("{origin}: tensor {}", t.name))?;
-                    e.insert(out)
-                }
-            };
-            w.write_tensor(&t.name, bytes)?;
+        for part in 0..t.parts() {
+            let (data, origin) = part_values(model, t, part)?;
+            let imatrix = opts
+                .imatrix
+                .as_ref()
+                .and_then(|im| im.get(&t.name))
+                .map(|w| {
+                    let at = if t.parts() > 1 { part * cols } else { 0 };
+                    &w[at..at + cols]
+                });
+            let mut done: HashMap<GgmlType, Vec<u8>> = HashMap::new();
+            for (w, s) in writers.iter_mut().zip(&specs) {
+                let ty = s[i].ty;
+                let bytes = match done.entry(ty) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let mut out = vec![0u8; (s[i].bytes() / t.parts() as u64) as usize];
+                        quantize_into(
+                            ty,
+                            &data,
+                            cols,
+                            imatrix,
+                            QuantizeOptions {
+                                isa: opts.isa,
+                                parallel: true,
+                            },
+                            &mut out,
+                        )
+                        .with_context(|| format!("{origin}: tensor {}", t.name))?;
+                        e.insert(out)
+                    }
+                };
+                w.write_tensor_part(&t.name, bytes)?;
+            }
+            bar.inc(data.len() as u64 * 4);
         }
-        bar.inc(data.len() as u64 * 4);
     }
     bar.finish_and_clear();
     // Every output complete and synced, the inputs as they were: only then do the outputs

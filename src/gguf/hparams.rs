@@ -16,7 +16,14 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("{name}: metadata key general.architecture is missing"))?;
     let arch = by_gguf_name(arch_name).ok_or_else(|| {
-        anyhow!("{name}: architecture {arch_name:?} is not one quantfit knows (llama, qwen2, phi3)")
+        anyhow!(
+            "{name}: architecture {arch_name:?} is not one quantfit knows ({})",
+            crate::source::arch::ARCHITECTURES
+                .iter()
+                .map(|a| a.gguf_name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     })?;
     let key = |m: Meta| format!("{arch_name}.{}", m.key());
     let get = |m: Meta| file.get(&key(m)).and_then(Value::as_u64);
@@ -56,13 +63,29 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
         tie_embeddings: file.tensor("output.weight").is_none(),
         attn_bias: file.tensor("blk.0.attn_q.bias").is_some(),
         rope_scaling: rope_scaling(file, arch_name),
+        n_expert: get(Meta::ExpertCount).unwrap_or(0),
+        n_expert_used: get(Meta::ExpertUsedCount).unwrap_or(0),
+        n_ff_expert: 0,
     };
+    let h = HParams {
+        n_ff_expert: get(Meta::ExpertFeedForwardLength).unwrap_or(h.n_ff),
+        ..h
+    };
+    if h.is_moe() && (h.n_expert_used == 0 || h.n_expert_used > h.n_expert || h.n_expert > 1 << 12)
+    {
+        bail!(
+            "{name}: {arch_name}.expert_used_count is {} of {} experts; expected 1 to the expert count (at most 4096)",
+            h.n_expert_used,
+            h.n_expert
+        );
+    }
     for (what, v, max) in [
         ("embedding_length", h.n_embd, 1u64 << 20),
         ("feed_forward_length", h.n_ff, 1 << 22),
         ("block_count", h.n_layer, 1 << 12),
         ("attention.head_count", h.n_head, 1 << 14),
         ("head dimension", h.head_dim, 1 << 14),
+        ("expert_feed_forward_length", h.n_ff_expert, 1 << 22),
     ] {
         if v == 0 || v > max {
             bail!("{name}: {arch_name}.{what} is {v}; expected 1 to {max}");

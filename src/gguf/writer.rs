@@ -36,6 +36,8 @@ pub struct GgufWriter {
     path: String,
     tensors: Vec<TensorSpec>,
     next: usize,
+    /// Bytes of the next tensor written so far (by `write_tensor_part`).
+    part_written: u64,
     position: u64,
     data_start: u64,
 }
@@ -147,6 +149,7 @@ impl GgufWriter {
             path: display,
             tensors,
             next: 0,
+            part_written: 0,
             position: pos,
             data_start: pos,
         })
@@ -159,35 +162,55 @@ impl GgufWriter {
 
     /// Append the data of the next tensor, in descriptor order.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        self.write_tensor_part(name, data)?;
+        if self.part_written != 0 {
+            bail!(
+                "{}: tensor {name}: {} of its bytes written",
+                self.path,
+                self.part_written
+            );
+        }
+        Ok(())
+    }
+
+    /// Append the next piece of the next tensor's data (a stacked tensor is written one
+    /// expert at a time, so that no more than one expert is in memory); the tensor is done
+    /// when its pieces add up to its size.
+    pub fn write_tensor_part(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let Some(spec) = self.tensors.get(self.next) else {
             bail!("{}: more tensors written than declared", self.path);
         };
-        if spec.name != name || spec.bytes() != data.len() as u64 {
+        if spec.name != name || self.part_written + data.len() as u64 > spec.bytes() {
             bail!(
-                "{}: expected tensor {} ({} bytes), got {} ({} bytes)",
+                "{}: expected tensor {} ({} bytes, {} written), got {} ({} bytes)",
                 self.path,
                 spec.name,
                 spec.bytes(),
+                self.part_written,
                 name,
                 data.len()
             );
         }
+        let total = spec.bytes();
         let path = self.path.clone();
         let w = self.file.writer();
         w.write_all(data)
             .with_context(|| format!("{path}: write failed (disk full?)"))?;
         self.position += data.len() as u64;
+        self.part_written += data.len() as u64;
+        if self.part_written < total {
+            return Ok(());
+        }
         let aligned =
             align_up(self.position - self.data_start, DEFAULT_ALIGNMENT) + self.data_start;
         w.write_all(&vec![0u8; (aligned - self.position) as usize])
             .with_context(|| format!("{path}: write failed (disk full?)"))?;
         self.position = aligned;
         self.next += 1;
+        self.part_written = 0;
         Ok(())
     }
 
-    /// Check every tensor was written and sync the file; it takes its name when the returned
-    /// `Pending` is committed. Returns the file's size too.
     pub fn finish(self) -> Result<(Pending, u64)> {
         if self.next != self.tensors.len() {
             bail!(

@@ -35,17 +35,8 @@ pub struct ModelSpec {
     pub quality_proxy: Option<String>,
     /// llama.cpp architecture name.
     pub arch: String,
-    pub n_layer: u64,
-    pub n_embd: u64,
-    pub n_ff: u64,
-    pub n_head: u64,
-    pub n_head_kv: u64,
-    pub head_dim: u64,
-    pub vocab: u64,
-    pub context: u64,
-    pub tied_embeddings: bool,
-    pub attn_bias: bool,
-    pub rope_scaling: RopeScaling,
+    /// The hyperparameters the architecture's description reads (tensor shapes, KV cache).
+    pub hparams: HParams,
     /// MMLU 5-shot of the unquantized base model, as its authors report it.
     pub mmlu: Option<Benchmark>,
     pub license: Licence,
@@ -77,6 +68,12 @@ struct Entry {
     /// "llama3": Llama 3.1's RoPE scaling (factor 8, low/high frequency factors 1/4, original
     /// context 8192, as in its config.json), which adds the tensor rope_freqs.weight.
     rope_scaling: Option<String>,
+    /// Routed experts, experts per token and one expert's FFN width, for a mixture of experts.
+    #[serde(default)]
+    n_expert: u64,
+    #[serde(default)]
+    n_expert_used: u64,
+    n_ff_expert: Option<u64>,
     /// Where the hyperparameters come from (documentation only).
     #[serde(rename = "config")]
     _config: String,
@@ -111,8 +108,8 @@ fn build(text: &str) -> Result<Vec<ModelSpec>> {
                 })),
                 Some(other) => bail!("catalog.toml: {}: rope_scaling {other:?} unknown", e.id),
             };
+            let head_dim = e.head_dim.unwrap_or(e.n_embd / e.n_head.max(1));
             Ok(ModelSpec {
-                head_dim: e.head_dim.unwrap_or(e.n_embd / e.n_head.max(1)),
                 id: e.id,
                 name: e.name,
                 repo: Some(e.repo),
@@ -120,16 +117,26 @@ fn build(text: &str) -> Result<Vec<ModelSpec>> {
                 scale: e.scale,
                 quality_proxy: e.quality_proxy,
                 arch: e.arch,
-                n_layer: e.n_layer,
-                n_embd: e.n_embd,
-                n_ff: e.n_ff,
-                n_head: e.n_head,
-                n_head_kv: e.n_head_kv,
-                vocab: e.vocab,
-                context: e.context,
-                tied_embeddings: e.tied_embeddings,
-                attn_bias: e.attn_bias,
-                rope_scaling,
+                hparams: HParams {
+                    n_embd: e.n_embd,
+                    n_ff: e.n_ff,
+                    n_layer: e.n_layer,
+                    n_head: e.n_head,
+                    n_head_kv: e.n_head_kv,
+                    head_dim,
+                    head_dim_stated: e.head_dim.is_some(),
+                    context_length: e.context,
+                    // Neither changes a size; the catalog does not run models.
+                    rms_eps: 1e-5,
+                    rope_theta: 10_000.0,
+                    vocab_size: e.vocab,
+                    tie_embeddings: e.tied_embeddings,
+                    attn_bias: e.attn_bias,
+                    rope_scaling,
+                    n_expert: e.n_expert,
+                    n_expert_used: e.n_expert_used,
+                    n_ff_expert: e.n_ff_expert.unwrap_or(e.n_ff),
+                },
                 mmlu: e.mmlu,
                 license,
             })
@@ -248,17 +255,7 @@ fn outside_catalog(
         scale: None,
         quality_proxy: None,
         arch: arch.gguf_name.into(),
-        n_layer: h.n_layer,
-        n_embd: h.n_embd,
-        n_ff: h.n_ff,
-        n_head: h.n_head,
-        n_head_kv: h.n_head_kv,
-        head_dim: h.head_dim,
-        vocab: h.vocab_size,
-        context: h.context_length,
-        tied_embeddings: h.tie_embeddings,
-        attn_bias: h.attn_bias,
-        rope_scaling: h.rope_scaling.clone(),
+        hparams: h.clone(),
         mmlu: None,
         license,
     }
@@ -289,32 +286,13 @@ impl ModelSpec {
     pub fn architecture(&self) -> &'static Architecture {
         by_gguf_name(&self.arch).expect("catalog and model files name described architectures")
     }
-
-    pub fn hparams(&self) -> HParams {
-        HParams {
-            n_embd: self.n_embd,
-            n_ff: self.n_ff,
-            n_layer: self.n_layer,
-            n_head: self.n_head,
-            n_head_kv: self.n_head_kv,
-            head_dim: self.head_dim,
-            head_dim_stated: false,
-            context_length: self.context,
-            rms_eps: 1e-5,
-            rope_theta: 10_000.0,
-            vocab_size: self.vocab,
-            tie_embeddings: self.tied_embeddings,
-            attn_bias: self.attn_bias,
-            rope_scaling: self.rope_scaling.clone(),
-        }
-    }
 }
 
 /// The GGUF tensors (name, dims innermost first) the converter writes, from the architecture's
 /// description: the same list the converter checks a checkpoint against.
 pub fn tensors(m: &ModelSpec) -> Vec<(String, Vec<u64>)> {
     m.architecture()
-        .expected_tensors(&m.hparams())
+        .expected_tensors(&m.hparams)
         .into_iter()
         .filter(|t| t.presence == Presence::Required)
         .map(|t| (t.gguf, t.dims))
@@ -326,9 +304,4 @@ pub fn parameter_count(m: &ModelSpec) -> u64 {
         .iter()
         .map(|(_, d)| d.iter().product::<u64>())
         .sum()
-}
-
-/// llama.cpp's LLM_TYPE_70B, which changes the attn_v rule.
-pub fn is_70b(m: &ModelSpec) -> bool {
-    (m.architecture().type_70b)(&m.hparams())
 }

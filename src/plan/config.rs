@@ -98,17 +98,20 @@ pub fn choose(
     };
     let mut tried: Vec<Tried> = Vec::new();
     if let Some(layers) = search.gpu_layers {
-        tried.push(with_kv(search.devices.unwrap_or(1), layers.min(m.n_layer)));
+        tried.push(with_kv(
+            search.devices.unwrap_or(1),
+            layers.min(m.hparams.n_layer),
+        ));
     } else {
         // More devices than layers leaves devices idle under a layer split.
-        let most = search.max_devices.clamp(1, m.n_layer.max(1));
+        let most = search.max_devices.clamp(1, m.hparams.n_layer.max(1));
         let counts: Vec<u64> = match (search.devices, gpu) {
             (Some(d), _) => vec![d],
             (None, true) => (1..=most).collect(),
             (None, false) => vec![1],
         };
         for n in counts {
-            let t = with_kv(n, m.n_layer);
+            let t = with_kv(n, m.hparams.n_layer);
             let ran = runs(&t.estimate, search);
             tried.push(t);
             // Under a layer split more devices only cost more once one count runs.
@@ -183,7 +186,7 @@ fn most_layers(
         }
     };
     // Device memory grows with the layers on it, so the layers that fit are a prefix.
-    let (mut lo, mut hi) = (0u64, m.n_layer.saturating_sub(1));
+    let (mut lo, mut hi) = (0u64, m.hparams.n_layer.saturating_sub(1));
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
         if at(mid).estimate.device_bytes_max <= hw.memory_bytes() {
@@ -207,7 +210,7 @@ fn shortfall(
         return format!(
             "needs {:.1} GiB on a device with {} ({:.1} GiB each){}",
             gib(e.device_bytes_max),
-            describe(c, hw, m.n_layer),
+            describe(c, hw, m.hparams.n_layer),
             gib(e.capacity_bytes),
             if search.devices.is_none() && search.gpu_layers.is_none() {
                 format!(" even at --max-devices {}", search.max_devices)
@@ -220,21 +223,21 @@ fn shortfall(
         return format!(
             "needs {:.1} GiB of host memory with {} (--host-memory {:.0})",
             gib(e.host_bytes),
-            describe(c, hw, m.n_layer),
+            describe(c, hw, m.hparams.n_layer),
             gib(e.host_capacity_bytes)
         );
     }
-    if m.context < search.min_ctx {
+    if m.hparams.context_length < search.min_ctx {
         return format!(
             "the model was trained for a context of {} tokens, {} asked for",
-            m.context, search.min_ctx
+            m.hparams.context_length, search.min_ctx
         );
     }
     if e.max_ctx < search.min_ctx {
         return format!(
             "holds a context of {} tokens at most with {}, {} asked for",
             e.max_ctx,
-            describe(c, hw, m.n_layer),
+            describe(c, hw, m.hparams.n_layer),
             search.min_ctx
         );
     }

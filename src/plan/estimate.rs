@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{is_70b, parameter_count, tensors, ModelSpec};
+use super::catalog::{parameter_count, tensors, ModelSpec};
 use super::hardware::HardwareProfile;
 use crate::quant::rules::{tensor_type, FileType, ModelFacts, RuleOptions};
 
@@ -66,16 +66,14 @@ pub struct Footprint {
 /// through the converter's own per-tensor rules.
 pub fn footprint(m: &ModelSpec, ft: FileType) -> Footprint {
     let list = tensors(m);
-    let facts = ModelFacts {
-        n_layer: m.n_layer as u32,
-        n_head: m.n_head as u32,
-        n_head_kv: m.n_head_kv as u32,
-        is_70b: is_70b(m),
-        has_output: list.iter().any(|(n, _)| n == "output.weight"),
-    };
+    let facts = ModelFacts::of(
+        m.architecture(),
+        &m.hparams,
+        list.iter().any(|(n, _)| n == "output.weight"),
+    );
     let opts = RuleOptions::default();
     let mut fp = Footprint {
-        layers: vec![0; m.n_layer as usize],
+        layers: vec![0; m.hparams.n_layer as usize],
         token_embd: 0,
         output: 0,
         file: 0,
@@ -109,15 +107,20 @@ pub fn weight_bytes(m: &ModelSpec, ft: FileType) -> u64 {
 
 /// KV cache bytes per token of context (K and V, every layer).
 pub fn kv_bytes_per_token(m: &ModelSpec, kv: KvType) -> f64 {
-    2.0 * m.n_layer as f64 * (m.n_head_kv * m.head_dim) as f64 * kv.bytes_per_element()
+    2.0 * m.hparams.n_layer as f64
+        * (m.hparams.n_head_kv * m.hparams.head_dim) as f64
+        * kv.bytes_per_element()
 }
 
 /// Compute buffers and runtime overhead, a documented approximation of llama.cpp's allocations:
 /// logits (vocab x ubatch f32), activations (~(4 x n_embd + 2 x n_ff) x ubatch f32) and a fixed
 /// runtime/driver reserve (CUDA/ROCm context 400 MiB, Metal 200 MiB, CPU 50 MiB).
 pub fn overhead_bytes(m: &ModelSpec, hw: &HardwareProfile, ubatch: u64) -> f64 {
-    let compute =
-        4.0 * ubatch as f64 * (m.vocab as f64 + 4.0 * m.n_embd as f64 + 2.0 * m.n_ff as f64);
+    let compute = 4.0
+        * ubatch as f64
+        * (m.hparams.vocab_size as f64
+            + 4.0 * m.hparams.n_embd as f64
+            + 2.0 * m.hparams.n_ff as f64);
     let reserve = match hw.backend.as_str() {
         "cuda" | "rocm" | "vulkan" => 400.0,
         "metal" => 200.0,
@@ -346,7 +349,7 @@ fn place(
     tokens: f64,
     kv_read_tokens: f64,
 ) -> Placement {
-    let kv_layer = kv_bytes_per_token(m, c.kv) / m.n_layer.max(1) as f64;
+    let kv_layer = kv_bytes_per_token(m, c.kv) / m.hparams.n_layer.max(1) as f64;
     let overhead = overhead_bytes(m, hw, 512);
     let n_layer = fp.layers.len();
     // CPUs and unified-memory machines hold everything in the one memory the profile describes.
@@ -441,7 +444,7 @@ pub fn estimate_with(
         .zip(&empty.per_device)
         .map(|(a, b)| (a - b) / tokens.max(1.0))
         .collect::<Vec<_>>();
-    let mut max_ctx = m.context as f64;
+    let mut max_ctx = m.hparams.context_length as f64;
     for (free, per) in empty
         .per_device
         .iter()
@@ -471,10 +474,10 @@ pub fn estimate_with(
     // Tensor split: bandwidth adds up, each layer pays two all-reduces over the link. Layer
     // split: the devices work one after another on a single sequence.
     let comm = if row {
-        2.0 * m.n_layer as f64 * m.n_embd as f64 * 2.0 * (n - 1.0)
+        2.0 * m.hparams.n_layer as f64 * m.hparams.n_embd as f64 * 2.0 * (n - 1.0)
             / n
             / (hw.interconnect_gbs.max(1.0) * 1e9)
-            + 2.0 * m.n_layer as f64 * 10e-6
+            + 2.0 * m.hparams.n_layer as f64 * 10e-6
     } else {
         0.0
     };
@@ -484,7 +487,7 @@ pub fn estimate_with(
     // Batched decode: weights are read once per step for all sequences; compute caps it.
     let params = parameter_count(m) as f64;
     let kv_step = kv_bytes_per_token(m, c.kv) * s.ctx as f64 / 2.0 * (s.batch as f64 - 1.0);
-    let gpu_frac = c.gpu_layers.min(m.n_layer) as f64 / m.n_layer.max(1) as f64;
+    let gpu_frac = c.gpu_layers.min(m.hparams.n_layer) as f64 / m.hparams.n_layer.max(1) as f64;
     let batch_step = step_s + kv_step * gpu_frac / device_bw + kv_step * (1.0 - gpu_frac) / host_bw;
     // A prompt batch does not pipeline across layer-split devices (pp512 on 1, 4 or 8 GPUs
     // measures about the same): one device's compute, or all of them under a row split.

@@ -156,9 +156,28 @@ pub struct ModelFacts {
     pub is_70b: bool,
     /// Whether the file has its own `output.weight` (untied embeddings).
     pub has_output: bool,
+    /// Routed experts (0 for a dense model): llama.cpp gives 8-expert models (Mixtral-8x7B's
+    /// layout) more bits in attention.
+    pub n_expert: u32,
 }
 
 impl ModelFacts {
+    /// The facts of a model of this architecture; `has_output` as its tensor list says.
+    pub fn of(
+        arch: &crate::source::arch::Architecture,
+        h: &crate::source::arch::HParams,
+        has_output: bool,
+    ) -> ModelFacts {
+        ModelFacts {
+            n_layer: h.n_layer as u32,
+            n_head: h.n_head as u32,
+            n_head_kv: h.n_head_kv as u32,
+            is_70b: (arch.type_70b)(h),
+            has_output,
+            n_expert: h.n_expert as u32,
+        }
+    }
+
     pub fn n_gqa(&self) -> u32 {
         self.n_head.checked_div(self.n_head_kv).unwrap_or(1)
     }
@@ -268,12 +287,9 @@ pub fn tensor_type(
         return GgmlType::F32;
     }
     if !allows_quantization(name, dims.len()) {
-        // llama-quantize keeps such tensors as they come; from an F32 source that is F32.
-        return if ftype.is_quantized() {
-            GgmlType::F32
-        } else {
-            ftype.default_type()
-        };
+        // llama-quantize keeps such tensors as they come; llama.cpp's converter writes them
+        // F32 at every output type (norms, the expert router `ffn_gate_inp`).
+        return GgmlType::F32;
     }
     let default = ftype.default_type();
     if !ftype.is_quantized() {
@@ -342,7 +358,11 @@ fn mixture_type(
             if model.is_70b && matches!(t, G::Q3_K | G::Q4_K) {
                 t = G::Q5_K;
             }
+            if model.n_expert == 8 {
+                t = G::Q8_0;
+            }
         }
+        Category::AttnK if model.n_expert == 8 => t = G::Q8_0,
         Category::FfnDown => {
             t = match ftype {
                 F::Q2_K => G::Q3_K,
@@ -362,6 +382,14 @@ fn mixture_type(
                 F::Q5_0 if opts.has_imatrix && layer < n_layer / 8 => G::Q5_1,
                 _ => t,
             };
+        }
+        Category::AttnOutput if model.n_expert == 8 => {
+            if matches!(
+                ftype,
+                F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::IQ4_NL | F::Q4_K_S | F::Q4_K_M | F::IQ4_XS
+            ) {
+                t = G::Q5_K;
+            }
         }
         Category::AttnOutput => {
             t = match ftype {
@@ -387,6 +415,7 @@ mod tests {
             n_head_kv,
             is_70b: false,
             has_output: true,
+            n_expert: 0,
         }
     }
 

@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 
 /// Hyperparameters, however they were read (config.json, GGUF metadata, the planner's
 /// catalog).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct HParams {
     pub n_embd: u64,
     pub n_ff: u64,
@@ -31,6 +31,11 @@ pub struct HParams {
     /// Biases on the attention projections (`attention_bias`; always for Qwen2's Q/K/V).
     pub attn_bias: bool,
     pub rope_scaling: RopeScaling,
+    /// Routed experts of a mixture-of-experts model (0: dense), how many each token uses, and
+    /// the feed-forward width of one expert.
+    pub n_expert: u64,
+    pub n_expert_used: u64,
+    pub n_ff_expert: u64,
 }
 
 /// config.json's `rope_scaling`.
@@ -73,6 +78,9 @@ impl HParams {
     pub fn kv_dim(&self) -> u64 {
         self.n_head_kv * self.head_dim
     }
+    pub const fn is_moe(&self) -> bool {
+        self.n_expert > 0
+    }
 }
 
 /// A tensor dimension as a function of the hyperparameters.
@@ -87,6 +95,16 @@ pub enum Dim {
     Kv,
     /// head_dim / 2: one value per RoPE frequency.
     HalfHead,
+    /// One head (Qwen3's per-head Q/K norms).
+    Head,
+    /// Routed experts, the outermost dimension of stacked expert tensors.
+    Expert,
+    /// One expert's feed-forward width.
+    FfExpert,
+    /// Q, K and V rows fused (Phi-3's qkv_proj).
+    QkvFused,
+    /// Gate and up rows fused (Phi-3's gate_up_proj).
+    GateUpFused,
 }
 
 impl Dim {
@@ -98,6 +116,11 @@ impl Dim {
             Dim::Q => h.q_dim(),
             Dim::Kv => h.kv_dim(),
             Dim::HalfHead => h.head_dim / 2,
+            Dim::Head => h.head_dim,
+            Dim::Expert => h.n_expert,
+            Dim::FfExpert => h.n_ff_expert,
+            Dim::QkvFused => h.q_dim() + 2 * h.kv_dim(),
+            Dim::GateUpFused => 2 * h.n_ff,
         }
     }
 }
@@ -122,6 +145,9 @@ pub enum Transform {
     /// Not in the checkpoint: computed from the hyperparameters, as llama.cpp's converter
     /// generates it.
     Generate(Generator),
+    /// One checkpoint tensor per expert (`{e}` in the name), stacked along a new outermost
+    /// dimension in expert order, as llama.cpp's converter merges them.
+    StackExperts,
 }
 
 /// A tensor llama.cpp's converter computes rather than copies.
@@ -203,7 +229,19 @@ impl ExpectedTensor {
             Transform::None => None,
             Transform::PermuteQ => Some(h.n_head),
             Transform::PermuteK => Some(h.n_head_kv),
-            Transform::Generate(_) => None,
+            Transform::Generate(_) | Transform::StackExperts => None,
+        }
+    }
+
+    /// The checkpoint tensors it is read from, in order: one per expert for a stacked tensor,
+    /// none for a generated one.
+    pub fn sources(&self, h: &HParams) -> Vec<String> {
+        match self.transform {
+            Transform::Generate(_) => Vec::new(),
+            Transform::StackExperts => (0..h.n_expert)
+                .map(|e| self.hf.replace("{e}", &e.to_string()))
+                .collect(),
+            _ => vec![self.hf.clone()],
         }
     }
 }
@@ -224,6 +262,10 @@ pub enum Meta {
     /// Written when config.json states head_dim (as llama.cpp does).
     KeyLength,
     ValueLength,
+    /// Written for mixture-of-experts models only.
+    ExpertCount,
+    ExpertUsedCount,
+    ExpertFeedForwardLength,
 }
 
 /// A metadata value in the two kinds these keys use.
@@ -248,6 +290,9 @@ impl Meta {
             Meta::VocabSize => "vocab_size",
             Meta::KeyLength => "attention.key_length",
             Meta::ValueLength => "attention.value_length",
+            Meta::ExpertCount => "expert_count",
+            Meta::ExpertUsedCount => "expert_used_count",
+            Meta::ExpertFeedForwardLength => "expert_feed_forward_length",
         }
     }
 
@@ -267,6 +312,10 @@ impl Meta {
             Meta::VocabSize => u(h.vocab_size),
             Meta::KeyLength | Meta::ValueLength if h.head_dim_stated => u(h.head_dim),
             Meta::KeyLength | Meta::ValueLength => None,
+            Meta::ExpertCount if h.is_moe() => u(h.n_expert),
+            Meta::ExpertUsedCount if h.is_moe() => u(h.n_expert_used),
+            Meta::ExpertFeedForwardLength if h.is_moe() => u(h.n_ff_expert),
+            Meta::ExpertCount | Meta::ExpertUsedCount | Meta::ExpertFeedForwardLength => None,
         }
     }
 }
@@ -300,6 +349,9 @@ pub struct Architecture {
     pub rope: RopeLayout,
     /// llama.cpp's LLM_TYPE_70B for this architecture (it changes the attn_v quant rule).
     pub type_70b: fn(&HParams) -> bool,
+    /// Mixture-of-experts routing: the top-k softmax weights renormalized to sum to one
+    /// (llama.cpp's `norm_w` of build_moe_ffn for this architecture).
+    pub norm_expert_weights: bool,
     pub support: Support,
 }
 
@@ -315,6 +367,20 @@ const fn untied(h: &HParams) -> Presence {
 }
 const fn with_llama3_rope(h: &HParams) -> Presence {
     if matches!(h.rope_scaling, RopeScaling::Llama3(_)) {
+        Presence::Required
+    } else {
+        Presence::Absent
+    }
+}
+const fn dense_ffn(h: &HParams) -> Presence {
+    if h.is_moe() {
+        Presence::Absent
+    } else {
+        Presence::Required
+    }
+}
+const fn moe_ffn(h: &HParams) -> Presence {
+    if h.is_moe() {
         Presence::Required
     } else {
         Presence::Absent
@@ -344,10 +410,11 @@ const fn t(
     }
 }
 
-use Dim::{Embd, Ff, HalfHead, Kv, Vocab, Q};
-use Transform::{PermuteK, PermuteQ};
+use Dim::{Embd, Expert, Ff, FfExpert, GateUpFused, HalfHead, Head, Kv, QkvFused, Vocab, Q};
+use Transform::{PermuteK, PermuteQ, StackExperts};
 
-/// The Llama layout (Llama 2/3, Mistral, SmolLM, TinyLlama): optional Q/K/V/O biases.
+/// The Llama layout (Llama 2/3, Mistral, SmolLM, TinyLlama): optional Q/K/V/O biases; with
+/// experts (Mixtral), a router and stacked expert matrices in place of the dense FFN.
 #[rustfmt::skip]
 static LLAMA_TENSORS: &[TensorDef] = &[
     t("", "rope_freqs.weight", &[HalfHead], with_llama3_rope, Transform::Generate(Generator::Llama3RopeFactors)),
@@ -364,9 +431,13 @@ static LLAMA_TENSORS: &[TensorDef] = &[
     t("model.layers.{i}.self_attn.v_proj.bias", "blk.{i}.attn_v.bias", &[Kv], with_bias, Transform::None),
     t("model.layers.{i}.self_attn.o_proj.bias", "blk.{i}.attn_output.bias", &[Embd], with_bias, Transform::None),
     t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, Transform::None),
-    t("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", &[Embd, Ff], always, Transform::None),
-    t("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff], always, Transform::None),
-    t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
+    t("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", &[Embd, Ff], dense_ffn, Transform::None),
+    t("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff], dense_ffn, Transform::None),
+    t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], dense_ffn, Transform::None),
+    t("model.layers.{i}.block_sparse_moe.gate.weight", "blk.{i}.ffn_gate_inp.weight", &[Embd, Expert], moe_ffn, Transform::None),
+    t("model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight", "blk.{i}.ffn_gate_exps.weight", &[Embd, FfExpert, Expert], moe_ffn, StackExperts),
+    t("model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight", "blk.{i}.ffn_up_exps.weight", &[Embd, FfExpert, Expert], moe_ffn, StackExperts),
+    t("model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight", "blk.{i}.ffn_down_exps.weight", &[FfExpert, Embd, Expert], moe_ffn, StackExperts),
 ];
 
 /// Qwen2: the Llama layout with Q/K/V biases always and no output bias, rows unpermuted.
@@ -389,6 +460,35 @@ static QWEN2_TENSORS: &[TensorDef] = &[
     t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
 ];
 
+/// Qwen3: per-head RMS norms on queries and keys before RoPE, Hugging Face's row order, biases
+/// only when `attention_bias` says so; with experts (Qwen3-MoE), a router and stacked expert
+/// matrices in place of the dense FFN.
+#[rustfmt::skip]
+static QWEN3_TENSORS: &[TensorDef] = &[
+    t("model.embed_tokens.weight", "token_embd.weight", &[Embd, Vocab], always, Transform::None),
+    t("model.norm.weight", "output_norm.weight", &[Embd], always, Transform::None),
+    t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
+    t("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", &[Embd], always, Transform::None),
+    t("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", &[Embd, Q], always, Transform::None),
+    t("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", &[Embd, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", &[Embd, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", &[Q, Embd], always, Transform::None),
+    t("model.layers.{i}.self_attn.q_proj.bias", "blk.{i}.attn_q.bias", &[Q], with_bias, Transform::None),
+    t("model.layers.{i}.self_attn.k_proj.bias", "blk.{i}.attn_k.bias", &[Kv], with_bias, Transform::None),
+    t("model.layers.{i}.self_attn.v_proj.bias", "blk.{i}.attn_v.bias", &[Kv], with_bias, Transform::None),
+    t("model.layers.{i}.self_attn.o_proj.bias", "blk.{i}.attn_output.bias", &[Embd], with_bias, Transform::None),
+    t("model.layers.{i}.self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", &[Head], always, Transform::None),
+    t("model.layers.{i}.self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", &[Head], always, Transform::None),
+    t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, Transform::None),
+    t("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", &[Embd, Ff], dense_ffn, Transform::None),
+    t("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff], dense_ffn, Transform::None),
+    t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], dense_ffn, Transform::None),
+    t("model.layers.{i}.mlp.gate.weight", "blk.{i}.ffn_gate_inp.weight", &[Embd, Expert], moe_ffn, Transform::None),
+    t("model.layers.{i}.mlp.experts.{e}.gate_proj.weight", "blk.{i}.ffn_gate_exps.weight", &[Embd, FfExpert, Expert], moe_ffn, StackExperts),
+    t("model.layers.{i}.mlp.experts.{e}.up_proj.weight", "blk.{i}.ffn_up_exps.weight", &[Embd, FfExpert, Expert], moe_ffn, StackExperts),
+    t("model.layers.{i}.mlp.experts.{e}.down_proj.weight", "blk.{i}.ffn_down_exps.weight", &[FfExpert, Embd, Expert], moe_ffn, StackExperts),
+];
+
 /// Phi-3: fused QKV and gate+up projections, kept fused in GGUF. Sized by the planner; the
 /// converter and the forward pass do not take it yet.
 #[rustfmt::skip]
@@ -397,41 +497,62 @@ static PHI3_TENSORS: &[TensorDef] = &[
     t("model.norm.weight", "output_norm.weight", &[Embd], always, Transform::None),
     t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
     t("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", &[Embd], always, Transform::None),
-    t("model.layers.{i}.self_attn.qkv_proj.weight", "blk.{i}.attn_qkv.weight", &[Embd, Q, Kv, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.qkv_proj.weight", "blk.{i}.attn_qkv.weight", &[Embd, QkvFused], always, Transform::None),
     t("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", &[Q, Embd], always, Transform::None),
     t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, Transform::None),
-    t("model.layers.{i}.mlp.gate_up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.gate_up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, GateUpFused], always, Transform::None),
     t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
 ];
 
-static LLAMA_META: &[Meta] = &[
-    Meta::BlockCount,
-    Meta::ContextLength,
-    Meta::EmbeddingLength,
-    Meta::FeedForwardLength,
-    Meta::HeadCount,
-    Meta::HeadCountKv,
-    Meta::RopeFreqBase,
-    Meta::RmsEps,
-    Meta::KeyLength,
-    Meta::ValueLength,
-    Meta::VocabSize,
-    Meta::RopeDimensionCount,
-];
+/// The keys of llama.cpp's `TextModel.set_gguf_parameters`, in its order (file_type, which it
+/// writes next, goes last here as llama-quantize rewrites it).
+macro_rules! text_model_meta {
+    ($($extra:expr),*) => {
+        &[
+            Meta::BlockCount,
+            Meta::ContextLength,
+            Meta::EmbeddingLength,
+            Meta::FeedForwardLength,
+            Meta::HeadCount,
+            Meta::HeadCountKv,
+            Meta::RopeFreqBase,
+            Meta::RmsEps,
+            Meta::ExpertCount,
+            Meta::ExpertUsedCount,
+            Meta::KeyLength,
+            Meta::ValueLength,
+            $($extra),*
+        ]
+    };
+}
 
-fn eighty_layers_gqa(h: &HParams) -> bool {
-    h.n_layer == 80 && h.n_head != h.n_head_kv
+/// `LlamaModel` adds the vocabulary size and RoPE dimensions.
+static LLAMA_META: &[Meta] = text_model_meta!(Meta::VocabSize, Meta::RopeDimensionCount);
+/// Qwen2 and Qwen3 write the text-model keys only.
+static QWEN_META: &[Meta] = text_model_meta!();
+/// `Qwen2MoeModel` adds each expert's width.
+static QWEN_MOE_META: &[Meta] = text_model_meta!(Meta::ExpertFeedForwardLength);
+
+/// llama.cpp's llama loader: 80 layers are 70B with grouped-query attention (65B without),
+/// unless the model has 8 experts (then its type names the mixture).
+fn llama_70b(h: &HParams) -> bool {
+    h.n_layer == 80 && h.n_head != h.n_head_kv && h.n_expert != 8
 }
 
 pub static ARCHITECTURES: &[Architecture] = &[
     Architecture {
-        hf_classes: &["LlamaForCausalLM", "MistralForCausalLM"],
+        hf_classes: &[
+            "LlamaForCausalLM",
+            "MistralForCausalLM",
+            "MixtralForCausalLM",
+        ],
         gguf_name: "llama",
         tensors: LLAMA_TENSORS,
         ignored_suffixes: &["rotary_emb.inv_freq"],
         metadata: LLAMA_META,
         rope: RopeLayout::Adjacent,
-        type_70b: eighty_layers_gqa,
+        type_70b: llama_70b,
+        norm_expert_weights: true,
         support: Support {
             convert: true,
             forward: true,
@@ -442,9 +563,40 @@ pub static ARCHITECTURES: &[Architecture] = &[
         gguf_name: "qwen2",
         tensors: QWEN2_TENSORS,
         ignored_suffixes: &["rotary_emb.inv_freq"],
-        metadata: LLAMA_META,
+        metadata: QWEN_META,
         rope: RopeLayout::Neox,
-        type_70b: eighty_layers_gqa,
+        // llama.cpp's qwen2 loader: 80 layers are 70B whatever the heads.
+        type_70b: |h| h.n_layer == 80,
+        norm_expert_weights: true,
+        support: Support {
+            convert: true,
+            forward: true,
+        },
+    },
+    Architecture {
+        hf_classes: &["Qwen3ForCausalLM"],
+        gguf_name: "qwen3",
+        tensors: QWEN3_TENSORS,
+        ignored_suffixes: &["rotary_emb.inv_freq"],
+        metadata: QWEN_META,
+        rope: RopeLayout::Neox,
+        type_70b: |_| false,
+        norm_expert_weights: true,
+        support: Support {
+            convert: true,
+            forward: true,
+        },
+    },
+    Architecture {
+        hf_classes: &["Qwen3MoeForCausalLM"],
+        gguf_name: "qwen3moe",
+        tensors: QWEN3_TENSORS,
+        ignored_suffixes: &["rotary_emb.inv_freq"],
+        metadata: QWEN_MOE_META,
+        rope: RopeLayout::Neox,
+        type_70b: |_| false,
+        // llama.cpp's qwen3moe graph renormalizes whatever config.json's norm_topk_prob says.
+        norm_expert_weights: true,
         support: Support {
             convert: true,
             forward: true,
@@ -455,9 +607,10 @@ pub static ARCHITECTURES: &[Architecture] = &[
         gguf_name: "phi3",
         tensors: PHI3_TENSORS,
         ignored_suffixes: &["rotary_emb.inv_freq"],
-        metadata: LLAMA_META,
+        metadata: QWEN_META,
         rope: RopeLayout::Neox,
         type_70b: |_| false,
+        norm_expert_weights: true,
         support: Support {
             convert: false,
             forward: false,
@@ -511,13 +664,7 @@ impl Architecture {
                 Some(i) => s.replace("{i}", &i.to_string()),
                 None => s.to_string(),
             };
-            // A fused tensor lists its parts after the input dimension; they add up.
-            let dims: Vec<u64> = match d.dims {
-                [first, rest @ ..] if rest.len() > 1 => {
-                    vec![first.of(h), rest.iter().map(|r| r.of(h)).sum()]
-                }
-                dims => dims.iter().map(|x| x.of(h)).collect(),
-            };
+            let dims: Vec<u64> = d.dims.iter().map(|x| x.of(h)).collect();
             ExpectedTensor {
                 hf: name(d.hf),
                 gguf: name(d.gguf),
@@ -574,6 +721,7 @@ fn check_ranges(h: &HParams, path: &Path) -> Result<()> {
         ("head_dim", h.head_dim, 1 << 14),
         ("vocab_size", h.vocab_size, 1 << 24),
         ("max_position_embeddings", h.context_length, 1 << 26),
+        ("moe_intermediate_size", h.n_ff_expert, 1 << 22),
     ] {
         if v == 0 || v > max {
             bail!("{}: \"{key}\" is {v}; expected 1 to {max}", path.display());
@@ -631,9 +779,11 @@ impl HParams {
             None | Some(Json::Null) => nested_theta.unwrap_or(10_000.0),
             Some(_) => float("rope_theta", 10_000.0)?,
         };
+        let (n_expert, n_expert_used, n_ff_expert) = experts(config, path)?;
+        let n_ff = get_u64(config, path, "intermediate_size")?;
         let h = HParams {
             n_embd,
-            n_ff: get_u64(config, path, "intermediate_size")?,
+            n_ff,
             n_layer: get_u64(config, path, "num_hidden_layers")?,
             n_head,
             n_head_kv,
@@ -646,10 +796,58 @@ impl HParams {
             tie_embeddings: flag("tie_word_embeddings"),
             attn_bias: arch.gguf_name == "qwen2" || flag("attention_bias"),
             rope_scaling,
+            n_expert,
+            n_expert_used,
+            n_ff_expert: n_ff_expert.unwrap_or(n_ff),
         };
         check_ranges(&h, path)?;
         Ok(h)
     }
+}
+
+/// The mixture of experts config.json describes (under the key names llama.cpp's converter
+/// looks for): (experts, experts per token, one expert's FFN width if stated), zeros for a
+/// dense model.
+fn experts(config: &Json, path: &Path) -> Result<(u64, u64, Option<u64>)> {
+    let stated = |keys: &[&str]| -> Result<Option<u64>> {
+        match keys
+            .iter()
+            .find(|k| config.get(**k).is_some_and(|v| !v.is_null()))
+        {
+            Some(k) => Ok(Some(get_u64(config, path, k)?)),
+            None => Ok(None),
+        }
+    };
+    let Some(n_expert) =
+        stated(&["num_local_experts", "num_experts", "n_routed_experts"])?.filter(|&n| n > 0)
+    else {
+        return Ok((0, 0, None));
+    };
+    let used = stated(&["num_experts_per_tok", "num_experts_per_token"])?.with_context(|| {
+        format!(
+            "{}: {n_expert} experts, but no \"num_experts_per_tok\" says how many each token uses",
+            path.display()
+        )
+    })?;
+    if used == 0 || used > n_expert || n_expert > 1 << 12 {
+        bail!(
+            "{}: \"num_experts_per_tok\" is {used} of {n_expert} experts; expected 1 to the expert count (at most 4096)",
+            path.display()
+        );
+    }
+    // Qwen-MoE's dense layers among sparse ones: llama.cpp's qwen3moe has none.
+    let step = stated(&["decoder_sparse_step"])?.unwrap_or(1);
+    let dense_layers = config
+        .get("mlp_only_layers")
+        .and_then(Json::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if step != 1 || dense_layers {
+        bail!(
+            "{}: dense layers among the expert layers (\"decoder_sparse_step\" {step}, \"mlp_only_layers\") are not supported (llama.cpp's converter has no such layout)",
+            path.display()
+        );
+    }
+    Ok((n_expert, used, stated(&["moe_intermediate_size"])?))
 }
 
 /// config.json's `rope_scaling` (transformers 4.57 also writes it as `rope_parameters`).
@@ -744,6 +942,7 @@ mod tests {
             tie_embeddings: false,
             attn_bias: false,
             rope_scaling: RopeScaling::None,
+            ..Default::default()
         }
     }
 
