@@ -280,7 +280,6 @@ fn perplexity_and_kld_match_llama_cpp() {
 /// the rows unrelated.
 #[test]
 fn incremental_decoding_matches_the_batch() {
-    use quantfit::eval::model::KvCache;
     let text = corpus();
     for (path, tolerance) in [
         (common::smollm2_dir(), 0.002),
@@ -290,31 +289,19 @@ fn incremental_decoding_matches_the_batch() {
         let m = quantfit::eval::load(&path, None).unwrap();
         let head: String = text.chars().take(2000).collect();
         let tokens = m.tokenizer.encode(&head).unwrap();
-        let tokens = &tokens[..40];
-        let n_vocab = m.model.config().n_vocab;
-        let mut cache = KvCache::default();
-        let batch = m.model.forward(tokens, &mut cache, 0).unwrap();
-        let batch = batch.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let mut cache = KvCache::default();
-        m.model.forward(&tokens[..32], &mut cache, 31).unwrap();
-        for (i, &t) in tokens.iter().enumerate().skip(32) {
-            let step = m.model.forward(&[t], &mut cache, 0).unwrap();
-            let step = step.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let row = &batch[i * n_vocab..(i + 1) * n_vocab];
-            let scale = row.iter().fold(0f32, |a, &b| a.max(b.abs()));
-            let worst = row
-                .iter()
-                .zip(&step)
-                .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        for s in common::steps_against_batch(&m.model, &tokens[..40], 32) {
+            let (i, worst) = (s.position, s.worst);
             assert!(
-                worst < tolerance * scale,
-                "{}: position {i}: logits differ by {worst} (scale {scale})",
-                path.display()
+                worst < tolerance * s.scale,
+                "{}: position {i}: logits differ by {worst} (scale {})",
+                path.display(),
+                s.scale
             );
             // The same next token, unless the batch's top two are closer than the difference.
-            let mut sorted: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+            let mut sorted: Vec<(usize, f32)> = s.batch.iter().copied().enumerate().collect();
             sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let best_step = step
+            let best_step = s
+                .step
                 .iter()
                 .enumerate()
                 .fold((0, f32::MIN), |b, (j, &v)| if v > b.1 { (j, v) } else { b })

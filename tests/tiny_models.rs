@@ -203,7 +203,6 @@ fn planner_sizes_converted_files() {
 /// models, the graph for mixtures of experts) give the logits of the whole batch at once.
 #[test]
 fn generation_matches_the_batch() {
-    use quantfit::eval::model::KvCache;
     for name in FIXTURES {
         let text = corpus(&reference(name));
         let outs = converted(name);
@@ -222,29 +221,17 @@ fn generation_matches_the_batch() {
             let m = quantfit::eval::load(&path, None).unwrap();
             let head: String = text.chars().take(2000).collect();
             let tokens = m.tokenizer.encode(&head).unwrap();
-            let tokens = &tokens[..24];
-            let n_vocab = m.model.config().n_vocab;
-            let mut cache = KvCache::default();
-            let batch = m.model.forward(tokens, &mut cache, 0).unwrap();
-            let batch = batch.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let mut cache = KvCache::default();
-            m.model.forward(&tokens[..16], &mut cache, 15).unwrap();
             let mut largest = 0f32;
-            for (i, &t) in tokens.iter().enumerate().skip(16) {
-                let step = m.model.forward(&[t], &mut cache, 0).unwrap();
-                let step = step.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let row = &batch[i * n_vocab..(i + 1) * n_vocab];
-                let scale = row.iter().fold(0f32, |a, &b| a.max(b.abs()));
-                let worst = row
-                    .iter()
-                    .zip(&step)
-                    .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+            for s in common::steps_against_batch(&m.model, &tokens[..24], 16) {
                 assert!(
-                    worst < tolerance * scale,
-                    "{}: position {i}: logits differ by {worst} (scale {scale})",
-                    path.display()
+                    s.worst < tolerance * s.scale,
+                    "{}: position {}: logits differ by {} (scale {})",
+                    path.display(),
+                    s.position,
+                    s.worst,
+                    s.scale
                 );
-                largest = largest.max(worst / scale);
+                largest = largest.max(s.worst / s.scale);
             }
             eprintln!(
                 "{}: largest difference {largest:.2e} of the logits' scale",

@@ -149,7 +149,7 @@ impl Model {
         let graph_only = *GRAPH_ONLY
             .get_or_init(|| std::env::var("QUANTFIT_EVAL_DECODE").as_deref() == Ok("graph"));
         // The decoding team runs dense layers; a mixture of experts goes through the graph.
-        let dense = self.weights.layers.iter().all(|l| l.ffn.dense().is_some());
+        let dense = self.weights.config.n_expert == 0;
         if t == 1 && logits_from == 0 && !graph_only && dense {
             return self.decode(tokens[0], cache);
         }
@@ -293,13 +293,7 @@ impl Model {
 
         let xn = rms_norm(x, &w.ffn_norm, c.rms_eps);
         let y = match &w.ffn {
-            Ffn::Dense { gate, up, down } => {
-                let mut gate_up = Linear::forward_many(&[gate, up], &xn)?;
-                let up = gate_up.pop().expect("two outputs");
-                let mut act = gate_up.pop().expect("two outputs");
-                super::softmax::swiglu(&mut act, &up);
-                down.forward(&act)?
-            }
+            Ffn::Dense { gate, up, down } => swiglu_ffn([gate, up, down], &xn)?,
             Ffn::Experts(e) => {
                 super::moe::forward(e, &xn, c.n_embd, c.n_expert_used, c.norm_expert_weights)?
             }
@@ -307,6 +301,16 @@ impl Model {
         add_into(x, &y);
         Ok(())
     }
+}
+
+/// The SwiGLU feed-forward block, down(silu(gate x) * up x), on the rows of `x` (a dense
+/// layer's, or one expert's on the tokens routed to it).
+pub(super) fn swiglu_ffn([gate, up, down]: [&Linear; 3], x: &[f32]) -> Result<Vec<f32>> {
+    let mut gate_up = Linear::forward_many(&[gate, up], x)?;
+    let up = gate_up.pop().expect("two outputs");
+    let mut act = gate_up.pop().expect("two outputs");
+    super::softmax::swiglu(&mut act, &up);
+    down.forward(&act)
 }
 
 /// Rows above which the element-wise steps of a batch run in parallel.

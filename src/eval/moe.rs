@@ -7,8 +7,6 @@
 
 use anyhow::Result;
 
-use super::linear::Linear;
-use super::softmax::swiglu;
 use super::weights::Experts;
 
 /// Experts chosen for one token, best first, with their weights.
@@ -80,7 +78,8 @@ pub fn forward(
         for &(i, _) in &rows {
             input.extend_from_slice(&xn[i * n_embd..(i + 1) * n_embd]);
         }
-        let out = swiglu_expert([&experts.gate[e], &experts.up[e], &experts.down[e]], &input)?;
+        let out =
+            super::model::swiglu_ffn([&experts.gate[e], &experts.up[e], &experts.down[e]], &input)?;
         for (&(i, j), y) in rows.iter().zip(out.chunks(n_embd)) {
             let w = routes[i].weights[j];
             let dst = &mut ranked[(i * k + j) * n_embd..][..n_embd];
@@ -95,15 +94,6 @@ pub fn forward(
         }
     }
     Ok(out)
-}
-
-/// down(silu(gate x) * up x) for the rows of `x`.
-fn swiglu_expert([gate, up, down]: [&Linear; 3], x: &[f32]) -> Result<Vec<f32>> {
-    let mut gate_up = Linear::forward_many(&[gate, up], x)?;
-    let up = gate_up.pop().expect("two outputs");
-    let mut act = gate_up.pop().expect("two outputs");
-    swiglu(&mut act, &up);
-    down.forward(&act)
 }
 
 #[cfg(test)]

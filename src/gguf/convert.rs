@@ -518,10 +518,8 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
                 .imatrix
                 .as_ref()
                 .and_then(|im| im.get(&t.name))
-                .map(|w| {
-                    let at = if t.parts() > 1 { part * cols } else { 0 };
-                    &w[at..at + cols]
-                });
+                // One importance vector per part (per expert of a stacked tensor).
+                .map(|w| &w[part * cols..(part + 1) * cols]);
             let mut done: HashMap<GgmlType, Vec<u8>> = HashMap::new();
             for (w, s) in writers.iter_mut().zip(&specs) {
                 let ty = s[i].ty;

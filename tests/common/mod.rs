@@ -139,3 +139,49 @@ pub fn report_missing_isas(test: &str) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (test, Isa::Scalar);
 }
+
+/// One position of `steps_against_batch`: the batch's logits and the step's, the largest
+/// difference between them, and the batch row's largest magnitude.
+pub struct Step {
+    pub position: usize,
+    pub batch: Vec<f32>,
+    pub step: Vec<f32>,
+    pub worst: f32,
+    pub scale: f32,
+}
+
+/// `tokens` run as one batch, and again with `tokens[..prompt]` as a prompt followed by the
+/// rest one token at a time through the KV cache: each later position's logits both ways.
+pub fn steps_against_batch(
+    model: &quantfit::eval::model::Model,
+    tokens: &[u32],
+    prompt: usize,
+) -> Vec<Step> {
+    use quantfit::eval::model::KvCache;
+    let n_vocab = model.config().n_vocab;
+    let batch = model.forward(tokens, &mut KvCache::default(), 0).unwrap();
+    let batch = batch.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut cache = KvCache::default();
+    model
+        .forward(&tokens[..prompt], &mut cache, prompt - 1)
+        .unwrap();
+    let mut steps = Vec::new();
+    for (i, &t) in tokens.iter().enumerate().skip(prompt) {
+        let step = model.forward(&[t], &mut cache, 0).unwrap();
+        let step = step.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let row = batch[i * n_vocab..(i + 1) * n_vocab].to_vec();
+        let scale = row.iter().fold(0f32, |a, &b| a.max(b.abs()));
+        let worst = row
+            .iter()
+            .zip(&step)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        steps.push(Step {
+            position: i,
+            batch: row,
+            step,
+            worst,
+            scale,
+        });
+    }
+    steps
+}
