@@ -76,15 +76,23 @@ impl<'a> Extras<'a> {
     }
 }
 
+/// Batches of at least this many tokens keep their queries in f32: llama.cpp's CPU flash
+/// attention (on by default, `-fa auto`) tiles them (`GGML_FA_TILE_Q`, ggml-cpu/ops.cpp
+/// `ggml_compute_forward_flash_attn_ext_tiled`: F32 queries against the F16 cache widened to
+/// F32), while smaller batches and single tokens take its one-row kernel, which converts each
+/// query to F16 for the dot with the F16 cache.
+pub const F32_QUERY_ROWS: usize = 64;
+
 /// One position's query, key and value rows in place: biases, per-head norms, RoPE on
 /// queries and keys (`cos`/`sin` of this position), then the F16 rounding of llama.cpp's KV
-/// cache (queries too: ggml multiplies them with the cache in F16).
+/// cache, and of the query where llama.cpp rounds it (`round_query`, see `F32_QUERY_ROWS`).
 pub fn prepare_position(
     [q, k, v]: [&mut [f32]; 3],
     extras: Extras,
     cos: &[f32],
     sin: &[f32],
     shape: Shape,
+    round_query: bool,
 ) {
     for (y, bias) in [&mut *q, &mut *k, &mut *v].into_iter().zip(extras.biases) {
         if let Some(bias) = bias {
@@ -102,12 +110,16 @@ pub fn prepare_position(
             rope(head, cos, sin, shape.neox);
         }
     }
-    for y in [q, k, v] {
+    if round_query {
+        q.iter_mut().for_each(|x| *x = round_trip_f16(*x));
+    }
+    for y in [k, v] {
         y.iter_mut().for_each(|x| *x = round_trip_f16(*x));
     }
 }
 
-/// `prepare_position` for every row of `[t, n]` queries, keys and values.
+/// `prepare_position` for every row of `[t, n]` queries, keys and values, queries rounded as
+/// llama.cpp rounds them for a batch of `t`.
 pub fn prepare_batch(
     [q, k, v]: [&mut [f32]; 3],
     extras: Extras,
@@ -118,13 +130,14 @@ pub fn prepare_batch(
     let t = cos.len() / (shape.head_dim / 2);
     let half = shape.head_dim / 2;
     let (nq, nkv) = (q.len() / t, k.len() / t);
+    let round_query = t < F32_QUERY_ROWS;
     q.par_chunks_mut(nq)
         .zip(k.par_chunks_mut(nkv))
         .zip(v.par_chunks_mut(nkv))
         .enumerate()
         .for_each(|(p, ((q, k), v))| {
             let (cos, sin) = (&cos[p * half..][..half], &sin[p * half..][..half]);
-            prepare_position([q, k, v], extras, cos, sin, shape);
+            prepare_position([q, k, v], extras, cos, sin, shape, round_query);
         });
 }
 

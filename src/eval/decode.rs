@@ -308,6 +308,7 @@ impl Step<'_> {
             self.cos,
             self.sin,
             attention::Shape::of(&self.model.weights.config),
+            true,
         );
     }
 
