@@ -331,3 +331,156 @@ fn broken_inputs_fail_with_one_clear_line() {
     );
     assert!(!results.exists(), "failed runs append nothing");
 }
+
+/// llama-perplexity's log-probability file layout, for crafting files: header, tokens, rows.
+fn logits_file(ctx: u32, n_vocab: i32, chunks: i32, token: i32) -> Vec<u8> {
+    let mut b = b"_logits_".to_vec();
+    b.extend_from_slice(&ctx.to_le_bytes());
+    b.extend_from_slice(&n_vocab.to_le_bytes());
+    b.extend_from_slice(&chunks.to_le_bytes());
+    for _ in 0..ctx as usize * chunks as usize {
+        b.extend_from_slice(&token.to_le_bytes());
+    }
+    let rows = (ctx - 1 - ctx / 2) as usize * chunks as usize;
+    let row_bytes = (2 * (n_vocab as usize).div_ceil(2) + 4) * 2;
+    b.resize(b.len() + rows * row_bytes, 0);
+    b
+}
+
+#[test]
+fn saved_baseline_logits_score_as_the_baseline_and_lies_are_refused() {
+    let (q8, q4) = ggufs();
+    let dir = work_dir("baseline-logits");
+    let results = dir.join("results.jsonl");
+    let saved = dir.join("base.logits");
+    let folder = common::smollm2_dir();
+    let text = corpus();
+    let with_model = ok(&quantfit(&[
+        "eval",
+        s(q4),
+        "--baseline",
+        s(&folder),
+        "--text",
+        &text,
+        "--ctx",
+        "128",
+        "--chunks",
+        "2",
+        "-t",
+        "2",
+        "--save-baseline-logits",
+        s(&saved),
+        "--json",
+        "--no-results",
+    ]));
+    let saved_len = std::fs::metadata(&saved).unwrap().len();
+    assert_eq!(saved_len, 20 + 2 * 128 * 4 + 2 * 63 * (49152 + 4) * 2);
+    let from_file = ok(&quantfit(&[
+        "eval",
+        s(q4),
+        "--baseline-logits",
+        s(&saved),
+        "-t",
+        "2",
+        "--json",
+        "--results",
+        s(&results),
+    ]));
+    let (a, b) = (&with_model[1], &from_file[0]);
+    assert_eq!(b["baseline"], "base.logits");
+    assert_eq!(b["ctx"], 128);
+    assert_eq!(b["tokens_scored"], 2 * 63);
+    assert_eq!(
+        a["tokens_sha256"], b["tokens_sha256"],
+        "the file's tokens are the text's"
+    );
+    for key in [
+        "kld_mean",
+        "kld_p99",
+        "same_top_rate",
+        "rms_dp",
+        "ppl",
+        "baseline_ppl",
+    ] {
+        let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+        assert!((x / y - 1.0).abs() < 1e-9, "{key}: {x} vs {y}");
+    }
+    assert!(a["kld_mean"].as_f64().unwrap() > 1e-3, "Q4_0 diverges: {a}");
+    assert_eq!(
+        std::fs::read_to_string(&results).unwrap().lines().count(),
+        1
+    );
+
+    // Broken base files and contradicting settings: one line, exit 2, nothing appended.
+    let bytes = std::fs::read(&saved).unwrap();
+    let bad = dir.join("bad.logits");
+    let run_bad = |extra: &[&str]| {
+        let mut args = vec!["eval", s(q8), "--baseline-logits", s(&bad), "-t", "2"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--results", s(&results)]);
+        quantfit(&args)
+    };
+    std::fs::write(&bad, &bytes[..bytes.len() - 1000]).unwrap();
+    expect_error(run_bad(&[]), &["bad.logits", "truncated"]);
+    std::fs::write(&bad, logits_file(128, 1000, 2, 7)).unwrap();
+    expect_error(run_bad(&[]), &["vocabulary of 49152", "bad.logits", "1000"]);
+    // The header claims more chunks than the file holds.
+    let mut more = bytes.clone();
+    more[16..20].copy_from_slice(&3i32.to_le_bytes());
+    std::fs::write(&bad, &more).unwrap();
+    expect_error(run_bad(&[]), &["bad.logits", "3 chunks", "truncated"]);
+    std::fs::write(&bad, logits_file(128, 1000, 2, 1000)).unwrap();
+    expect_error(run_bad(&[]), &["bad.logits", "token 0 is 1000"]);
+    std::fs::write(&bad, b"not a logits file at all").unwrap();
+    expect_error(run_bad(&[]), &["bad.logits", "_logits_"]);
+    std::fs::write(&bad, &bytes).unwrap();
+    expect_error(run_bad(&["--ctx", "256"]), &["bad.logits", "ctx 128"]);
+    expect_error(run_bad(&["--text", &text]), &["--text"]);
+    expect_error(
+        quantfit(&[
+            "eval",
+            s(q8),
+            s(q4),
+            "--text",
+            &text,
+            "--save-baseline-logits",
+            s(&dir.join("two.logits")),
+            "--results",
+            s(&results),
+        ]),
+        &["--save-baseline-logits", "one model"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&results).unwrap().lines().count(),
+        1,
+        "failed runs append nothing"
+    );
+
+    // A run that fails after the baseline was recorded leaves no saved file.
+    let lost = dir.join("lost.logits");
+    expect_error(
+        quantfit(&[
+            "eval",
+            s(&dir.join("no-such-model.gguf")),
+            "--baseline",
+            s(q8),
+            "--text",
+            &text,
+            "--ctx",
+            "128",
+            "--chunks",
+            "1",
+            "--save-baseline-logits",
+            s(&lost),
+            "--no-results",
+        ]),
+        &["no-such-model.gguf"],
+    );
+    assert!(!lost.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".qf-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -3,8 +3,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use crate::eval::base_logits::BaseLogits;
 use crate::eval::perplexity::ChunkPlan;
-use crate::eval::run::{evaluate, BaselineStore, Compare, EvalResult};
+use crate::eval::run::{evaluate, record_baseline, Compare, EvalResult, Scratch};
 use crate::eval::{bench, load, results, LoadedModel};
 use crate::output::{self, Inputs};
 
@@ -38,15 +39,25 @@ pub struct EvalArgs {
     /// The text to score (UTF-8). Your own task's text is what matters.
     #[arg(long)]
     text: Option<PathBuf>,
-    /// Tokens per chunk.
-    #[arg(long, default_value_t = 512)]
-    ctx: usize,
-    /// At most this many chunks (default: as many as the text holds).
+    /// Tokens per chunk [default: 512; with --baseline-logits, the file's].
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// At most this many chunks (default: as many as the text, or the logits file, holds).
     #[arg(long)]
     chunks: Option<usize>,
     /// Compare every model's next-token distribution with this model's (KL divergence).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "baseline_logits")]
     baseline: Option<PathBuf>,
+    /// Compare every model with the log-probabilities saved in FILE by `llama-perplexity
+    /// --kl-divergence-base FILE` (or --save-baseline-logits); its tokens are scored, so
+    /// --text is not needed.
+    #[arg(long, value_name = "FILE", conflicts_with = "text")]
+    baseline_logits: Option<PathBuf>,
+    /// Save the baseline's log-probabilities (the --baseline model's, or the one model's) in
+    /// llama-perplexity's format, for `--baseline-logits` here or `llama-perplexity
+    /// --kl-divergence` elsewhere.
+    #[arg(long, value_name = "FILE", conflicts_with = "baseline_logits")]
+    save_baseline_logits: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -163,63 +174,166 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     in_pool(|| eval_in_pool(args, threads))
 }
 
+const DEFAULT_CTX: usize = 512;
+
+/// The baseline's rows written by this run: where to read them back, and the user's file to
+/// commit at the end (a scratch file otherwise, removed when dropped).
+struct Recorded {
+    reader: Option<BaseLogits>,
+    saved: Option<output::Pending>,
+    _scratch: Option<Scratch>,
+}
+
+/// Runs `m` as the baseline on `tokens`, its rows going to the --save-baseline-logits target
+/// or, when only the comparison needs them, to a scratch file.
+fn record(
+    m: &LoadedModel,
+    tokens: &[u32],
+    plan: ChunkPlan,
+    save: Option<&output::Target>,
+    read_back: bool,
+    show: bool,
+) -> Result<(EvalResult, Recorded)> {
+    match save.filter(|t| !(t.is_sink() && read_back)) {
+        Some(target) => {
+            let out = output::AtomicFile::create(target)?;
+            let shown = target.path().display().to_string();
+            let (r, out) = record_baseline(m, tokens, plan, out, &shown, show)?;
+            let pending = out.finish()?;
+            let reader = if read_back {
+                Some(BaseLogits::open(pending.written_path())?)
+            } else {
+                None
+            };
+            let saved = Some(pending);
+            Ok((
+                r,
+                Recorded {
+                    reader,
+                    saved,
+                    _scratch: None,
+                },
+            ))
+        }
+        None => {
+            let scratch = Scratch::create()?;
+            let shown = scratch.path().display().to_string();
+            let (r, _) = record_baseline(m, tokens, plan, scratch.writer()?, &shown, show)?;
+            let reader = Some(BaseLogits::open(scratch.path())?);
+            Ok((
+                r,
+                Recorded {
+                    reader,
+                    saved: None,
+                    _scratch: Some(scratch),
+                },
+            ))
+        }
+    }
+}
+
 fn eval_in_pool(args: EvalArgs, threads: usize) -> Result<()> {
     let inputs = inputs_of(
         &args.run,
-        args.models.iter().chain(&args.baseline).chain(&args.text),
+        args.models
+            .iter()
+            .chain(&args.baseline)
+            .chain(&args.text)
+            .chain(&args.baseline_logits),
     )?;
-    let (text, text_name) = read_text(args.text.as_deref())?;
+    let save = match &args.save_baseline_logits {
+        Some(p) => {
+            if args.baseline.is_none() && args.models.len() != 1 {
+                bail!(
+                    "--save-baseline-logits saves one model's log-probabilities: give one model, \
+                     or name the baseline with --baseline"
+                );
+            }
+            Some(output::check(p, &inputs, false)?)
+        }
+        None => None,
+    };
     let tok = args.run.tokenizer.as_deref();
     let show = !args.run.json;
     let mut rows: Vec<EvalResult> = Vec::new();
 
-    let mut store = None;
-    let mut base_tokens = None;
-    let mut plan = None;
-    if let Some(base_path) = &args.baseline {
+    // The baseline's rows, its tokens and chunks, and its name for the results.
+    let mut reference: Option<(BaseLogits, String)> = None;
+    let mut shared: Option<(Vec<u32>, ChunkPlan)> = None;
+    let mut saved = None;
+    let mut _scratch = None;
+    let (text, text_name) = match &args.baseline_logits {
+        Some(path) => {
+            let file = BaseLogits::open(path)?;
+            if let Some(ctx) = args.ctx.filter(|&c| c != file.layout.ctx) {
+                bail!(
+                    "{}: made with ctx {}; --ctx {ctx} cannot be scored against it (leave --ctx \
+                     out)",
+                    path.display(),
+                    file.layout.ctx
+                );
+            }
+            shared = Some((file.tokens.clone(), file.plan(args.chunks)?));
+            reference = Some((file, display(path)));
+            (None, path.display().to_string())
+        }
+        None => {
+            let (text, name) = read_text(args.text.as_deref())?;
+            (Some(text), name)
+        }
+    };
+    let ctx = args.ctx.unwrap_or(DEFAULT_CTX);
+    let plan_for = |m: &LoadedModel, text: &str| -> Result<(Vec<u32>, ChunkPlan)> {
+        let tokens = m.tokenizer.encode(text)?;
+        let p = ChunkPlan::new(tokens.len(), ctx, args.chunks)
+            .with_context(|| format!("{text_name} with {}", m_name(m)))?;
+        Ok((tokens, p))
+    };
+    if let (Some(base_path), Some(text)) = (&args.baseline, &text) {
         let base = load_noted(base_path, tok)?;
-        let tokens = base.tokenizer.encode(&text)?;
-        let p = ChunkPlan::new(tokens.len(), args.ctx, args.chunks)
-            .with_context(|| format!("{text_name} with {}", m_name(&base)))?;
-        let mut s = BaselineStore::create(p.scored_per_chunk() * base.model.config().n_vocab)?;
-        let r = evaluate(&base, &tokens, p, Compare::Record(&mut s), show)?;
+        let (tokens, p) = plan_for(&base, text)?;
+        let others = args.models.iter().any(|m| m != base_path);
+        let (r, rec) = record(&base, &tokens, p, save.as_ref(), others, show)?;
         rows.push(r);
-        store = Some((s, base.model.config().n_vocab, base.name.clone()));
-        base_tokens = Some(tokens);
-        plan = Some(p);
+        saved = rec.saved;
+        _scratch = rec._scratch;
+        reference = rec.reader.map(|f| (f, base.name.clone()));
+        shared = Some((tokens, p));
     }
     for path in &args.models {
         if args.baseline.as_deref() == Some(path.as_path()) {
             continue;
         }
         let m = load_noted(path, tok)?;
-        let tokens = m.tokenizer.encode(&text)?;
-        let p = ChunkPlan::new(tokens.len(), args.ctx, args.chunks)
-            .with_context(|| format!("{text_name} with {}", m_name(&m)))?;
-        let compare = match (&mut store, &base_tokens) {
-            (Some((s, n_vocab, base_name)), Some(bt)) => {
-                if *bt != tokens {
-                    bail!(
-                        "{}: tokenizes the text differently from the baseline {base_name}; KL \
-                         divergence needs the same tokens",
-                        path.display()
-                    );
+        let r = match (&mut reference, &shared, &text) {
+            (Some((base, base_name)), Some((base_tokens, p)), text) => {
+                if let Some(text) = text {
+                    if plan_for(&m, text)?.0 != *base_tokens {
+                        bail!(
+                            "{}: tokenizes the text differently from the baseline {base_name}; \
+                             KL divergence needs the same tokens",
+                            path.display()
+                        );
+                    }
                 }
-                if *n_vocab != m.model.config().n_vocab {
-                    bail!(
-                        "{}: vocabulary of {} tokens, the baseline {base_name} has {n_vocab}",
-                        path.display(),
-                        m.model.config().n_vocab
-                    );
-                }
-                Compare::Against(s)
+                evaluate(&m, base_tokens, *p, Compare::Against(base), show)?
             }
-            _ => Compare::None,
+            (_, _, Some(text)) => {
+                let (tokens, p) = plan_for(&m, text)?;
+                if save.is_some() {
+                    let (r, rec) = record(&m, &tokens, p, save.as_ref(), false, show)?;
+                    saved = rec.saved;
+                    r
+                } else {
+                    evaluate(&m, &tokens, p, Compare::None, show)?
+                }
+            }
+            _ => unreachable!("a logits file gives tokens and chunks"),
         };
-        rows.push(evaluate(&m, &tokens, plan.unwrap_or(p), compare, show)?);
+        rows.push(r);
     }
 
-    let baseline_name = store.as_ref().map(|(_, _, n)| n.clone());
+    let baseline_name = reference.as_ref().map(|(_, n)| n.clone());
     let lines: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -237,6 +351,16 @@ fn eval_in_pool(args: EvalArgs, threads: usize) -> Result<()> {
             v
         })
         .collect();
+    inputs.verify()?;
+    if let Some(p) = saved {
+        p.commit()?;
+        if show {
+            eprintln!(
+                "baseline log-probabilities saved to {}",
+                args.save_baseline_logits.as_ref().expect("saved").display()
+            );
+        }
+    }
     if emit(&args.run, &lines, &inputs)? {
         return Ok(());
     }
@@ -245,6 +369,12 @@ fn eval_in_pool(args: EvalArgs, threads: usize) -> Result<()> {
         println!("results appended to {}", args.run.results.display());
     }
     Ok(())
+}
+
+fn display(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 fn print_eval_table(rows: &[EvalResult], text: &str, threads: usize) {

@@ -2,10 +2,12 @@
 //! (`quantfit eval`), and prompt/generation speed (`quantfit bench`).
 
 pub mod attention;
+pub mod base_logits;
 pub mod bench;
 pub mod decode;
 pub mod dot;
 pub mod gemm;
+pub mod kld;
 pub mod linear;
 pub mod model;
 pub mod moe;

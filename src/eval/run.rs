@@ -1,21 +1,22 @@
 //! The evaluation loop: chunks through each model, scoring as llama-perplexity does, and with
-//! a baseline, KL divergence against the baseline's distributions. The baseline's
-//! log-probabilities are computed once and spilled to a temporary file (f32, one chunk at a
-//! time), so any number of models compare against them without holding them in memory.
+//! a baseline, KL divergence against the baseline's distributions. The baseline's rows are
+//! kept in llama-perplexity's log-probability format (`base_logits`): written by a baseline
+//! model's run (to the user's file, or to a scratch file removed at the end) or read from a file
+//! llama-perplexity made, a chunk at a time, so any number of models compare against them
+//! without holding them in memory.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
+use super::base_logits::{row_len, BaseLogits, BaseLogitsWriter, BaseRow};
+use super::kld::{score_row, KldStats, KldSummary, RowScore};
 use super::model::KvCache;
-use super::perplexity::{
-    chunk_log_probs, summarize_divergence, target_log_probs, token_divergence, ChunkPlan,
-    KldSummary, NllStats, TokenDivergence,
-};
+use super::perplexity::{target_log_probs, ChunkPlan, NllStats};
 use super::LoadedModel;
 
 /// What one model scored.
@@ -39,8 +40,8 @@ pub struct EvalResult {
     /// llama-perplexity's timing covers.
     pub eval_tokens_per_s: f64,
     pub seconds: f64,
-    /// sha256 of the token ids scored (and the BOS put first in each chunk, if any): two
-    /// results on the same tokens and ctx are perplexities on one scale.
+    /// sha256 of the token ids of the chunks evaluated (and the BOS put first in each chunk,
+    /// if any): two results on the same tokens and ctx are perplexities on one scale.
     pub tokens_sha256: String,
     #[serde(flatten)]
     pub kld: Option<KldSummary>,
@@ -61,19 +62,17 @@ fn tokens_fingerprint(tokens: &[u32], bos: Option<u32>) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Baseline log-probabilities on disk, chunk after chunk.
-pub struct BaselineStore {
+/// A scratch file in the temporary folder for a baseline's rows when the user did not ask to
+/// keep them; removed when dropped, and by the next run if this one is killed.
+pub struct Scratch {
     path: PathBuf,
     file: File,
-    floats_per_chunk: usize,
-    written: usize,
-    /// Removes the file if the run is interrupted.
     _slot: Option<crate::output::guard::TempSlot>,
 }
 
-/// Removes baseline stores left in the temporary folder by runs that were killed: the exact
+/// Removes scratch files left in the temporary folder by runs that were killed: the exact
 /// name pattern, a regular file of this user, its writer's pid gone.
-fn remove_stale_stores(dir: &std::path::Path) {
+fn remove_stale_scratch(dir: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -85,7 +84,7 @@ fn remove_stale_stores(dir: &std::path::Path) {
         let Some(rest) = name
             .to_str()
             .and_then(|n| n.strip_prefix("quantfit-baseline-"))
-            .and_then(|r| r.strip_suffix(".f32"))
+            .and_then(|r| r.strip_suffix(".logits").or_else(|| r.strip_suffix(".f32")))
         else {
             continue;
         };
@@ -108,23 +107,23 @@ fn remove_stale_stores(dir: &std::path::Path) {
             && std::fs::remove_file(e.path()).is_ok()
         {
             eprintln!(
-                "note: removed {}, a baseline store left by an interrupted run",
+                "note: removed {}, a baseline scratch file left by an interrupted run",
                 e.path().display()
             );
         }
     }
 }
 
-impl BaselineStore {
-    pub fn create(floats_per_chunk: usize) -> Result<Self> {
+impl Scratch {
+    pub fn create() -> Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let dir = std::env::temp_dir();
-        remove_stale_stores(&dir);
+        remove_stale_scratch(&dir);
         let path = dir.join(format!(
-            "quantfit-baseline-{}-{nanos}.f32",
+            "quantfit-baseline-{}-{nanos}.logits",
             std::process::id()
         ));
         let file = {
@@ -136,64 +135,71 @@ impl BaselineStore {
                 .custom_flags(libc::O_NOFOLLOW)
                 .mode(0o600)
                 .open(&path)
-                .with_context(|| format!("{}: cannot create the baseline store", path.display()))?
+                .with_context(|| format!("{}: cannot create a scratch file", path.display()))?
         };
-        Ok(BaselineStore {
+        Ok(Scratch {
             _slot: crate::output::guard::register_temp(&path),
             path,
             file,
-            floats_per_chunk,
-            written: 0,
         })
     }
 
-    fn write_chunk(&mut self, log_probs: &[f32]) -> Result<()> {
-        debug_assert_eq!(log_probs.len(), self.floats_per_chunk);
-        let mut w = BufWriter::with_capacity(1 << 20, &self.file);
-        for v in log_probs {
-            w.write_all(&v.to_le_bytes())?;
-        }
-        w.flush().with_context(|| {
-            format!(
-                "{}: cannot write baseline log-probabilities (disk full?)",
-                self.path.display()
-            )
-        })?;
-        self.written += 1;
-        Ok(())
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
-    fn read_chunk(&mut self, i: usize) -> Result<Vec<f32>> {
-        if i >= self.written {
-            bail!("baseline chunk {i} was never written");
-        }
-        let bytes_per_chunk = self.floats_per_chunk * 4;
-        self.file
-            .seek(SeekFrom::Start((i * bytes_per_chunk) as u64))?;
-        let mut bytes = vec![0u8; bytes_per_chunk];
-        self.file
-            .read_exact(&mut bytes)
-            .with_context(|| format!("{}: cannot read back", self.path.display()))?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+    /// A buffered writer at the file's start.
+    pub fn writer(&self) -> Result<std::io::BufWriter<File>> {
+        let f = self
+            .file
+            .try_clone()
+            .with_context(|| format!("{}: cannot write", self.path.display()))?;
+        Ok(std::io::BufWriter::with_capacity(1 << 20, f))
     }
 }
 
-impl Drop for BaselineStore {
+impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// What to do with each chunk's log-probabilities besides scoring them.
+/// Where the baseline's rows are written.
+pub trait RecordRows {
+    /// Stores the scored rows of the next chunk; returns each row's (max logit, sum of
+    /// e^(logit - max)).
+    fn record(&mut self, logits: &[f32]) -> Result<Vec<(f32, f64)>>;
+}
+
+impl<W: Write> RecordRows for BaseLogitsWriter<W> {
+    fn record(&mut self, logits: &[f32]) -> Result<Vec<(f32, f64)>> {
+        self.write_chunk(logits)
+    }
+}
+
+/// What to do with each chunk's logits besides scoring them.
 pub enum Compare<'a> {
     None,
-    /// This model is the baseline: keep its log-probabilities.
-    Record(&'a mut BaselineStore),
+    /// This model is the baseline: store its rows.
+    Record(&'a mut dyn RecordRows),
     /// Compare with the stored baseline.
-    Against(&'a mut BaselineStore),
+    Against(&'a mut BaseLogits),
+}
+
+/// Runs `m` as the baseline, its rows written to `out` in llama-perplexity's format; returns
+/// the result and the writer, every chunk written and flushed.
+pub fn record_baseline<W: Write>(
+    m: &LoadedModel,
+    tokens: &[u32],
+    plan: ChunkPlan,
+    out: W,
+    out_name: &str,
+    show_progress: bool,
+) -> Result<(EvalResult, W)> {
+    let n_vocab = m.model.config().n_vocab;
+    let mut writer = BaseLogitsWriter::new(out, out_name, plan, n_vocab, tokens)?;
+    let r = evaluate(m, tokens, plan, Compare::Record(&mut writer), show_progress)?;
+    Ok((r, writer.finish()?))
 }
 
 fn progress_bar(show: bool, name: &str, chunks: usize) -> indicatif::ProgressBar {
@@ -227,6 +233,16 @@ pub fn evaluate(
     } else {
         None
     };
+    if let Compare::Against(base) = &compare {
+        if base.layout.n_vocab != n_vocab {
+            bail!(
+                "{}: vocabulary of {n_vocab} tokens, the baseline {} has {}",
+                m.path.display(),
+                base.path().display(),
+                base.layout.n_vocab
+            );
+        }
+    }
     if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
         bail!(
             "{}: token id {bad} is outside the model's vocabulary of {n_vocab}",
@@ -235,7 +251,7 @@ pub fn evaluate(
     }
     let bar = progress_bar(show_progress, &m.name, plan.chunks);
     let mut nll = NllStats::default();
-    let mut divergences: Vec<TokenDivergence> = Vec::new();
+    let mut kld = KldStats::default();
     let mut cache = KvCache::default();
     let start = Instant::now();
     for i in 0..plan.chunks {
@@ -250,28 +266,36 @@ pub fn evaluate(
             .flatten_all()?
             .to_vec1::<f32>()?;
         let targets = plan.targets(tokens, i);
-        if matches!(compare, Compare::None) {
-            for lp in target_log_probs(&logits, n_vocab, targets) {
-                nll.add(lp);
+        match &mut compare {
+            Compare::None => {
+                for lp in target_log_probs(&logits, n_vocab, targets) {
+                    nll.add(lp);
+                }
             }
-        } else {
-            let log_probs = chunk_log_probs(&logits, n_vocab);
-            for (row, &t) in targets.iter().enumerate() {
-                nll.add(log_probs[row * n_vocab + t as usize] as f64);
+            Compare::Record(out) => {
+                let norms = out.record(&logits)?;
+                for (row, (&t, (max, sum))) in targets.iter().zip(norms).enumerate() {
+                    nll.add((logits[row * n_vocab + t as usize] - max) as f64 - sum.ln());
+                }
             }
-            if let Compare::Record(store) = &mut compare {
-                store.write_chunk(&log_probs)?;
-            }
-            if let Compare::Against(store) = &mut compare {
-                let base = store.read_chunk(i)?;
-                let chunk: Vec<TokenDivergence> = (0..scored)
+            Compare::Against(base) => {
+                let rows = base.read_chunk(i)?;
+                let width = row_len(n_vocab);
+                let scores: Vec<RowScore> = (0..scored)
                     .into_par_iter()
-                    .map(|row| {
-                        let r = row * n_vocab..(row + 1) * n_vocab;
-                        token_divergence(&base[r.clone()], &log_probs[r], targets[row] as usize)
+                    .map(|r| {
+                        let row = BaseRow::parse(&rows[r * width..(r + 1) * width], n_vocab);
+                        score_row(
+                            &logits[r * n_vocab..(r + 1) * n_vocab],
+                            row,
+                            targets[r] as usize,
+                        )
                     })
                     .collect();
-                divergences.extend(chunk);
+                for s in &scores {
+                    nll.add(s.log_p);
+                    kld.add(s);
+                }
             }
         }
         let secs = start.elapsed().as_secs_f64();
@@ -299,8 +323,8 @@ pub fn evaluate(
         ppl_err: nll.ppl_err(),
         eval_tokens_per_s: (plan.chunks * plan.ctx) as f64 / seconds,
         seconds,
-        tokens_sha256: tokens_fingerprint(tokens, bos),
-        kld: summarize_divergence(&divergences),
+        tokens_sha256: tokens_fingerprint(&tokens[..plan.chunks * plan.ctx], bos),
+        kld: kld.summary(),
         notes: m.notes.clone(),
     })
 }

@@ -125,6 +125,11 @@ impl Target {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The null device: what is written there cannot be read back.
+    pub fn is_sink(&self) -> bool {
+        matches!(self.kind, Kind::Sink)
+    }
 }
 
 fn is_null_device(m: &Metadata) -> bool {
@@ -479,6 +484,11 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Where the complete data can be read before it is committed (the temporary file).
+    pub fn written_path(&self) -> &Path {
+        self.temp.as_deref().unwrap_or(&self.target.path)
+    }
+
     pub fn commit(self) -> Result<()> {
         commit_all(vec![self])
     }

@@ -185,3 +185,35 @@ pub fn steps_against_batch(
     }
     steps
 }
+
+/// Converts a model folder to each of `types` under `out` (emptied first) with default rules;
+/// returns (type name, file) pairs in the order asked.
+pub fn convert_types(
+    model: &std::path::Path,
+    types: &[&str],
+    out: &std::path::Path,
+) -> Vec<(String, PathBuf)> {
+    use quantfit::gguf::convert::{convert, ConvertOptions};
+    use quantfit::quant::rules::{FileType, RuleOptions};
+    let _ = std::fs::remove_dir_all(out);
+    let opts = ConvertOptions {
+        types: types
+            .iter()
+            .map(|t| FileType::from_name(t).unwrap_or_else(|| panic!("{t}")))
+            .collect(),
+        output: out.join(""),
+        rules: RuleOptions::default(),
+        imatrix: None,
+        isa: quantfit::quant::Isa::best(),
+        progress: false,
+        force: false,
+        extra_inputs: vec![],
+    };
+    let model = quantfit::source::hf::ModelDir::open(model).unwrap();
+    let outputs = quantfit::gguf::convert::convert(&model, &opts).unwrap();
+    types
+        .iter()
+        .map(|t| t.to_string())
+        .zip(outputs.into_iter().map(|o| o.path))
+        .collect()
+}
