@@ -263,9 +263,10 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
     let (arch, h) = crate::gguf::hparams::hparams(file)?;
     if !arch.support.forward {
         bail!(
-            "{}: architecture {:?} is not supported by quantfit's forward pass (llama, qwen2 are)",
+            "{}: architecture {:?} is not supported by quantfit's forward pass yet ({} are; it can be converted and planned)",
             file.path.display(),
-            arch.gguf_name
+            arch.gguf_name,
+            forward_architectures()
         );
     }
     h.rope_scaling
@@ -335,7 +336,25 @@ pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
 }
 
 /// The Hugging Face folder as F32, tensor by tensor.
+/// The GGUF names of the architectures the forward pass runs, for messages.
+fn forward_architectures() -> String {
+    crate::source::arch::ARCHITECTURES
+        .iter()
+        .filter(|a| a.support.forward)
+        .map(|a| a.gguf_name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn load_hf(model: &ModelDir) -> Result<ModelWeights> {
+    if !model.arch.support.forward {
+        bail!(
+            "{}: {} is not supported by quantfit's forward pass yet ({} are; it can be converted and planned)",
+            model.path.display(),
+            model.arch_class,
+            forward_architectures()
+        );
+    }
     let config = ModelConfig::new(model.arch, &model.hparams);
     let mut tensors = std::collections::HashMap::new();
     for t in plan_tensors(model)? {

@@ -45,6 +45,8 @@ pub struct PlannedTensor {
     /// Innermost first.
     pub dims: Vec<u64>,
     pub permute_heads: Option<usize>,
+    /// Gemma's norms: + 1 on the way (see `Transform::AddOne`).
+    pub add_one: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -128,6 +130,7 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
                     name: e.gguf,
                     dims: e.dims,
                     permute_heads: None,
+                    add_one: false,
                 });
             }
             continue;
@@ -197,6 +200,7 @@ pub fn plan_tensors(model: &ModelDir) -> Result<Vec<PlannedTensor>> {
             name: e.gguf,
             dims: e.dims,
             permute_heads,
+            add_one: e.transform == Transform::AddOne,
         });
     }
     if let Some(extra) = model
@@ -252,6 +256,9 @@ pub fn part_values(model: &ModelDir, t: &PlannedTensor, part: usize) -> Result<(
             st.shape.get(1).copied().unwrap_or(1),
             heads,
         );
+    }
+    if t.add_one {
+        data.iter_mut().for_each(|v| *v += 1.0);
     }
     Ok((data, file.path.display().to_string()))
 }

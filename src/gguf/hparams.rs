@@ -66,6 +66,9 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
         n_expert: get(Meta::ExpertCount).unwrap_or(0),
         n_expert_used: get(Meta::ExpertUsedCount).unwrap_or(0),
         n_ff_expert: 0,
+        sliding_window: get(Meta::SlidingWindow).unwrap_or(0),
+        rope_theta_swa: float(Meta::RopeFreqBaseSwa).unwrap_or(10_000.0),
+        final_softcap: float(Meta::FinalLogitSoftcapping).unwrap_or(0.0),
     };
     let h = HParams {
         n_ff_expert: get(Meta::ExpertFeedForwardLength).unwrap_or(h.n_ff),

@@ -136,6 +136,7 @@ fn build(text: &str) -> Result<Vec<ModelSpec>> {
                     n_expert: e.n_expert,
                     n_expert_used: e.n_expert_used,
                     n_ff_expert: e.n_ff_expert.unwrap_or(e.n_ff),
+                    ..HParams::default()
                 },
                 mmlu: e.mmlu,
                 license,

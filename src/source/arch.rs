@@ -36,6 +36,13 @@ pub struct HParams {
     pub n_expert: u64,
     pub n_expert_used: u64,
     pub n_ff_expert: u64,
+    /// Sliding-window attention (Gemma 3): the window in tokens on the architecture's
+    /// sliding layers (0: every layer sees the whole context), and the RoPE base of those
+    /// layers.
+    pub sliding_window: u64,
+    pub rope_theta_swa: f64,
+    /// `c` of the final logits' soft cap `c * tanh(logits / c)` (0: none).
+    pub final_softcap: f64,
 }
 
 /// config.json's `rope_scaling`.
@@ -148,6 +155,9 @@ pub enum Transform {
     /// One checkpoint tensor per expert (`{e}` in the name), stacked along a new outermost
     /// dimension in expert order, as llama.cpp's converter merges them.
     StackExperts,
+    /// Gemma's norm weights are stored as offsets from 1: llama.cpp's converter adds 1, in f32
+    /// on the checkpoint's values widened to f32.
+    AddOne,
 }
 
 /// A tensor llama.cpp's converter computes rather than copies.
@@ -229,7 +239,7 @@ impl ExpectedTensor {
             Transform::None => None,
             Transform::PermuteQ => Some(h.n_head),
             Transform::PermuteK => Some(h.n_head_kv),
-            Transform::Generate(_) | Transform::StackExperts => None,
+            Transform::Generate(_) | Transform::StackExperts | Transform::AddOne => None,
         }
     }
 
@@ -266,6 +276,11 @@ pub enum Meta {
     ExpertCount,
     ExpertUsedCount,
     ExpertFeedForwardLength,
+    /// Written for sliding-window models only.
+    RopeFreqBaseSwa,
+    SlidingWindow,
+    /// Written when the model caps its final logits.
+    FinalLogitSoftcapping,
 }
 
 /// A metadata value in the two kinds these keys use.
@@ -293,6 +308,9 @@ impl Meta {
             Meta::ExpertCount => "expert_count",
             Meta::ExpertUsedCount => "expert_used_count",
             Meta::ExpertFeedForwardLength => "expert_feed_forward_length",
+            Meta::RopeFreqBaseSwa => "rope.freq_base_swa",
+            Meta::SlidingWindow => "attention.sliding_window",
+            Meta::FinalLogitSoftcapping => "final_logit_softcapping",
         }
     }
 
@@ -316,6 +334,15 @@ impl Meta {
             Meta::ExpertUsedCount if h.is_moe() => u(h.n_expert_used),
             Meta::ExpertFeedForwardLength if h.is_moe() => u(h.n_ff_expert),
             Meta::ExpertCount | Meta::ExpertUsedCount | Meta::ExpertFeedForwardLength => None,
+            Meta::RopeFreqBaseSwa if h.sliding_window > 0 => {
+                Some(MetaValue::F32(h.rope_theta_swa as f32))
+            }
+            Meta::SlidingWindow if h.sliding_window > 0 => u(h.sliding_window),
+            Meta::RopeFreqBaseSwa | Meta::SlidingWindow => None,
+            Meta::FinalLogitSoftcapping if h.final_softcap > 0.0 => {
+                Some(MetaValue::F32(h.final_softcap as f32))
+            }
+            Meta::FinalLogitSoftcapping => None,
         }
     }
 }
@@ -352,6 +379,12 @@ pub struct Architecture {
     /// Mixture-of-experts routing: the top-k softmax weights renormalized to sum to one
     /// (llama.cpp's `norm_w` of build_moe_ffn for this architecture).
     pub norm_expert_weights: bool,
+    /// transformers' default for `tie_word_embeddings` when config.json leaves it out.
+    pub tied_by_default: bool,
+    /// Sliding-window layers: every layer `il` with `il % n < n - 1` of llama.cpp's fixed
+    /// pattern `n` for the architecture (its loader's `set_swa_pattern`; the file does not
+    /// record it), 0 for none.
+    pub swa_pattern: u64,
     pub support: Support,
 }
 
@@ -411,7 +444,7 @@ const fn t(
 }
 
 use Dim::{Embd, Expert, Ff, FfExpert, GateUpFused, HalfHead, Head, Kv, QkvFused, Vocab, Q};
-use Transform::{PermuteK, PermuteQ, StackExperts};
+use Transform::{AddOne, PermuteK, PermuteQ, StackExperts};
 
 /// The Llama layout (Llama 2/3, Mistral, SmolLM, TinyLlama): optional Q/K/V/O biases; with
 /// experts (Mixtral), a router and stacked expert matrices in place of the dense FFN.
@@ -489,6 +522,28 @@ static QWEN3_TENSORS: &[TensorDef] = &[
     t("model.layers.{i}.mlp.experts.{e}.down_proj.weight", "blk.{i}.ffn_down_exps.weight", &[FfExpert, Embd, Expert], moe_ffn, StackExperts),
 ];
 
+/// Gemma 3 (text): per-head Q/K norms, norms after attention and after the FFN as well as
+/// before them, every norm weight + 1, Hugging Face's row order (NEOX RoPE), tied embeddings.
+#[rustfmt::skip]
+static GEMMA3_TENSORS: &[TensorDef] = &[
+    t("model.embed_tokens.weight", "token_embd.weight", &[Embd, Vocab], always, Transform::None),
+    t("model.norm.weight", "output_norm.weight", &[Embd], always, AddOne),
+    t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
+    t("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", &[Embd], always, AddOne),
+    t("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", &[Embd, Q], always, Transform::None),
+    t("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", &[Embd, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", &[Embd, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", &[Q, Embd], always, Transform::None),
+    t("model.layers.{i}.self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", &[Head], always, AddOne),
+    t("model.layers.{i}.self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", &[Head], always, AddOne),
+    t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.post_attention_norm.weight", &[Embd], always, AddOne),
+    t("model.layers.{i}.pre_feedforward_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, AddOne),
+    t("model.layers.{i}.post_feedforward_layernorm.weight", "blk.{i}.post_ffw_norm.weight", &[Embd], always, AddOne),
+    t("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", &[Embd, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
+];
+
 /// Phi-3: fused QKV and gate+up projections, kept fused in GGUF. Sized by the planner; the
 /// converter and the forward pass do not take it yet.
 #[rustfmt::skip]
@@ -532,6 +587,23 @@ static LLAMA_META: &[Meta] = text_model_meta!(Meta::VocabSize, Meta::RopeDimensi
 static QWEN_META: &[Meta] = text_model_meta!();
 /// `Qwen2MoeModel` adds each expert's width.
 static QWEN_MOE_META: &[Meta] = text_model_meta!(Meta::ExpertFeedForwardLength);
+/// `Gemma3Model`: the sliding layers' RoPE base (set right after the global one, so in its
+/// place), the final soft cap and the window; no expert keys for it (dense only).
+static GEMMA3_META: &[Meta] = &[
+    Meta::BlockCount,
+    Meta::ContextLength,
+    Meta::EmbeddingLength,
+    Meta::FeedForwardLength,
+    Meta::HeadCount,
+    Meta::HeadCountKv,
+    Meta::RopeFreqBase,
+    Meta::RopeFreqBaseSwa,
+    Meta::RmsEps,
+    Meta::KeyLength,
+    Meta::ValueLength,
+    Meta::FinalLogitSoftcapping,
+    Meta::SlidingWindow,
+];
 
 /// llama.cpp's llama loader: 80 layers are 70B with grouped-query attention (65B without),
 /// unless the model has 8 experts (then its type names the mixture).
@@ -553,6 +625,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
         rope: RopeLayout::Adjacent,
         type_70b: llama_70b,
         norm_expert_weights: true,
+        tied_by_default: false,
+        swa_pattern: 0,
         support: Support {
             convert: true,
             forward: true,
@@ -568,6 +642,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
         // llama.cpp's qwen2 loader: 80 layers are 70B whatever the heads.
         type_70b: |h| h.n_layer == 80,
         norm_expert_weights: true,
+        tied_by_default: false,
+        swa_pattern: 0,
         support: Support {
             convert: true,
             forward: true,
@@ -582,6 +658,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
         rope: RopeLayout::Neox,
         type_70b: |_| false,
         norm_expert_weights: true,
+        tied_by_default: false,
+        swa_pattern: 0,
         support: Support {
             convert: true,
             forward: true,
@@ -597,9 +675,27 @@ pub static ARCHITECTURES: &[Architecture] = &[
         type_70b: |_| false,
         // llama.cpp's qwen3moe graph renormalizes whatever config.json's norm_topk_prob says.
         norm_expert_weights: true,
+        tied_by_default: false,
+        swa_pattern: 0,
         support: Support {
             convert: true,
             forward: true,
+        },
+    },
+    Architecture {
+        hf_classes: &["Gemma3ForCausalLM"],
+        gguf_name: "gemma3",
+        tensors: GEMMA3_TENSORS,
+        ignored_suffixes: &["rotary_emb.inv_freq"],
+        metadata: GEMMA3_META,
+        rope: RopeLayout::Neox,
+        type_70b: |_| false,
+        norm_expert_weights: true,
+        tied_by_default: true,
+        swa_pattern: 6,
+        support: Support {
+            convert: true,
+            forward: false,
         },
     },
     Architecture {
@@ -611,6 +707,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
         rope: RopeLayout::Neox,
         type_70b: |_| false,
         norm_expert_weights: true,
+        tied_by_default: false,
+        swa_pattern: 0,
         support: Support {
             convert: false,
             forward: false,
@@ -781,10 +879,30 @@ impl HParams {
         };
         let (n_expert, n_expert_used, n_ff_expert) = experts(config, path)?;
         let n_ff = get_u64(config, path, "intermediate_size")?;
+        let n_layer = get_u64(config, path, "num_hidden_layers")?;
+        let sliding_window = sliding_window(config, path, arch, n_layer)?;
+        let final_softcap = float("final_logit_softcapping", 0.0)?;
+        if final_softcap < 0.0 {
+            bail!(
+                "{}: \"final_logit_softcapping\" is {final_softcap}; expected a positive cap or null",
+                path.display()
+            );
+        }
+        if arch.swa_pattern > 0
+            && config
+                .get("attn_logit_softcapping")
+                .is_some_and(|v| !v.is_null())
+        {
+            bail!(
+                "{}: \"attn_logit_softcapping\" is set; llama.cpp's {} has no attention soft cap",
+                path.display(),
+                arch.gguf_name
+            );
+        }
         let h = HParams {
             n_embd,
             n_ff,
-            n_layer: get_u64(config, path, "num_hidden_layers")?,
+            n_layer,
             n_head,
             n_head_kv,
             head_dim,
@@ -793,16 +911,79 @@ impl HParams {
             rms_eps: float("rms_norm_eps", 1e-6)?,
             rope_theta,
             vocab_size: get_u64(config, path, "vocab_size")?,
-            tie_embeddings: flag("tie_word_embeddings"),
+            tie_embeddings: config
+                .get("tie_word_embeddings")
+                .and_then(Json::as_bool)
+                .unwrap_or(arch.tied_by_default),
             attn_bias: arch.gguf_name == "qwen2" || flag("attention_bias"),
             rope_scaling,
             n_expert,
             n_expert_used,
             n_ff_expert: n_ff_expert.unwrap_or(n_ff),
+            sliding_window,
+            rope_theta_swa: if sliding_window > 0 {
+                float("rope_local_base_freq", 10_000.0)?
+            } else {
+                0.0
+            },
+            final_softcap,
         };
         check_ranges(&h, path)?;
         Ok(h)
     }
+}
+
+/// The attention window of an architecture with sliding layers, checked against what
+/// llama.cpp will assume: its loader fixes the pattern per architecture (`swa_pattern`), so a
+/// config whose `layer_types` or `sliding_window_pattern` say otherwise would run differently
+/// there. 0 when the architecture or the config has no sliding layers.
+fn sliding_window(config: &Json, path: &Path, arch: &Architecture, n_layer: u64) -> Result<u64> {
+    let n = arch.swa_pattern;
+    if n == 0 {
+        return Ok(0);
+    }
+    let pattern = match config.get("sliding_window_pattern") {
+        Some(v) if !v.is_null() => get_u64(config, path, "sliding_window_pattern")?,
+        _ => n,
+    };
+    // llama.cpp's converter writes no window for a pattern of 1 (every layer global).
+    if pattern == 1 {
+        return Ok(0);
+    }
+    if pattern != n {
+        bail!(
+            "{}: \"sliding_window_pattern\" is {pattern}; llama.cpp runs {} with a pattern of {n} whatever the file says",
+            path.display(),
+            arch.gguf_name
+        );
+    }
+    if let Some(types) = config.get("layer_types").and_then(Json::as_array) {
+        for (il, t) in types.iter().enumerate() {
+            let sliding = (il as u64) % n < n - 1;
+            let want = if sliding {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            };
+            if t.as_str() != Some(want) || types.len() as u64 != n_layer {
+                bail!(
+                    "{}: \"layer_types\"[{il}] is {t}; llama.cpp's {} makes layer {il} {want} ({} layers, every {n}th global)",
+                    path.display(),
+                    arch.gguf_name,
+                    n_layer
+                );
+            }
+        }
+    }
+    let window = get_u64(config, path, "sliding_window")?;
+    if window == 0 || window > 1 << 24 {
+        bail!(
+            "{}: \"sliding_window\" is {window}; expected 1 to {}",
+            path.display(),
+            1u64 << 24
+        );
+    }
+    Ok(window)
 }
 
 /// The mixture of experts config.json describes (under the key names llama.cpp's converter
@@ -1072,5 +1253,59 @@ mod tests {
                 .presence,
             Presence::Absent
         );
+    }
+
+    #[test]
+    fn gemma3_windows_follow_llama_cpps_pattern() {
+        let a = find("Gemma3ForCausalLM").unwrap();
+        let cfg = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"hidden_size": 64, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128,
+                "num_hidden_layers": 7, "max_position_embeddings": 256, "vocab_size": 100,
+                "sliding_window": 32, "rope_local_base_freq": 10000.0, "rope_theta": 1e6,
+                "final_logit_softcapping": 30.0});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            HParams::from_config(&c, Path::new("c.json"), a)
+        };
+        let h = cfg(serde_json::json!({})).unwrap();
+        assert_eq!((h.sliding_window, h.rope_theta_swa), (32, 10000.0));
+        assert!(
+            h.tie_embeddings,
+            "Gemma ties embeddings unless config.json says otherwise"
+        );
+        let keys: Vec<String> = a.metadata_values(&h).into_iter().map(|(k, _)| k).collect();
+        assert!(keys.contains(&"gemma3.attention.sliding_window".to_string()));
+        assert!(keys.contains(&"gemma3.final_logit_softcapping".to_string()));
+        // Layers 0-4 and 6 slide, layer 5 is global: what llama.cpp assumes for gemma3.
+        let types: Vec<&str> = (0..7)
+            .map(|i| {
+                if i == 5 {
+                    "full_attention"
+                } else {
+                    "sliding_attention"
+                }
+            })
+            .collect();
+        assert!(cfg(serde_json::json!({ "layer_types": types })).is_ok());
+        let mut other = types.clone();
+        other.swap(4, 5);
+        let err = cfg(serde_json::json!({ "layer_types": other })).unwrap_err();
+        assert!(format!("{err}").contains("layer_types\"[4]"), "{err}");
+        let err = cfg(serde_json::json!({"sliding_window_pattern": 4})).unwrap_err();
+        assert!(format!("{err}").contains("pattern of 6"), "{err}");
+        // A pattern of 1: every layer global, no window written.
+        let global = cfg(serde_json::json!({"sliding_window_pattern": 1})).unwrap();
+        assert_eq!(global.sliding_window, 0);
+        assert!(cfg(serde_json::json!({"attn_logit_softcapping": 50.0})).is_err());
+        // The norms gain 1 on the way; nothing is permuted (NEOX RoPE).
+        let ts = a.expected_tensors(&h);
+        let norm = ts
+            .iter()
+            .find(|t| t.gguf == "blk.6.post_ffw_norm.weight")
+            .unwrap();
+        assert_eq!(norm.transform, Transform::AddOne);
+        assert!(ts.iter().all(|t| t.permute_heads(&h).is_none()));
     }
 }
