@@ -159,7 +159,9 @@ const NOISE_KLD: f64 = 1e-3;
 fn absolute_tolerance(key: &str) -> f64 {
     match key {
         "same_top_rate" | "rms_dp" => 2e-3,
-        _ => 5e-5,
+        // A tenth of NOISE_KLD: tails of such types (tiny-gemma3 Q4_K_M's p99 of 0.0027 is 25
+        // tokens) move by about that between two implementations.
+        _ => 1e-4,
     }
 }
 

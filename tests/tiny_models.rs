@@ -4,7 +4,7 @@
 //! whole-file size; the F32 file has llama.cpp's metadata keys, kinds and values; the planner
 //! sizes exactly the tensors the converter writes (from the folder and from each file); the
 //! folder and every file give llama-perplexity's perplexity within 0.5%; and generation through
-//! the KV cache gives the batch's logits (the last two for the families quantfit runs).
+//! the KV cache gives the batch's logits, also past a sliding window.
 
 mod common;
 
@@ -22,10 +22,7 @@ use quantfit::quant::Isa;
 use quantfit::source::hf::ModelDir;
 
 /// The fixtures whose architecture quantfit converts and runs.
-const FIXTURES: &[&str] = &["tiny-llama", "tiny-mixtral", "tiny-qwen3moe"];
-/// The fixtures quantfit converts and sizes: those it runs, and Gemma 3, whose forward pass
-/// (sliding-window layers, GELU, soft cap) is not written yet.
-const CONVERTED: &[&str] = &["tiny-llama", "tiny-mixtral", "tiny-qwen3moe", "tiny-gemma3"];
+const FIXTURES: &[&str] = &["tiny-llama", "tiny-mixtral", "tiny-qwen3moe", "tiny-gemma3"];
 
 fn reference(name: &str) -> serde_json::Value {
     let path = common::shared_dir()
@@ -75,7 +72,7 @@ fn converted(name: &str) -> Vec<OutputSummary> {
 #[test]
 fn tensors_and_file_sizes_match_llama_cpp() {
     let mut failures = Vec::new();
-    for name in CONVERTED {
+    for name in FIXTURES {
         let r = reference(name);
         for out in converted(name) {
             let want = &r["types"][&out.file_type];
@@ -140,7 +137,7 @@ fn same_value(want: &serde_json::Value, kind: &str, got: &Value) -> bool {
 
 #[test]
 fn f32_metadata_matches_llama_cpp() {
-    for name in CONVERTED {
+    for name in FIXTURES {
         let r = reference(name);
         let out = converted(name);
         let f32_file = &out.iter().find(|o| o.file_type == "F32").unwrap().path;
@@ -170,7 +167,7 @@ fn f32_metadata_matches_llama_cpp() {
 /// the converter's, and its byte count for every type is the converted file's tensor bytes.
 #[test]
 fn planner_sizes_what_the_converter_writes() {
-    for name in CONVERTED {
+    for name in FIXTURES {
         let dir = common::model_dir(name);
         let spec = catalog::resolve(dir.to_str().unwrap()).unwrap();
         let mut planned = catalog::tensors(&spec);
@@ -193,7 +190,7 @@ fn planner_sizes_what_the_converter_writes() {
 /// `plan --model FILE.gguf` sizes a converted file's tensors as the file holds them.
 #[test]
 fn planner_sizes_converted_files() {
-    for name in CONVERTED {
+    for name in FIXTURES {
         for out in converted(name) {
             let spec = catalog::resolve(out.path.to_str().unwrap()).unwrap();
             let ft = FileType::from_name(&out.file_type).unwrap();
@@ -203,10 +200,15 @@ fn planner_sizes_converted_files() {
 }
 
 /// Generation: tokens fed one at a time through the KV cache (the decoding team for dense
-/// models, the graph for mixtures of experts) give the logits of the whole batch at once.
+/// models, the graph for mixtures of experts and Gemma) give the logits of the whole batch at
+/// once. Quantized files agree to 1e-4 of the logits' scale, except Gemma's: its GeGLU rounds
+/// every gate to F16 for ggml's GELU table, so the last-bit differences between batch and
+/// single-token matrix products flip some of those roundings (one F16 step, 5e-4 relative),
+/// and 8-bit activation rounding spreads them, as in llama.cpp.
 #[test]
 fn generation_matches_the_batch() {
     for name in FIXTURES {
+        let files = if *name == "tiny-gemma3" { 1e-2 } else { 1e-4 };
         let text = corpus(&reference(name));
         let outs = converted(name);
         let gguf = |ty: &str| {
@@ -218,8 +220,8 @@ fn generation_matches_the_batch() {
         };
         for (path, tolerance) in [
             (common::model_dir(name), 1e-3),
-            (gguf("Q8_0"), 1e-4),
-            (gguf("Q4_K_M"), 1e-4),
+            (gguf("Q8_0"), files),
+            (gguf("Q4_K_M"), files),
         ] {
             let m = quantfit::eval::load(&path, None).unwrap();
             let head: String = text.chars().take(2000).collect();
@@ -313,25 +315,28 @@ fn perplexity_matches_llama_perplexity() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Families quantfit converts but does not run yet: `eval` says so, for the folder and the file.
+/// Gemma 3's sliding layers: generation past the window (128 keys) drops the oldest keys as
+/// the batch's mask does. The prompt (124 tokens) and the batch (140) keep queries in F32 as
+/// llama.cpp's tiled flash attention does, single tokens round them to F16 as its one-row
+/// kernel does, so the two differ by that rounding (measured 1.1e-4 of the logits' scale); the
+/// oldest keys kept instead of dropped moved position 130 by 4.4e-3.
 #[test]
-fn families_without_a_forward_pass_are_refused_by_eval() {
-    for name in CONVERTED.iter().filter(|n| !FIXTURES.contains(n)) {
-        let f32_file = converted(name)
-            .into_iter()
-            .find(|o| o.file_type == "F32")
-            .unwrap()
-            .path;
-        for path in [common::model_dir(name), f32_file] {
-            let err = match quantfit::eval::load(&path, None) {
-                Ok(_) => panic!("{}: loaded", path.display()),
-                Err(e) => format!("{e:#}"),
-            };
-            assert!(
-                err.contains("not supported by quantfit's forward pass yet")
-                    && err.contains(&path.display().to_string()),
-                "{err}"
-            );
-        }
+fn generation_past_the_sliding_window_matches_the_batch() {
+    let name = "tiny-gemma3";
+    let text = corpus(&reference(name));
+    let m = quantfit::eval::load(&common::model_dir(name), None).unwrap();
+    assert_eq!(m.model.config().sliding_window, 128);
+    let tokens = m.tokenizer.encode(&text).unwrap();
+    let mut largest = 0f32;
+    for s in common::steps_against_batch(&m.model, &tokens[..140], 124) {
+        assert!(
+            s.worst < 1e-3 * s.scale,
+            "position {}: logits differ by {} (scale {})",
+            s.position,
+            s.worst,
+            s.scale
+        );
+        largest = largest.max(s.worst / s.scale);
     }
+    eprintln!("{name}: largest difference {largest:.2e} of the logits' scale");
 }

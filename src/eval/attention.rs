@@ -210,14 +210,16 @@ unsafe impl Sync for OutPtr {}
 
 /// Causal attention of `t` prepared queries (`q`: `[t, heads * dim]`) at positions
 /// `offset..offset + t`, against a cache whose rows `0..offset + t` are filled: `keys` and
-/// `values` are `[kv_heads][capacity][dim]`. Returns `[t, heads * dim]`.
+/// `values` are `[kv_heads][capacity][dim]`. With a `window`, the query at position p sees
+/// keys p - window + 1 ..= p only (llama.cpp's LLAMA_SWA_TYPE_STANDARD: masked when
+/// p - key >= window). Returns `[t, heads * dim]`.
 pub fn causal_batch(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    (keys, values): (&[f32], &[f32]),
     capacity: usize,
     offset: usize,
     shape: Shape,
+    window: Option<usize>,
 ) -> Vec<f32> {
     let (h, dim) = (shape.heads, shape.head_dim);
     let group = h / shape.kv_heads;
@@ -231,10 +233,12 @@ pub fn causal_batch(
         let kv = head / group;
         let r0 = block * QUERY_BLOCK;
         let rows = QUERY_BLOCK.min(t - r0);
-        // Keys up to the block's last query; earlier rows mask the tail of theirs.
-        let seen = offset + r0 + rows;
-        let k = &keys[kv * capacity * dim..][..seen * dim];
-        let v = &values[kv * capacity * dim..][..seen * dim];
+        // Keys from the block's first query's window to its last query; rows mask the keys
+        // outside theirs.
+        let lo = window.map_or(0, |n| (offset + r0 + 1).saturating_sub(n));
+        let seen = offset + r0 + rows - lo;
+        let k = &keys[kv * capacity * dim..][lo * dim..][..seen * dim];
+        let v = &values[kv * capacity * dim..][lo * dim..][..seen * dim];
         let mut scores = vec![0f32; rows * seen];
         let q_block = &q[r0 * h * dim + head * dim..];
         // SAFETY (both products): the shapes and strides describe memory inside the slices
@@ -249,7 +253,10 @@ pub fn causal_batch(
             );
         }
         for (r, row) in scores.chunks_mut(seen).enumerate() {
-            causal_row(row, offset + r0 + r + 1, scale);
+            let p = offset + r0 + r;
+            let first = window.map_or(0, |n| (p + 1).saturating_sub(n)) - lo;
+            row[..first].fill(0.0);
+            causal_row(&mut row[first..], p + 1 - lo - first, scale);
         }
         let out_ptr = &out_ptr;
         unsafe {
@@ -270,9 +277,16 @@ mod tests {
     use super::*;
 
     /// The blocked batch equals a plain per-query computation (f64 reference), across block
-    /// edges, with cached positions before the batch and grouped KV heads.
+    /// edges, with cached positions before the batch and grouped KV heads, without a window and
+    /// with windows shorter and longer than a block.
     #[test]
     fn causal_batch_matches_per_query_attention() {
+        for window in [None, Some(7), Some(QUERY_BLOCK + 9)] {
+            check_against_reference(window);
+        }
+    }
+
+    fn check_against_reference(window: Option<usize>) {
         let shape = Shape {
             heads: 4,
             kv_heads: 2,
@@ -285,15 +299,16 @@ mod tests {
         let q = crate::eval::test_values(t * shape.heads * dim, 3);
         let keys = crate::eval::test_values(shape.kv_heads * capacity * dim, 5);
         let values = crate::eval::test_values(shape.kv_heads * capacity * dim, 7);
-        let got = causal_batch(&q, &keys, &values, capacity, offset, shape);
+        let got = causal_batch(&q, (&keys, &values), capacity, offset, shape, window);
         let scale = 1.0 / (dim as f64).sqrt();
         for r in 0..t {
             for head in 0..shape.heads {
                 let kv = head / 2;
                 let qh = &q[(r * shape.heads + head) * dim..][..dim];
                 let seen = offset + r + 1;
+                let first = window.map_or(0, |n| seen.saturating_sub(n));
                 let row = |j: usize, buf: &[f32]| buf[(kv * capacity + j) * dim..][..dim].to_vec();
-                let s: Vec<f64> = (0..seen)
+                let s: Vec<f64> = (first..seen)
                     .map(|j| {
                         qh.iter()
                             .zip(row(j, &keys))
@@ -305,13 +320,13 @@ mod tests {
                 let m = s.iter().copied().fold(f64::MIN, f64::max);
                 let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
                 for d in 0..dim {
-                    let want: f64 = (0..seen)
-                        .map(|j| (s[j] - m).exp() / z * row(j, &values)[d] as f64)
+                    let want: f64 = (first..seen)
+                        .map(|j| (s[j - first] - m).exp() / z * row(j, &values)[d] as f64)
                         .sum();
                     let g = got[(r * shape.heads + head) * dim + d] as f64;
                     assert!(
                         (g - want).abs() < 1e-5,
-                        "row {r} head {head} dim {d}: {g} vs {want}"
+                        "window {window:?} row {r} head {head} dim {d}: {g} vs {want}"
                     );
                 }
             }

@@ -137,7 +137,7 @@ impl Decoder {
         let c = &w.config;
         let x0 = w.embedding.lookup(&[token], c.n_embd, c.n_vocab)?;
         let position = cache.len();
-        let (cos, sin) = model.rope_angles(position, 1);
+        let (cos, sin) = model.rope_angles(position, 1, model.config().rope_base);
         let rows = CacheRows(cache.reserve_one(c.n_layer, c.n_head_kv, c.head_dim));
 
         let guards: Vec<[WeightGuard; 7]> = w

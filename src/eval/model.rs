@@ -11,6 +11,7 @@ use super::attention;
 use super::decode::Decoder;
 use super::linear::Linear;
 use super::weights::{Ffn, LayerWeights, ModelConfig, ModelWeights};
+use crate::source::arch::Activation;
 
 /// Keys and values of the positions processed so far, per layer, each head's rows contiguous
 /// (`[n_head_kv][capacity][head_dim]`), grown by doubling so that a generated token appends
@@ -148,9 +149,9 @@ impl Model {
         static GRAPH_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let graph_only = *GRAPH_ONLY
             .get_or_init(|| std::env::var("QUANTFIT_EVAL_DECODE").as_deref() == Ok("graph"));
-        // The decoding team runs dense layers; a mixture of experts goes through the graph.
-        let dense = self.weights.config.n_expert == 0;
-        if t == 1 && logits_from == 0 && !graph_only && dense {
+        // The decoding team runs the plain dense block; mixtures of experts and Gemma's block
+        // go through the graph.
+        if t == 1 && logits_from == 0 && !graph_only && self.weights.config.team_decodes() {
             return self.decode(tokens[0], cache);
         }
         self.forward_graph(tokens, cache, logits_from)
@@ -172,10 +173,21 @@ impl Model {
             cache.layers = (0..c.n_layer).map(|_| LayerKv::default()).collect();
         }
         let offset = cache.len;
-        let (cos, sin) = self.rope_angles(offset, t);
+        let global = self.rope_angles(offset, t, c.rope_base);
+        let local = (c.sliding_window > 0).then(|| self.rope_angles(offset, t, c.rope_base_swa));
         let mut x = self.weights.embedding.lookup(tokens, c.n_embd, c.n_vocab)?;
-        for (layer, slot) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
-            self.block(layer, &mut x, slot, offset, &cos, &sin)?;
+        if let Some(s) = c.embd_scale {
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+        let layers = self.weights.layers.iter().zip(cache.layers.iter_mut());
+        for (il, (layer, slot)) in layers.enumerate() {
+            // Sliding layers take their own RoPE base (llama.cpp: freq_base_swa).
+            let window = c.window(il);
+            let (cos, sin) = match (&local, window) {
+                (Some(l), Some(_)) => (&l.0, &l.1),
+                _ => (&global.0, &global.1),
+            };
+            self.block(layer, &mut x, slot, offset, (cos, sin), window)?;
         }
         cache.len += t;
         let x = rms_norm(
@@ -183,7 +195,12 @@ impl Model {
             &self.weights.output_norm,
             c.rms_eps,
         );
-        let logits = self.weights.output.forward(&x)?;
+        let mut logits = self.weights.output.forward(&x)?;
+        if c.final_softcap > 0.0 {
+            // ggml_scale by 1/c, tanh, ggml_scale by c (llama.cpp's gemma graphs).
+            let (cap, inv) = (c.final_softcap, 1.0 / c.final_softcap);
+            logits.iter_mut().for_each(|l| *l = (*l * inv).tanh() * cap);
+        }
         Ok(Tensor::from_vec(
             logits,
             (t - logits_from, c.n_vocab),
@@ -206,10 +223,10 @@ impl Model {
 
     /// cos/sin of each position and frequency, `[t, head_dim / 2]`, computed as ggml's
     /// rope does (theta_scale = base^(-2/n_dims), multiplied up one frequency at a time).
-    pub(super) fn rope_angles(&self, offset: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
+    pub(super) fn rope_angles(&self, offset: usize, t: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
         let c = &self.weights.config;
         let half = c.head_dim / 2;
-        let theta_scale = c.rope_base.powf(-2.0 / c.head_dim as f32);
+        let theta_scale = base.powf(-2.0 / c.head_dim as f32);
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in offset..offset + t {
@@ -230,15 +247,16 @@ impl Model {
         (cos, sin)
     }
 
-    /// One transformer layer on `x` (`[t, n_embd]`, updated in place).
+    /// One transformer layer on `x` (`[t, n_embd]`, updated in place); `window` limits each
+    /// query to that many most recent keys (its own included) on a sliding layer.
     fn block(
         &self,
         w: &LayerWeights,
         x: &mut [f32],
         cache: &mut LayerKv,
         offset: usize,
-        cos: &[f32],
-        sin: &[f32],
+        (cos, sin): (&[f32], &[f32]),
+        window: Option<usize>,
     ) -> Result<()> {
         let c = &self.weights.config;
         let t = x.len() / c.n_embd;
@@ -266,14 +284,16 @@ impl Model {
             // The decoding team's arithmetic (`decode.rs`), so both give the same logits.
             let mut out = vec![0f32; h * hd];
             let mut scores = Vec::new();
+            // The cached keys this query sees: the last window - 1 on a sliding layer.
+            let first = window.map_or(0, |n| (offset + 1).saturating_sub(n));
             for (head, o) in out.chunks_mut(hd).enumerate() {
                 let kv = head / group;
                 let kv_rows = kv * hd..(kv + 1) * hd;
                 attention::single_query(
                     &q[head * hd..(head + 1) * hd],
                     (
-                        cache.rows(&cache.k, kv, offset, hd),
-                        cache.rows(&cache.v, kv, offset, hd),
+                        &cache.rows(&cache.k, kv, offset, hd)[first * hd..],
+                        &cache.rows(&cache.v, kv, offset, hd)[first * hd..],
                     ),
                     (&k[kv_rows.clone()], &v[kv_rows]),
                     &mut scores,
@@ -282,22 +302,29 @@ impl Model {
             }
             out
         } else {
-            attention::causal_batch(&q, &cache.k, &cache.v, cache.capacity, offset, shape)
+            let cache_kv = (&cache.k[..], &cache.v[..]);
+            attention::causal_batch(&q, cache_kv, cache.capacity, offset, shape, window)
         };
         let mut o = w.o.forward(&attn)?;
         // llama.cpp adds the output bias to the projection before the residual.
         if let Some(bias) = &w.o_bias {
             o.chunks_mut(c.n_embd).for_each(|row| add_bias(row, bias));
         }
+        if let Some(norm) = &w.post_attn_norm {
+            o = rms_norm(&o, norm, c.rms_eps);
+        }
         add_into(x, &o);
 
         let xn = rms_norm(x, &w.ffn_norm, c.rms_eps);
-        let y = match &w.ffn {
-            Ffn::Dense { gate, up, down } => swiglu_ffn([gate, up, down], &xn)?,
+        let mut y = match &w.ffn {
+            Ffn::Dense { gate, up, down } => gated_ffn([gate, up, down], &xn, c.activation)?,
             Ffn::Experts(e) => {
                 super::moe::forward(e, &xn, c.n_embd, c.n_expert_used, c.norm_expert_weights)?
             }
         };
+        if let Some(norm) = &w.post_ffn_norm {
+            y = rms_norm(&y, norm, c.rms_eps);
+        }
         add_into(x, &y);
         Ok(())
     }
@@ -305,12 +332,20 @@ impl Model {
 
 /// The SwiGLU feed-forward block, down(silu(gate x) * up x), on the rows of `x` (a dense
 /// layer's, or one expert's on the tokens routed to it).
-pub(super) fn swiglu_ffn([gate, up, down]: [&Linear; 3], x: &[f32]) -> Result<Vec<f32>> {
+pub(super) fn swiglu_ffn(weights: [&Linear; 3], x: &[f32]) -> Result<Vec<f32>> {
+    gated_ffn(weights, x, Activation::Silu)
+}
+
+/// down(act(gate x) * up x) on the rows of `x`.
+fn gated_ffn([gate, up, down]: [&Linear; 3], x: &[f32], act: Activation) -> Result<Vec<f32>> {
     let mut gate_up = Linear::forward_many(&[gate, up], x)?;
     let up = gate_up.pop().expect("two outputs");
-    let mut act = gate_up.pop().expect("two outputs");
-    super::softmax::swiglu(&mut act, &up);
-    down.forward(&act)
+    let mut gated = gate_up.pop().expect("two outputs");
+    match act {
+        Activation::Silu => super::softmax::swiglu(&mut gated, &up),
+        Activation::GeluTanh => super::softmax::geglu(&mut gated, &up),
+    }
+    down.forward(&gated)
 }
 
 /// Rows above which the element-wise steps of a batch run in parallel.

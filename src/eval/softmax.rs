@@ -117,6 +117,41 @@ pub(super) fn causal_row(row: &mut [f32], seen: usize, scale: f32) {
     causal_row_body(row, seen, scale)
 }
 
+/// ggml's GELU of every F16 value (`ggml_table_gelu_f16`, ggml-cpu.c): its CPU GeGLU looks the
+/// gate up here after rounding it to F16 (vec.h `ggml_vec_geglu_f32` with GGML_GELU_FP16).
+fn gelu_table() -> &'static [f32] {
+    use crate::quant::fp16::{f16_bits_to_f32, f32_to_f16_bits};
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|h| {
+                let x = f16_bits_to_f32(h);
+                // ggml's SQRT_2_OVER_PI literal, rounded to f32 as its compiler rounds it.
+                let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt() as f32;
+                let y = 0.5 * x * (1.0 + (sqrt_2_over_pi * x * (1.0 + 0.044715 * x * x)).tanh());
+                f16_bits_to_f32(f32_to_f16_bits(y))
+            })
+            .collect()
+    })
+}
+
+/// `gelu(gate) * up` (tanh approximation) as ggml's CPU computes it, into `gate`: 0 at or
+/// below -10, the gate itself at or above 10, the F16 table between.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    use crate::quant::fp16::f32_to_f16_bits;
+    let table = gelu_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            table[f32_to_f16_bits(x) as usize] * u
+        };
+    }
+}
+
 /// `silu(gate) * up`, element by element, into `gate`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     use rayon::prelude::*;
@@ -208,6 +243,33 @@ mod tests {
                 assert!((row[j] - (o[j] * 0.5 - m).exp() / z).abs() < 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn geglu_looks_up_ggmls_f16_table() {
+        let gate = [
+            -12.0f32, -10.0, -3.0, -0.5, 0.0, 0.25, 1.7, 9.99, 10.0, 15.0,
+        ];
+        let mut g = gate;
+        let up = [2.0f32; 10];
+        geglu(&mut g, &up);
+        assert_eq!((g[0], g[1]), (0.0, 0.0));
+        assert_eq!((g[8], g[9]), (20.0, 30.0));
+        for (&x, &y) in gate.iter().zip(&g).skip(2).take(6) {
+            let want = 0.5
+                * x as f64
+                * (1.0 + (0.797_884_560_8 * x as f64 * (1.0 + 0.044715 * (x * x) as f64)).tanh());
+            // One F16 rounding of the input and one of the result: within 2^-10 relative.
+            assert!(
+                (y as f64 / 2.0 - want).abs() <= 2e-3 * want.abs().max(1e-3),
+                "{x}: {y}"
+            );
+        }
+        // The gate is rounded to F16 before the lookup: neighbours within one F16 step agree.
+        let (mut a, mut b) = ([1.0f32 + 1e-5], [1.0f32 + 2e-5]);
+        geglu(&mut a, &[1.0]);
+        geglu(&mut b, &[1.0]);
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use crate::gguf::convert::{plan_tensors, tensor_values};
 use crate::gguf::reader::GgufFile;
 use crate::quant::GgmlType;
-use crate::source::arch::{Architecture, HParams, RopeLayout};
+use crate::source::arch::{Activation, Architecture, HParams, RopeLayout};
 use crate::source::hf::ModelDir;
 
 /// Shape and hyperparameters of a Llama-family model, as llama.cpp reads them from GGUF keys.
@@ -39,6 +39,34 @@ pub struct ModelConfig {
     pub n_expert: usize,
     pub n_expert_used: usize,
     pub norm_expert_weights: bool,
+    pub activation: Activation,
+    /// Multiplier of the token embeddings (Gemma: sqrt(n_embd)).
+    pub embd_scale: Option<f32>,
+    /// `c` of the final logits' `c * tanh(logits / c)` (0: none).
+    pub final_softcap: f32,
+    /// Sliding-window layers: window (0: none), llama.cpp's pattern (every layer `il` with
+    /// `il % n < n - 1` slides) and their RoPE base.
+    pub sliding_window: usize,
+    pub swa_pattern: usize,
+    pub rope_base_swa: f32,
+}
+
+impl ModelConfig {
+    /// The attention window of layer `il`, if it slides.
+    pub fn window(&self, il: usize) -> Option<usize> {
+        let n = self.swa_pattern;
+        (self.sliding_window > 0 && n > 0 && il % n < n - 1).then_some(self.sliding_window)
+    }
+
+    /// Whether single tokens may run on the decoding team, which implements the plain
+    /// Llama-family block (dense SwiGLU, no windows, no extra norms or caps).
+    pub fn team_decodes(&self) -> bool {
+        self.n_expert == 0
+            && self.activation == Activation::Silu
+            && self.embd_scale.is_none()
+            && self.final_softcap == 0.0
+            && self.sliding_window == 0
+    }
 }
 
 /// Token embedding rows, dequantized on lookup as ggml's get_rows does.
@@ -66,6 +94,9 @@ pub struct LayerWeights {
     pub k_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
     pub ffn: Ffn,
+    /// Gemma's norms of the attention output and of the FFN output, before each residual.
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub post_ffn_norm: Option<Vec<f32>>,
 }
 
 /// A layer's feed-forward block.
@@ -253,6 +284,12 @@ impl ModelConfig {
             n_expert: h.n_expert as usize,
             n_expert_used: h.n_expert_used as usize,
             norm_expert_weights: arch.norm_expert_weights,
+            activation: arch.activation,
+            embd_scale: arch.scale_embeddings.then(|| (h.n_embd as f32).sqrt()),
+            final_softcap: h.final_softcap as f32,
+            sliding_window: h.sliding_window as usize,
+            swa_pattern: arch.swa_pattern as usize,
+            rope_base_swa: h.rope_theta_swa as f32,
         }
     }
 }
@@ -313,6 +350,8 @@ pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
             k_norm: optional("attn_k_norm.weight")?,
             ffn_norm: loader.vector(&n("ffn_norm.weight"))?,
             ffn: loader.ffn(i, &config)?,
+            post_attn_norm: optional("post_attention_norm.weight")?,
+            post_ffn_norm: optional("post_ffw_norm.weight")?,
         });
     }
     let output = if loader.has("output.weight") {
@@ -400,6 +439,10 @@ fn load_dense(
             optional("attn_q_norm.weight"),
             optional("attn_k_norm.weight"),
         );
+        let (post_attn_norm, post_ffn_norm) = (
+            optional("post_attention_norm.weight"),
+            optional("post_ffw_norm.weight"),
+        );
         let ffn = if config.n_expert == 0 {
             Ffn::Dense {
                 gate: matrix(take(&n("ffn_gate.weight"))?)?,
@@ -433,6 +476,8 @@ fn load_dense(
             k_norm,
             ffn_norm: take(&n("ffn_norm.weight"))?.0,
             ffn,
+            post_attn_norm,
+            post_ffn_norm,
         });
     }
     let output = match take("output.weight") {

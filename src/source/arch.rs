@@ -385,7 +385,20 @@ pub struct Architecture {
     /// pattern `n` for the architecture (its loader's `set_swa_pattern`; the file does not
     /// record it), 0 for none.
     pub swa_pattern: u64,
+    /// The gated feed-forward's activation on the gate.
+    pub activation: Activation,
+    /// Token embeddings multiplied by sqrt(n_embd) before the first layer (Gemma).
+    pub scale_embeddings: bool,
     pub support: Support,
+}
+
+/// The activation of a gated feed-forward block, down(act(gate x) * up x).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU.
+    Silu,
+    /// GeGLU with the tanh approximation (Gemma's gelu_pytorch_tanh).
+    GeluTanh,
 }
 
 const fn always(_: &HParams) -> Presence {
@@ -627,6 +640,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
         norm_expert_weights: true,
         tied_by_default: false,
         swa_pattern: 0,
+        activation: Activation::Silu,
+        scale_embeddings: false,
         support: Support {
             convert: true,
             forward: true,
@@ -644,6 +659,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
         norm_expert_weights: true,
         tied_by_default: false,
         swa_pattern: 0,
+        activation: Activation::Silu,
+        scale_embeddings: false,
         support: Support {
             convert: true,
             forward: true,
@@ -660,6 +677,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
         norm_expert_weights: true,
         tied_by_default: false,
         swa_pattern: 0,
+        activation: Activation::Silu,
+        scale_embeddings: false,
         support: Support {
             convert: true,
             forward: true,
@@ -677,6 +696,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
         norm_expert_weights: true,
         tied_by_default: false,
         swa_pattern: 0,
+        activation: Activation::Silu,
+        scale_embeddings: false,
         support: Support {
             convert: true,
             forward: true,
@@ -693,9 +714,11 @@ pub static ARCHITECTURES: &[Architecture] = &[
         norm_expert_weights: true,
         tied_by_default: true,
         swa_pattern: 6,
+        activation: Activation::GeluTanh,
+        scale_embeddings: true,
         support: Support {
             convert: true,
-            forward: false,
+            forward: true,
         },
     },
     Architecture {
@@ -709,6 +732,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
         norm_expert_weights: true,
         tied_by_default: false,
         swa_pattern: 0,
+        activation: Activation::Silu,
+        scale_embeddings: false,
         support: Support {
             convert: false,
             forward: false,
