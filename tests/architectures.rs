@@ -8,8 +8,7 @@ use std::path::PathBuf;
 
 use quantfit::gguf::convert::{convert, ConvertOptions};
 use quantfit::gguf::{GgufFile, Value};
-use quantfit::quant::rules::{FileType, RuleOptions};
-use quantfit::quant::Isa;
+use quantfit::quant::rules::FileType;
 use quantfit::source::hf::ModelDir;
 use quantfit::source::synthetic::{safetensors_bytes, FakeTensor};
 
@@ -25,16 +24,7 @@ fn dir(name: &str) -> PathBuf {
 fn convert_f32(model_dir: &std::path::Path) -> GgufFile {
     let model = ModelDir::open(model_dir).unwrap();
     let out = model_dir.join("out.gguf");
-    let opts = ConvertOptions {
-        types: vec![FileType::F32],
-        output: out.clone(),
-        rules: RuleOptions::default(),
-        imatrix: None,
-        isa: Isa::best(),
-        progress: false,
-        force: false,
-        extra_inputs: vec![],
-    };
+    let opts = ConvertOptions::new(vec![FileType::F32], out.clone());
     convert(&model, &opts).unwrap();
     GgufFile::open(&out).unwrap()
 }
@@ -203,16 +193,7 @@ fn sentencepiece_vocabulary_from_tokenizer_model() {
     // A corrupt tokenizer.model is an error naming it.
     std::fs::write(d.join("tokenizer.model"), [0x0A, 0xFF, 0xFF]).unwrap();
     let err = ModelDir::open(&d).and_then(|m| {
-        let opts = ConvertOptions {
-            types: vec![FileType::Q8_0],
-            output: d.join("bad.gguf"),
-            rules: RuleOptions::default(),
-            imatrix: None,
-            isa: Isa::best(),
-            progress: false,
-            force: false,
-            extra_inputs: vec![],
-        };
+        let opts = ConvertOptions::new(vec![FileType::Q8_0], d.join("bad.gguf"));
         convert(&m, &opts)
     });
     let msg = format!("{:#}", err.expect_err("corrupt model must fail"));

@@ -12,7 +12,6 @@ use std::sync::OnceLock;
 use quantfit::gguf::convert::{convert, ConvertOptions, OutputSummary};
 use quantfit::gguf::{GgufFile, Value};
 use quantfit::quant::rules::{FileType, RuleOptions};
-use quantfit::quant::Isa;
 use quantfit::source::hf::ModelDir;
 
 fn reference() -> serde_json::Value {
@@ -60,16 +59,7 @@ fn reference_outputs() -> &'static Vec<(FileType, OutputSummary)> {
             })
             .collect();
         assert!(types.len() >= 5);
-        let opts = ConvertOptions {
-            types: types.clone(),
-            output: out_dir("reference"),
-            rules: RuleOptions::default(),
-            imatrix: None,
-            isa: Isa::best(),
-            progress: false,
-            force: false,
-            extra_inputs: vec![],
-        };
+        let opts = ConvertOptions::new(types.clone(), out_dir("reference"));
         let outputs = convert(&model, &opts).unwrap();
         assert_eq!(outputs.len(), types.len());
         types.into_iter().zip(outputs).collect()
@@ -296,16 +286,7 @@ fn sharded_input_gives_identical_files() {
     for (src, out) in [(&single, &a), (&sharded, &b)] {
         let model = ModelDir::open(src).unwrap();
         assert!(src == &single || model.shards.len() == 3);
-        let opts = ConvertOptions {
-            types: vec![FileType::Q4_K_M],
-            output: out.join("m.gguf"),
-            rules: RuleOptions::default(),
-            imatrix: None,
-            isa: Isa::best(),
-            progress: false,
-            force: false,
-            extra_inputs: vec![],
-        };
+        let opts = ConvertOptions::new(vec![FileType::Q4_K_M], out.join("m.gguf"));
         convert(&model, &opts).unwrap();
     }
     let (x, y) = (
@@ -335,17 +316,12 @@ fn imatrix_conversion_matches_llama_cpp() {
     let model = ModelDir::open(&common::smollm2_dir()).unwrap();
     let dir = out_dir("imatrix");
     let opts = ConvertOptions {
-        types: types.clone(),
-        output: dir,
         rules: RuleOptions {
             has_imatrix: true,
             ..Default::default()
         },
         imatrix: Some(imatrix),
-        isa: Isa::best(),
-        progress: false,
-        force: false,
-        extra_inputs: vec![],
+        ..ConvertOptions::new(types.clone(), dir)
     };
     let outputs = convert(&model, &opts).unwrap();
     for (ft, out) in types.iter().zip(&outputs) {

@@ -15,8 +15,7 @@ use quantfit::eval::run::{evaluate, record_baseline, Compare, Scratch};
 use quantfit::eval::tokenize::TextTokenizer;
 use quantfit::gguf::convert::{convert, ConvertOptions};
 use quantfit::gguf::{GgufFile, Value};
-use quantfit::quant::rules::{FileType, RuleOptions};
-use quantfit::quant::Isa;
+use quantfit::quant::rules::FileType;
 use quantfit::source::hf::ModelDir;
 
 fn reference() -> serde_json::Value {
@@ -52,16 +51,7 @@ fn reference_ggufs() -> &'static Vec<(String, PathBuf)> {
             .map(|n| FileType::from_name(n).unwrap())
             .collect();
         let model = ModelDir::open(&common::smollm2_dir()).unwrap();
-        let opts = ConvertOptions {
-            types,
-            output: dir,
-            rules: RuleOptions::default(),
-            imatrix: None,
-            isa: Isa::best(),
-            progress: false,
-            force: false,
-            extra_inputs: vec![],
-        };
+        let opts = ConvertOptions::new(types, dir);
         let outputs = convert(&model, &opts).unwrap();
         names
             .into_iter()

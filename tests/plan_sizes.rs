@@ -93,7 +93,6 @@ fn kv_cache_per_token_with_and_without_gqa() {
 #[test]
 fn planned_size_equals_converted_file() {
     use quantfit::gguf::convert::{convert, ConvertOptions};
-    use quantfit::quant::rules::RuleOptions;
     let dir = common::smollm2_dir();
     let spec = catalog::resolve(dir.to_str().unwrap()).unwrap();
     let model = quantfit::source::hf::ModelDir::open(&dir).unwrap();
@@ -105,16 +104,7 @@ fn planned_size_equals_converted_file() {
         FileType::IQ4_XS,
         FileType::Q8_0,
     ];
-    let opts = ConvertOptions {
-        types: types.clone(),
-        output: out,
-        rules: RuleOptions::default(),
-        imatrix: None,
-        isa: quantfit::quant::Isa::best(),
-        progress: false,
-        force: false,
-        extra_inputs: vec![],
-    };
+    let opts = ConvertOptions::new(types.clone(), out);
     let outputs = convert(&model, &opts).unwrap();
     for (t, o) in types.iter().zip(&outputs) {
         assert_eq!(weight_bytes(&spec, *t), o.tensor_bytes, "{t}");

@@ -17,8 +17,7 @@ use quantfit::gguf::convert::{convert, plan_tensors, ConvertOptions, OutputSumma
 use quantfit::gguf::{GgufFile, Value};
 use quantfit::plan::catalog;
 use quantfit::plan::estimate::weight_bytes;
-use quantfit::quant::rules::{FileType, RuleOptions};
-use quantfit::quant::Isa;
+use quantfit::quant::rules::FileType;
 use quantfit::source::hf::ModelDir;
 
 /// The fixtures whose architecture quantfit converts and runs.
@@ -54,16 +53,7 @@ fn converted(name: &str) -> Vec<OutputSummary> {
         .join("target/test-out/tiny")
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);
-    let opts = ConvertOptions {
-        types: reference_types(&reference(name)),
-        output: dir.join(""),
-        rules: RuleOptions::default(),
-        imatrix: None,
-        isa: Isa::best(),
-        progress: false,
-        force: false,
-        extra_inputs: vec![],
-    };
+    let opts = ConvertOptions::new(reference_types(&reference(name)), dir.join(""));
     let out = convert(&model, &opts).unwrap();
     done.insert(name.to_string(), out.clone());
     out

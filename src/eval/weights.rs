@@ -299,12 +299,10 @@ impl ModelConfig {
 pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
     let (arch, h) = crate::gguf::hparams::hparams(file)?;
     if !arch.support.forward {
-        bail!(
-            "{}: architecture {:?} is not supported by quantfit's forward pass yet ({} are; it can be converted and planned)",
-            file.path.display(),
-            arch.gguf_name,
-            forward_architectures()
-        );
+        return Err(no_forward_pass(
+            &file.path.display().to_string(),
+            &format!("architecture {:?}", arch.gguf_name),
+        ));
     }
     h.rope_scaling
         .check_supported(&file.path.display().to_string())?;
@@ -375,24 +373,26 @@ pub fn load_gguf(file: Arc<GgufFile>) -> Result<ModelWeights> {
 }
 
 /// The Hugging Face folder as F32, tensor by tensor.
-/// The GGUF names of the architectures the forward pass runs, for messages.
-fn forward_architectures() -> String {
-    crate::source::arch::ARCHITECTURES
+/// The error for a model whose architecture the forward pass does not run, naming those it
+/// runs (for GGUF files and folders alike).
+fn no_forward_pass(path: &str, what: &str) -> anyhow::Error {
+    let runs: Vec<&str> = crate::source::arch::ARCHITECTURES
         .iter()
         .filter(|a| a.support.forward)
         .map(|a| a.gguf_name)
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    anyhow!(
+        "{path}: {what} is not supported by quantfit's forward pass yet ({} are; it can be converted and planned)",
+        runs.join(", ")
+    )
 }
 
 pub fn load_hf(model: &ModelDir) -> Result<ModelWeights> {
     if !model.arch.support.forward {
-        bail!(
-            "{}: {} is not supported by quantfit's forward pass yet ({} are; it can be converted and planned)",
-            model.path.display(),
-            model.arch_class,
-            forward_architectures()
-        );
+        return Err(no_forward_pass(
+            &model.path.display().to_string(),
+            &model.arch_class,
+        ));
     }
     let config = ModelConfig::new(model.arch, &model.hparams);
     let mut tensors = std::collections::HashMap::new();

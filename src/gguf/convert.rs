@@ -33,6 +33,23 @@ pub struct ConvertOptions {
     pub extra_inputs: Vec<PathBuf>,
 }
 
+impl ConvertOptions {
+    /// A plain `quantize --type TYPES -o OUTPUT` run: llama.cpp's default rules, no importance
+    /// matrix, the best kernels here, no progress bar.
+    pub fn new(types: Vec<FileType>, output: PathBuf) -> ConvertOptions {
+        ConvertOptions {
+            types,
+            output,
+            rules: RuleOptions::default(),
+            imatrix: None,
+            isa: Isa::best(),
+            progress: false,
+            force: false,
+            extra_inputs: Vec::new(),
+        }
+    }
+}
+
 /// One tensor of the source, as the outputs will hold it.
 #[derive(Clone, Debug)]
 pub struct PlannedTensor {

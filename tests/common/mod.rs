@@ -194,23 +194,17 @@ pub fn convert_types(
     out: &std::path::Path,
 ) -> Vec<(String, PathBuf)> {
     use quantfit::gguf::convert::{convert, ConvertOptions};
-    use quantfit::quant::rules::{FileType, RuleOptions};
+    use quantfit::quant::rules::FileType;
     let _ = std::fs::remove_dir_all(out);
-    let opts = ConvertOptions {
-        types: types
+    let opts = ConvertOptions::new(
+        types
             .iter()
             .map(|t| FileType::from_name(t).unwrap_or_else(|| panic!("{t}")))
             .collect(),
-        output: out.join(""),
-        rules: RuleOptions::default(),
-        imatrix: None,
-        isa: quantfit::quant::Isa::best(),
-        progress: false,
-        force: false,
-        extra_inputs: vec![],
-    };
+        out.join(""),
+    );
     let model = quantfit::source::hf::ModelDir::open(model).unwrap();
-    let outputs = quantfit::gguf::convert::convert(&model, &opts).unwrap();
+    let outputs = convert(&model, &opts).unwrap();
     types
         .iter()
         .map(|t| t.to_string())
