@@ -329,7 +329,7 @@ fn measured_results_take_precedence_and_unknown_lines_are_errors() {
     let good = dir.join("results.jsonl");
     std::fs::write(
         &good,
-        "{\"kind\":\"eval\",\"model\":\"Llama-2-13B\",\"file\":\"l13-q4.gguf\",\"quant\":\"Q4_K_M\",\"ppl\":7.0,\"baseline_ppl\":6.9,\"kld_mean\":0.01}\n{\"kind\":\"bench\",\"model\":\"Llama-2-13B\",\"quant\":\"Q4_K_M\"}\n",
+        eval_line("Llama-2-13B", "l13-q4.gguf", "Q4_K_M", 7.0, 7.0 / 6.9, 0.01),
     )
     .unwrap();
     let doc = plan_json(&["--results", good.to_str().unwrap()]);
@@ -343,7 +343,11 @@ fn measured_results_take_precedence_and_unknown_lines_are_errors() {
     assert_eq!(r["kld"], 0.01);
 
     let bad = dir.join("unknown.jsonl");
-    std::fs::write(&bad, "{\"kind\":\"eval\",\"model\":\"Falcon-180B\",\"quant\":\"Q4_K_M\",\"ppl\":3.0,\"ppl_ratio\":1.01}\n").unwrap();
+    std::fs::write(
+        &bad,
+        eval_line("Falcon-180B", "f.gguf", "Q4_K_M", 3.0, 1.01, 0.01),
+    )
+    .unwrap();
     let err = fail(&["plan", "--results", bad.to_str().unwrap()]);
     assert!(
         err.contains("unknown.jsonl: line 1")
@@ -351,9 +355,30 @@ fn measured_results_take_precedence_and_unknown_lines_are_errors() {
             && err.contains("--model"),
         "{err}"
     );
-    std::fs::write(&bad, "{\"model\":\"Llama-2-7B\"}\n").unwrap();
+    std::fs::write(&bad, "{\"kind\":\"eval\",\"model\":\"Llama-2-7B\"}\n").unwrap();
     let err = fail(&["plan", "--results", bad.to_str().unwrap()]);
-    assert!(err.contains("line 1") && err.contains("quant"), "{err}");
+    assert!(
+        err.contains("line 1") && err.contains("missing field"),
+        "{err}"
+    );
+}
+
+/// A results line as `quantfit eval --baseline` writes it (tests/fixtures/eval-line.json, a
+/// real one), with this model, file, type and figures.
+fn eval_line(model: &str, file: &str, quant: &str, ppl: f64, ratio: f64, kld: f64) -> String {
+    let text = include_str!("fixtures/eval-line.json");
+    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+    for (k, x) in [
+        ("model", serde_json::json!(model)),
+        ("file", serde_json::json!(file)),
+        ("quant", serde_json::json!(quant)),
+        ("ppl", serde_json::json!(ppl)),
+        ("ppl_ratio", serde_json::json!(ratio)),
+        ("kld_mean", serde_json::json!(kld)),
+    ] {
+        v[k] = x;
+    }
+    format!("{v}\n")
 }
 
 #[test]

@@ -1,12 +1,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 
 use crate::eval::base_logits::BaseLogits;
 use crate::eval::perplexity::ChunkPlan;
+use crate::eval::results::{self, BenchLine, EvalLine, Record, RunInfo};
 use crate::eval::run::{evaluate, record_baseline, Compare, EvalResult, Scratch};
-use crate::eval::{bench, load, results, LoadedModel};
+use crate::eval::{bench, load, LoadedModel};
 use crate::output::{self, Inputs};
 
 /// A public-domain excerpt (Jane Austen, Pride and Prejudice) for a first run without --text.
@@ -16,26 +16,26 @@ const SAMPLE_TEXT: &str = include_str!("../../assets/sample-text.txt");
 pub struct RunArgs {
     /// Threads for the forward pass (default: all logical CPUs).
     #[arg(long, short = 't')]
-    threads: Option<usize>,
+    pub(super) threads: Option<usize>,
     /// Tokenizer to use instead of the one beside the model or in the GGUF metadata.
     #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    pub(super) tokenizer: Option<PathBuf>,
     /// Append results to this JSON-lines file.
     #[arg(long, default_value = "quantfit-results.jsonl")]
-    results: PathBuf,
+    pub(super) results: PathBuf,
     /// Do not append to a results file.
     #[arg(long)]
-    no_results: bool,
+    pub(super) no_results: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// GGUF files and/or Hugging Face model folders.
     #[arg(required = true)]
-    models: Vec<PathBuf>,
+    pub(super) models: Vec<PathBuf>,
     /// The text to score (UTF-8). Your own task's text is what matters.
     #[arg(long)]
     text: Option<PathBuf>,
@@ -47,7 +47,7 @@ pub struct EvalArgs {
     chunks: Option<usize>,
     /// Compare every model's next-token distribution with this model's (KL divergence).
     #[arg(long, conflicts_with = "baseline_logits")]
-    baseline: Option<PathBuf>,
+    pub(super) baseline: Option<PathBuf>,
     /// Compare every model with the log-probabilities saved in FILE by `llama-perplexity
     /// --kl-divergence-base FILE` (or --save-baseline-logits); its tokens are scored, so
     /// --text is not needed.
@@ -58,8 +58,19 @@ pub struct EvalArgs {
     /// --kl-divergence` elsewhere.
     #[arg(long, value_name = "FILE", conflicts_with = "baseline_logits")]
     save_baseline_logits: Option<PathBuf>,
+    /// Score the tasks in FILE instead of perplexity: HellaSwag (llama-perplexity's text),
+    /// WinoGrande CSV, or JSON lines of multiple choice or completions.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["text", "baseline_logits", "save_baseline_logits", "ctx", "chunks"])]
+    pub(super) task: Option<PathBuf>,
+    /// The task file's format (default: told from the file).
+    #[arg(long, value_enum, requires = "task")]
+    pub(super) task_format: Option<crate::eval::task::TaskFormat>,
+    /// Score only the first N tasks in llama-perplexity's order (HellaSwag: drawn at random
+    /// as it draws them; WinoGrande: likewise; JSON lines: the file's first N).
+    #[arg(long, value_name = "N", requires = "task")]
+    pub(super) task_limit: Option<usize>,
     #[command(flatten)]
-    run: RunArgs,
+    pub(super) run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -108,7 +119,10 @@ fn set_threads(threads: Option<usize>) -> Result<usize> {
 /// The files a run reads (models, folders' files, text, tokenizer), checked to be unchanged
 /// before results are appended and never to be the results file; the results file is
 /// checked before any work starts.
-fn inputs_of<'a>(run: &'a RunArgs, paths: impl IntoIterator<Item = &'a PathBuf>) -> Result<Inputs> {
+pub(super) fn inputs_of<'a>(
+    run: &'a RunArgs,
+    paths: impl IntoIterator<Item = &'a PathBuf>,
+) -> Result<Inputs> {
     let inputs = Inputs::capture(output::files_of(paths.into_iter().chain(&run.tokenizer)));
     if !run.no_results {
         output::check_log(&run.results, &inputs)?;
@@ -118,7 +132,7 @@ fn inputs_of<'a>(run: &'a RunArgs, paths: impl IntoIterator<Item = &'a PathBuf>)
 
 /// Appends `lines` to the results file unless told not to, and prints them when --json asks;
 /// returns whether they were printed (and the table should not be).
-fn emit(run: &RunArgs, lines: &[serde_json::Value], inputs: &Inputs) -> Result<bool> {
+pub(super) fn emit(run: &RunArgs, lines: &[Record], inputs: &Inputs) -> Result<bool> {
     inputs.verify()?;
     if !run.no_results {
         results::append(&run.results, lines, inputs)?;
@@ -152,7 +166,7 @@ fn m_name(m: &LoadedModel) -> String {
     format!("{}'s tokenizer", m.name)
 }
 
-fn load_noted(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
+pub(super) fn load_noted(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
     let m = load(path, tokenizer)?;
     for n in &m.notes {
         eprintln!("note: {}: {n}", m.name);
@@ -233,6 +247,9 @@ fn record(
 }
 
 fn eval_in_pool(args: EvalArgs, threads: usize) -> Result<()> {
+    if args.task.is_some() {
+        return super::task::run(args, threads);
+    }
     let inputs = inputs_of(
         &args.run,
         args.models
@@ -334,21 +351,15 @@ fn eval_in_pool(args: EvalArgs, threads: usize) -> Result<()> {
     }
 
     let baseline_name = reference.as_ref().map(|(_, n)| n.clone());
-    let lines: Vec<serde_json::Value> = rows
+    let lines: Vec<Record> = rows
         .iter()
         .map(|r| {
-            let mut v = serde_json::to_value(r).expect("plain data");
-            let o = v.as_object_mut().expect("an object");
-            o.insert("kind".into(), json!("eval"));
-            o.insert("text".into(), json!(text_name));
-            o.insert("threads".into(), json!(threads));
-            o.insert("machine".into(), json!(results::machine()));
-            o.insert("time".into(), json!(results::timestamp()));
-            o.insert("quantfit".into(), json!(env!("CARGO_PKG_VERSION")));
-            if let Some(b) = &baseline_name {
-                o.insert("baseline".into(), json!(b));
-            }
-            v
+            Record::Eval(EvalLine {
+                result: r.clone(),
+                text: text_name.clone(),
+                baseline: baseline_name.clone(),
+                run: RunInfo::here(threads),
+            })
         })
         .collect();
     inputs.verify()?;
@@ -448,17 +459,20 @@ fn bench_in_pool(args: BenchArgs, threads: usize) -> Result<()> {
     if tests.is_empty() {
         bail!("nothing to measure: both --pp and --tg are 0");
     }
-    let lines: Vec<serde_json::Value> = tests
+    let lines: Vec<Record> = tests
         .iter()
         .map(|t| {
-            json!({
-                "kind": "bench", "model": m.model_name, "file": m.name, "path": m.path.display().to_string(),
-                "quant": m.quant, "file_bytes": m.file_bytes, "bits_per_weight": m.bits_per_weight,
-                "n_params": m.n_params, "test": t.test, "n_tokens": t.n_tokens, "reps": t.reps,
-                "tokens_per_s": t.tokens_per_s, "tokens_per_s_sd": t.tokens_per_s_sd,
-                "samples": t.samples, "threads": threads, "backend": "CPU",
-                "machine": results::machine(), "time": results::timestamp(),
-                "quantfit": env!("CARGO_PKG_VERSION"),
+            Record::Bench(BenchLine {
+                model: m.model_name.clone(),
+                file: m.name.clone(),
+                path: m.path.display().to_string(),
+                quant: m.quant.clone(),
+                file_bytes: m.file_bytes,
+                bits_per_weight: m.bits_per_weight,
+                n_params: m.n_params,
+                result: t.clone(),
+                backend: "CPU".into(),
+                run: RunInfo::here(threads),
             })
         })
         .collect();

@@ -5,6 +5,7 @@ mod eval;
 mod inspect;
 mod plan;
 mod quantize_raw;
+mod task;
 
 use clap::{Parser, Subcommand};
 

@@ -120,23 +120,25 @@ pub fn prepare_position(
 
 /// `prepare_position` for every row of `[t, n]` queries, keys and values, queries rounded as
 /// llama.cpp rounds them for a batch of `t`.
+/// `rounded`, when given, says per row whether to round the query (packed batches follow the
+/// batch llama.cpp would have run each row in).
 pub fn prepare_batch(
     [q, k, v]: [&mut [f32]; 3],
     extras: Extras,
-    cos: &[f32],
-    sin: &[f32],
+    (cos, sin): (&[f32], &[f32]),
     shape: Shape,
+    rounded: Option<&[bool]>,
 ) {
     let t = cos.len() / (shape.head_dim / 2);
     let half = shape.head_dim / 2;
     let (nq, nkv) = (q.len() / t, k.len() / t);
-    let round_query = t < F32_QUERY_ROWS;
     q.par_chunks_mut(nq)
         .zip(k.par_chunks_mut(nkv))
         .zip(v.par_chunks_mut(nkv))
         .enumerate()
         .for_each(|(p, ((q, k), v))| {
             let (cos, sin) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+            let round_query = rounded.map_or(t < F32_QUERY_ROWS, |r| r[p]);
             prepare_position([q, k, v], extras, cos, sin, shape, round_query);
         });
 }
@@ -261,6 +263,91 @@ pub fn causal_batch(
         let out_ptr = &out_ptr;
         unsafe {
             // out block [rows, dim] = probabilities [rows, seen] x values [seen, dim]
+            product(
+                (rows, dim, seen),
+                (out_ptr.0.add(r0 * h * dim + head * dim), h * dim),
+                (scores.as_ptr(), seen),
+                (v.as_ptr(), 1, dim),
+            );
+        }
+    });
+    out
+}
+
+/// Which earlier rows of a packed batch each row sees: several sequences in one batch, as
+/// llama.cpp batches tasks that share a prefix (one sequence id per ending, the prefix in all
+/// of them). Row r sees the rows in `spans[r]` (two ranges in order: its sequence's shared
+/// prefix, then its own rows up to itself; either may be empty), and on a sliding layer only
+/// those within the window by position.
+pub struct Packed<'a> {
+    pub spans: &'a [[std::ops::Range<usize>; 2]],
+    pub positions: &'a [usize],
+}
+
+/// Attention of the `t` prepared queries of a packed batch against its own `t` cached rows
+/// (`keys`, `values`: `[kv_heads][capacity][dim]`, rows `0..t` filled), each query seeing
+/// the rows `packed` gives it. Returns `[t, heads * dim]`.
+pub fn packed_batch(
+    q: &[f32],
+    (keys, values): (&[f32], &[f32]),
+    capacity: usize,
+    packed: &Packed,
+    shape: Shape,
+    window: Option<usize>,
+) -> Vec<f32> {
+    let (h, dim) = (shape.heads, shape.head_dim);
+    let group = h / shape.kv_heads;
+    let t = q.len() / (h * dim);
+    let scale = score_scale(dim);
+    let mut out = vec![0f32; t * h * dim];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let blocks = t.div_ceil(QUERY_BLOCK);
+    let visible = |r: usize| {
+        let p = packed.positions[r];
+        packed.spans[r]
+            .iter()
+            .flat_map(|s| s.clone())
+            .filter(move |&j| window.is_none_or(|n| p - packed.positions[j] < n))
+    };
+    (0..h * blocks).into_par_iter().for_each(|task| {
+        let (head, block) = (task / blocks, task % blocks);
+        let kv = head / group;
+        let r0 = block * QUERY_BLOCK;
+        let rows = QUERY_BLOCK.min(t - r0);
+        let spans = &packed.spans[r0..r0 + rows];
+        let ends = spans.iter().flatten().filter(|s| !s.is_empty());
+        let lo = ends.clone().map(|s| s.start).min().unwrap_or(0);
+        let hi = ends.map(|s| s.end).max().unwrap_or(lo).max(lo);
+        let seen = hi - lo;
+        let k = &keys[kv * capacity * dim..][lo * dim..][..seen * dim];
+        let v = &values[kv * capacity * dim..][lo * dim..][..seen * dim];
+        let mut scores = vec![0f32; rows * seen];
+        let q_block = &q[r0 * h * dim + head * dim..];
+        // SAFETY (both products): as in `causal_batch`, the shapes and strides describe
+        // memory inside the slices above, and the output block is this task's alone.
+        unsafe {
+            product(
+                (rows, seen, dim),
+                (scores.as_mut_ptr(), seen),
+                (q_block.as_ptr(), h * dim),
+                (k.as_ptr(), dim, 1),
+            );
+        }
+        let mut live = Vec::new();
+        for (r, row) in scores.chunks_mut(seen.max(1)).enumerate().take(rows) {
+            // The visible scores gathered in order, softmaxed as one causal row, put back;
+            // every other key gets probability 0.
+            live.clear();
+            live.extend(visible(r0 + r).map(|j| row[j - lo]));
+            let n = live.len();
+            causal_row(&mut live, n, scale);
+            row.fill(0.0);
+            for (j, p) in visible(r0 + r).zip(&live) {
+                row[j - lo] = *p;
+            }
+        }
+        let out_ptr = &out_ptr;
+        unsafe {
             product(
                 (rows, dim, seen),
                 (out_ptr.0.add(r0 * h * dim + head * dim), h * dim),

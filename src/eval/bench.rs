@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::model::{argmax_rows, KvCache, Model};
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BenchResult {
     /// "pp512", "tg128".
     pub test: String,

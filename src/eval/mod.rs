@@ -16,6 +16,7 @@ pub mod results;
 pub mod run;
 pub mod softmax;
 pub mod spm;
+pub mod task;
 pub mod team;
 pub mod tokenize;
 pub mod weights;

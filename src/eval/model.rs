@@ -169,12 +169,60 @@ impl Model {
         if t == 0 || logits_from >= t {
             bail!("forward needs at least one token whose logits are wanted");
         }
+        let offset = cache.len;
+        let x = self.layers(tokens, cache, offset..offset + t, None)?;
+        cache.len += t;
+        let logits = self.head(&x[logits_from * c.n_embd..])?;
+        Ok(Tensor::from_vec(
+            logits,
+            (t - logits_from, c.n_vocab),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// Runs a packed batch (several sequences sharing prefixes, see `attention::Packed`) on
+    /// its own, with no cache before or after it; `rounded` says per row whether llama.cpp
+    /// would round its query (the size of the batch it would have run the row in). Returns the
+    /// logits of rows `outputs`, `[outputs.len() * n_vocab]`.
+    pub fn forward_packed(
+        &self,
+        tokens: &[u32],
+        packed: &attention::Packed,
+        rounded: &[bool],
+        outputs: &[usize],
+    ) -> Result<Vec<f32>> {
+        let c = &self.weights.config;
+        let t = tokens.len();
+        if t == 0 || packed.spans.len() != t || packed.positions.len() != t || rounded.len() != t {
+            bail!("a packed batch needs one position, span pair and rounding flag per token");
+        }
+        let mut cache = KvCache::default();
+        let positions = packed.positions.iter().copied();
+        let x = self.layers(tokens, &mut cache, positions, Some((packed, rounded)))?;
+        let n = c.n_embd;
+        let mut picked = Vec::with_capacity(outputs.len() * n);
+        for &r in outputs {
+            picked.extend_from_slice(&x[r * n..(r + 1) * n]);
+        }
+        self.head(&picked)
+    }
+
+    /// The embedding and every layer on `tokens` at `positions`, their keys and values
+    /// appended to `cache` (after its rows; a packed batch starts from an empty one).
+    fn layers(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        positions: impl ExactSizeIterator<Item = usize> + Clone,
+        packed: Option<(&attention::Packed, &[bool])>,
+    ) -> Result<Vec<f32>> {
+        let c = &self.weights.config;
         if cache.layers.len() != c.n_layer {
             cache.layers = (0..c.n_layer).map(|_| LayerKv::default()).collect();
         }
         let offset = cache.len;
-        let global = self.rope_angles(offset, t, c.rope_base);
-        let local = (c.sliding_window > 0).then(|| self.rope_angles(offset, t, c.rope_base_swa));
+        let global = self.rope_angles_at(positions.clone(), c.rope_base);
+        let local = (c.sliding_window > 0).then(|| self.rope_angles_at(positions, c.rope_base_swa));
         let mut x = self.weights.embedding.lookup(tokens, c.n_embd, c.n_vocab)?;
         if let Some(s) = c.embd_scale {
             x.iter_mut().for_each(|v| *v *= s);
@@ -187,25 +235,22 @@ impl Model {
                 (Some(l), Some(_)) => (&l.0, &l.1),
                 _ => (&global.0, &global.1),
             };
-            self.block(layer, &mut x, slot, offset, (cos, sin), window)?;
+            self.block(layer, &mut x, (slot, offset), (cos, sin), window, packed)?;
         }
-        cache.len += t;
-        let x = rms_norm(
-            &x[logits_from * c.n_embd..],
-            &self.weights.output_norm,
-            c.rms_eps,
-        );
+        Ok(x)
+    }
+
+    /// The output norm, the output matrix and the final soft cap on rows `x`.
+    fn head(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let c = &self.weights.config;
+        let x = rms_norm(x, &self.weights.output_norm, c.rms_eps);
         let mut logits = self.weights.output.forward(&x)?;
         if c.final_softcap > 0.0 {
             // ggml_scale by 1/c, tanh, ggml_scale by c (llama.cpp's gemma graphs).
             let (cap, inv) = (c.final_softcap, 1.0 / c.final_softcap);
             logits.iter_mut().for_each(|l| *l = (*l * inv).tanh() * cap);
         }
-        Ok(Tensor::from_vec(
-            logits,
-            (t - logits_from, c.n_vocab),
-            &Device::Cpu,
-        )?)
+        Ok(logits)
     }
 
     /// One token on the decoding team (`decode.rs`). `QUANTFIT_EVAL_DECODE=graph` sends single
@@ -224,12 +269,22 @@ impl Model {
     /// cos/sin of each position and frequency, `[t, head_dim / 2]`, computed as ggml's
     /// rope does (theta_scale = base^(-2/n_dims), multiplied up one frequency at a time).
     pub(super) fn rope_angles(&self, offset: usize, t: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
+        self.rope_angles_at(offset..offset + t, base)
+    }
+
+    /// `rope_angles` of the given positions, in order.
+    fn rope_angles_at(
+        &self,
+        positions: impl ExactSizeIterator<Item = usize>,
+        base: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
         let c = &self.weights.config;
         let half = c.head_dim / 2;
         let theta_scale = base.powf(-2.0 / c.head_dim as f32);
+        let t = positions.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
-        for p in offset..offset + t {
+        for p in positions {
             let mut theta = p as f32;
             for i in 0..half {
                 let factor = self
@@ -248,15 +303,16 @@ impl Model {
     }
 
     /// One transformer layer on `x` (`[t, n_embd]`, updated in place); `window` limits each
-    /// query to that many most recent keys (its own included) on a sliding layer.
+    /// query to that many most recent keys (its own included) on a sliding layer; a `packed`
+    /// batch's rows see the rows its spans give them.
     fn block(
         &self,
         w: &LayerWeights,
         x: &mut [f32],
-        cache: &mut LayerKv,
-        offset: usize,
+        (cache, offset): (&mut LayerKv, usize),
         (cos, sin): (&[f32], &[f32]),
         window: Option<usize>,
+        packed: Option<(&attention::Packed, &[bool])>,
     ) -> Result<()> {
         let c = &self.weights.config;
         let t = x.len() / c.n_embd;
@@ -274,13 +330,16 @@ impl Model {
         attention::prepare_batch(
             [&mut q, &mut k, &mut v],
             attention::Extras::of(w),
-            cos,
-            sin,
+            (cos, sin),
             shape,
+            packed.map(|p| p.1),
         );
         cache.append(&k, &v, hkv, hd, offset, t);
 
-        let attn = if t == 1 {
+        let attn = if let Some((packed, _)) = packed {
+            let cache_kv = (&cache.k[..], &cache.v[..]);
+            attention::packed_batch(&q, cache_kv, cache.capacity, packed, shape, window)
+        } else if t == 1 {
             // The decoding team's arithmetic (`decode.rs`), so both give the same logits.
             let mut out = vec![0f32; h * hd];
             let mut scores = Vec::new();

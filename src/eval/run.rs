@@ -20,7 +20,7 @@ use super::perplexity::{target_log_probs, ChunkPlan, NllStats};
 use super::LoadedModel;
 
 /// What one model scored.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EvalResult {
     /// The model's own name (GGUF `general.name`, or the folder's model name).
     pub model: String,

@@ -6,26 +6,11 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use anyhow::{bail, Result};
+
+use crate::eval::results::{self, Record};
 
 use super::{Basis, Quality};
-
-/// The fields of a results line that planning reads (eval lines; bench lines carry speed).
-#[derive(Deserialize)]
-struct Line {
-    kind: Option<String>,
-    model: Option<String>,
-    file: Option<String>,
-    quant: Option<String>,
-    ppl: Option<f64>,
-    ppl_ratio: Option<f64>,
-    baseline_ppl: Option<f64>,
-    kld_mean: Option<f64>,
-    text: Option<String>,
-    ctx: Option<u64>,
-    tokens_sha256: Option<String>,
-}
 
 /// One measured result.
 #[derive(Clone, Debug)]
@@ -78,50 +63,37 @@ impl Measured {
 }
 
 pub fn read_results(path: &Path) -> Result<Vec<Measured>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out: Vec<Measured> = Vec::new();
-    for (i, raw) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let at = || format!("{}: line {}", path.display(), i + 1);
-        let line: Line =
-            serde_json::from_str(raw).with_context(|| format!("{}: not a results line", at()))?;
-        if line.kind.as_deref() == Some("bench") {
+    for (n, record) in results::read(path)? {
+        let at = || format!("{}: line {n}", path.display());
+        // Task accuracy and speed lines carry no perplexity.
+        let Record::Eval(line) = record else {
             continue;
-        }
-        let (Some(model), Some(quant)) = (line.model, line.quant) else {
-            bail!("{}: needs \"model\" and \"quant\"", at());
         };
-        let ratio = line
-            .ppl_ratio
-            .or_else(|| Some(line.ppl? / line.baseline_ppl?));
-        if line.ppl.is_none() && ratio.is_none() {
-            bail!("{}: needs \"ppl\" or \"ppl_ratio\"", at());
+        let r = &line.result;
+        if r.model.is_empty() || r.quant.is_empty() {
+            bail!("{}: needs \"model\" and \"quant\"", at());
         }
-        for (what, v) in [("ppl", line.ppl), ("ppl_ratio", ratio)] {
+        let ratio = r.kld.as_ref().map(|k| k.ppl_ratio);
+        for (what, v) in [("ppl", Some(r.ppl)), ("ppl_ratio", ratio)] {
             if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
                 bail!("{}: \"{what}\" must be a positive number", at());
             }
         }
-        let text_name = line.text.unwrap_or_else(|| "an unnamed text".into());
-        let ctx = line.ctx.map_or("ctx ?".to_string(), |c| format!("ctx {c}"));
-        let scale = match &line.tokens_sha256 {
-            Some(h) => format!(
-                "{text_name}, {ctx}, tokens {} (quantfit eval)",
-                &h[..h.len().min(12)]
-            ),
-            None => format!("{text_name}, {ctx}, {model}'s tokenizer (quantfit eval)"),
-        };
+        let h = &r.tokens_sha256;
+        let scale = format!(
+            "{}, ctx {}, tokens {} (quantfit eval)",
+            line.text,
+            r.ctx,
+            &h[..h.len().min(12)]
+        );
         let m = Measured {
-            aliases: line.file.into_iter().collect(),
-            model,
-            quant,
-            ppl: line.ppl,
+            aliases: vec![r.file.clone()],
+            model: r.model.clone(),
+            quant: r.quant.clone(),
+            ppl: Some(r.ppl),
             ratio,
-            kld: line.kld_mean,
+            kld: r.kld.as_ref().map(|k| k.kld_mean),
             scale,
             origin: at(),
         };
