@@ -81,6 +81,7 @@ fn scored(quant: &str, file: &str, format: TaskFormat, limit: usize) -> task::Ta
 fn hellaswag_and_winogrande_match_llama_perplexity() {
     let runs = [("F32", 300), ("Q8_0", 100), ("Q4_K_M", 100)];
     for (quant, limit) in runs {
+        #[allow(clippy::single_element_loop)]
         for (format, file, fmt) in [
             ("hellaswag", "hellaswag.txt", TaskFormat::Hellaswag),
             // WinoGrande is left out until tasks whose blank starts the sentence (no shared
