@@ -518,9 +518,7 @@ fn measured_results_on_the_same_tokens_share_a_scale() {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/plan-results");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("same-tokens.jsonl");
-    let line = |q: &str, ppl: f64| {
-        format!("{{\"kind\":\"eval\",\"model\":\"Smollm2 135m\",\"quant\":\"{q}\",\"ppl\":{ppl},\"text\":\"mine.txt\",\"ctx\":512,\"tokens_sha256\":\"abcdef0123456789\"}}\n")
-    };
+    let line = |q: &str, ppl: f64| plain_line("Smollm2 135m", q, ppl);
     std::fs::write(&file, line("Q8_0", 21.08) + &line("Q4_K_M", 22.03)).unwrap();
     let doc = plan_json(&[
         "--model",
@@ -583,7 +581,7 @@ fn stand_ins_imatrix_profiles_measured_and_min_ctx_behave() {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/plan-results");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("other-text.jsonl");
-    std::fs::write(&file, "{\"kind\":\"eval\",\"model\":\"Llama-2-13B\",\"quant\":\"Q4_K_M\",\"ppl\":4.9,\"text\":\"mine.txt\",\"ctx\":512,\"tokens_sha256\":\"abcdef0123456789\"}\n").unwrap();
+    std::fs::write(&file, plain_line("Llama-2-13B", "Q4_K_M", 4.9)).unwrap();
     let doc = plan_json(&["--results", file.to_str().unwrap()]);
     let r = row(&doc, "Llama-2-13B", "Q4_K_M");
     assert_eq!(
@@ -611,4 +609,33 @@ fn stand_ins_imatrix_profiles_measured_and_min_ctx_behave() {
     assert_eq!(r["ctx"], 4096, "sized at --ctx");
     assert!(r["max_ctx"].as_u64().unwrap() >= 65536);
     assert!(f(&r["kv_bytes"]) < 1.0e9, "KV for 4096 tokens, not 65536");
+}
+
+/// An eval line without a baseline (no KL divergence) on mine.txt, ctx 512, tokens abcdef...
+fn plain_line(model: &str, quant: &str, ppl: f64) -> String {
+    let text = include_str!("fixtures/eval-line.json");
+    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.retain(|k, _| {
+        !(k.starts_with("kld")
+            || k.starts_with("dp_")
+            || k.starts_with("same_top")
+            || k.starts_with("rms_dp")
+            || k.starts_with("ln_ppl")
+            || k.starts_with("ppl_ratio")
+            || k.starts_with("ppl_diff")
+            || k.starts_with("ppl_corr")
+            || k.starts_with("baseline"))
+    });
+    for (k, x) in [
+        ("model", serde_json::json!(model)),
+        ("quant", serde_json::json!(quant)),
+        ("ppl", serde_json::json!(ppl)),
+        ("text", serde_json::json!("mine.txt")),
+        ("ctx", serde_json::json!(512)),
+        ("tokens_sha256", serde_json::json!("abcdef0123456789")),
+    ] {
+        o.insert(k.into(), x);
+    }
+    format!("{v}\n")
 }
