@@ -202,15 +202,21 @@ pub fn record_baseline<W: Write>(
     Ok((r, writer.finish()?))
 }
 
-fn progress_bar(show: bool, name: &str, chunks: usize) -> indicatif::ProgressBar {
+/// The bar `eval` shows per model: `total` of `unit` (chunks, tasks).
+pub(super) fn progress_bar(
+    show: bool,
+    name: &str,
+    total: usize,
+    unit: &str,
+) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(chunks as u64);
+    let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix:>24} [{bar:30}] {pos}/{len} chunks  {msg}  ETA {eta}",
-        )
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{prefix:>24}} [{{bar:30}}] {{pos}}/{{len}} {unit}  {{msg}}  ETA {{eta}}"
+        ))
         .expect("valid template")
         .progress_chars("=> "),
     );
@@ -249,7 +255,7 @@ pub fn evaluate(
             m.path.display()
         );
     }
-    let bar = progress_bar(show_progress, &m.name, plan.chunks);
+    let bar = progress_bar(show_progress, &m.name, plan.chunks, "chunks");
     let mut nll = NllStats::default();
     let mut kld = KldStats::default();
     let mut cache = KvCache::default();

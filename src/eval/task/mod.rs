@@ -231,22 +231,6 @@ fn outcome(format: TaskFormat, p: &Prepared, scored: &[engine::Scored]) -> Outco
     }
 }
 
-fn progress_bar(show: bool, name: &str, tasks: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(tasks as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix:>24} [{bar:30}] {pos}/{len} tasks  {msg}  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(name.to_string());
-    bar
-}
-
 /// Scores `m` on the tasks of `set`.
 pub fn evaluate(m: &LoadedModel, set: &TaskSet, show_progress: bool) -> Result<TaskResult> {
     let prepared = prepare::prepare(&set.items, &m.tokenizer)
@@ -268,7 +252,7 @@ pub fn evaluate(m: &LoadedModel, set: &TaskSet, show_progress: bool) -> Result<T
         }
     }
     let groups: Vec<engine::Group> = prepared.iter().map(|p| p.group.clone()).collect();
-    let bar = progress_bar(show_progress, &m.name, groups.len());
+    let bar = crate::eval::run::progress_bar(show_progress, &m.name, groups.len(), "tasks");
     let start = Instant::now();
     let scored = engine::score(&m.model, &groups, |done| {
         let secs = start.elapsed().as_secs_f64();
