@@ -6,8 +6,8 @@
 //! each activation block to 32 int8 a and a scale t. Then
 //! `y = sum_b t_b * s_b * (q_b . a_b) + o_b * t_b * sum(a_b)`.
 //! Weights are repacked one panel of 32 rows at a time (reused by every activation row); the
-//! x86 kernel (`x86.rs`, AVX-512 VNNI) multiplies 4 activation rows by the 32 rows of a panel
-//! per step. Machines without VNNI use the f32 GEMM path in `linear.rs`.
+//! x86 kernels (`x86.rs`: AVX-512 VNNI, else AVX2) multiply a few activation rows by the 32
+//! rows of a panel per step. Other machines use the f32 GEMM path in `linear.rs`.
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -266,15 +266,21 @@ pub fn panel_scalar(a: &Activations, p: &Panel, lanes: usize, out: &mut [f32], s
     }
 }
 
-/// Whether this machine runs the integer GEMM. `QUANTFIT_EVAL_GEMM=f32` turns it off, so the
-/// f32 path that CPUs without VNNI take can be run and compared anywhere.
-pub fn available() -> bool {
+/// The panel kernel this machine runs, if any. `QUANTFIT_EVAL_GEMM=f32` turns the integer
+/// GEMM off, so the f32 path that other CPUs take can be run and compared anywhere.
+#[cfg(target_arch = "x86_64")]
+fn kernel() -> Option<x86::PanelFn> {
     if std::env::var("QUANTFIT_EVAL_GEMM").is_ok_and(|v| v == "f32") {
-        return false;
+        return None;
     }
+    x86::kernel().map(|(_, f)| f)
+}
+
+/// Whether this machine runs the integer GEMM.
+pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        x86::available()
+        kernel().is_some()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -296,10 +302,22 @@ pub fn matmul(ty: GgmlType, weight: &[u8], n: usize, k: usize, x: &[f32]) -> Opt
 /// quantized once per activation type and every panel of every weight is one parallel task.
 /// None unless every weight has an integer kernel here.
 pub fn matmul_many(parts: &[Part], k: usize, x: &[f32]) -> Option<Vec<Vec<f32>>> {
-    let usable = |p: &Part| supported(p.ty) && k.is_multiple_of(p.ty.info().block_elems);
-    if !available() || !parts.iter().all(usable) {
-        return None;
+    #[cfg(not(target_arch = "x86_64"))]
+    return None;
+    #[cfg(target_arch = "x86_64")]
+    {
+        let panel_kernel = kernel()?;
+        let usable = |p: &Part| supported(p.ty) && k.is_multiple_of(p.ty.info().block_elems);
+        if !parts.iter().all(usable) {
+            return None;
+        }
+        Some(run_panels(panel_kernel, parts, k, x))
     }
+}
+
+/// Every panel of every part through `panel_kernel`.
+#[cfg(target_arch = "x86_64")]
+fn run_panels(panel_kernel: x86::PanelFn, parts: &[Part], k: usize, x: &[f32]) -> Vec<Vec<f32>> {
     let m = x.len() / k;
     let mut acts: Vec<(GgmlType, Activations)> = Vec::new();
     for p in parts {
@@ -331,14 +349,14 @@ pub fn matmul_many(parts: &[Part], k: usize, x: &[f32]) -> Option<Vec<Vec<f32>>>
             .collect();
         let packed = pack_panel(p.ty, &rows, k);
         // SAFETY: panels write disjoint columns first..first + lanes of every output row of
-        // their own part.
+        // their own part, inside its m * n outputs; the kernel came from `x86::kernel`, which
+        // hands out only what this CPU runs.
         unsafe {
             let dst = ptrs[pi].0.add(first);
-            #[cfg(target_arch = "x86_64")]
-            x86::panel(a, &packed, lanes, dst, p.n);
+            panel_kernel(a, &packed, lanes, dst, p.n);
         }
     });
-    Some(outs)
+    outs
 }
 
 #[cfg(test)]
@@ -416,12 +434,24 @@ mod tests {
                     let p = pack_panel(ty, &rows, k);
                     panel_scalar(&acts, &p, lanes, &mut scalar[first..], n);
                 }
-                let fast = matmul(ty, &q, n, k, &x);
-                if fast.is_none() && m == 1 && ty == TYPES[0] {
-                    crate::testing::skipped(
-                        "eval::gemm::integer_gemm_matches_dequantized_products",
-                        "the integer GEMM kernel needs AVX-512 VNNI (avx512vnni, avx512vl, avx512bw), which this CPU lacks (or QUANTFIT_EVAL_GEMM=f32): only the scalar panel was checked",
-                    );
+                let mut kernels: Vec<(&str, Vec<f32>)> = Vec::new();
+                #[cfg(target_arch = "x86_64")]
+                for (name, f) in x86::variants() {
+                    kernels.push((
+                        name,
+                        run_panels(f, &[Part { ty, weight: &q, n }], k, &x).remove(0),
+                    ));
+                }
+                if m == 1 && ty == TYPES[0] {
+                    let names: Vec<&str> = kernels.iter().map(|(name, _)| *name).collect();
+                    if !names.contains(&"avx512vnni") {
+                        crate::testing::skipped(
+                            "eval::gemm::integer_gemm_matches_dequantized_products",
+                            &format!(
+                                "the AVX-512 VNNI panel kernel needs avx512f, avx512bw and avx512vnni, which this CPU lacks: checked the scalar panel and {names:?}"
+                            ),
+                        );
+                    }
                 }
                 for i in 0..m * n {
                     let tol = 1e-4 * want[i].abs().max(1.0);
@@ -429,15 +459,59 @@ mod tests {
                         (scalar[i] as f64 - want[i]).abs() < tol,
                         "{ty:?} m={m} scalar"
                     );
-                    if let Some(f) = &fast {
+                    for (name, got) in &kernels {
                         assert!(
-                            (f[i] as f64 - want[i]).abs() < tol,
-                            "{ty:?} m={m} kernel {} {}",
-                            f[i],
+                            (got[i] as f64 - want[i]).abs() < tol,
+                            "{ty:?} m={m} {name} {} {}",
+                            got[i],
                             want[i]
                         );
                     }
                 }
+                // Exact integer block sums and the same f32 operations: every kernel gives
+                // the same bits, so results do not depend on which CPU ran them.
+                for (name, got) in kernels.iter().skip(1) {
+                    assert_eq!(
+                        got, &kernels[0].1,
+                        "{ty:?} m={m} {name} vs {}",
+                        kernels[0].0
+                    );
+                }
+            }
+        }
+    }
+
+    /// The extreme integers (weights of -128, which a Q8_0 file may hold, against activations
+    /// of +-127) must not saturate any kernel's 16-bit pair sums.
+    #[test]
+    fn extreme_integers_do_not_saturate() {
+        let k = 64;
+        let one = crate::quant::fp16::f32_to_f16_bits(1.0).to_le_bytes();
+        let mut row = Vec::new();
+        for fill in [0x80u8, 0x7f] {
+            row.extend_from_slice(&one);
+            row.extend(std::iter::repeat_n(fill, 32));
+        }
+        let p = pack_panel(GgmlType::Q8_0, &[&row], k);
+        for sign in [1i8, -1] {
+            let q = vec![127 * sign; k];
+            let a = Activations {
+                k,
+                q,
+                scale: vec![1.0; 2],
+                scaled_sum: vec![32.0 * 127.0 * sign as f32; 2],
+                bias: vec![128 * 32 * 127 * sign as i32; 2],
+            };
+            let want = sign as f32 * 127.0 * 32.0 * (-128.0 + 127.0);
+            let mut scalar = [0f32; 1];
+            panel_scalar(&a, &p, 1, &mut scalar, 1);
+            assert_eq!(scalar[0], want);
+            #[cfg(target_arch = "x86_64")]
+            for (name, f) in x86::variants() {
+                let mut got = [0f32; 1];
+                // SAFETY: one activation row, one lane: one write into `got`.
+                unsafe { f(&a, &p, 1, got.as_mut_ptr(), 1) };
+                assert_eq!(got[0], want, "{name}");
             }
         }
     }
