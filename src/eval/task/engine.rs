@@ -81,11 +81,10 @@ impl Group {
         cp + branches.iter().map(|b| b.len()).sum::<usize>()
     }
 
-    /// Checks what the layout relies on: a shared first position, and requests inside their
-    /// sequence.
+    /// Checks what the layout relies on: sequences, and requests inside them.
     fn check(&self) -> Result<()> {
-        if self.seqs.is_empty() || self.common_prefix() == 0 {
-            bail!("the sequences share no first token to score from");
+        if self.seqs.is_empty() || self.seqs.iter().any(|s| s.is_empty()) {
+            bail!("a task has no tokens to score");
         }
         for r in &self.requests {
             if r.seq >= self.seqs.len() || r.pos >= self.seqs[r.seq].len() {
@@ -186,8 +185,13 @@ pub fn score(
             spans: &batch.spans,
             positions: &batch.positions,
         };
-        let logits =
-            model.forward_packed(&batch.tokens, &packed, &batch.rounded, &batch.outputs)?;
+        // Tasks with nothing to score (a WinoGrande choice llama-perplexity leaves empty)
+        // can make a batch with no rows.
+        let logits = if batch.outputs.is_empty() {
+            Vec::new()
+        } else {
+            model.forward_packed(&batch.tokens, &packed, &batch.rounded, &batch.outputs)?
+        };
         let targets: Vec<u32> = groups[i..j]
             .iter()
             .flat_map(|g| g.requests.iter().map(|r| r.target))

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod order;
 pub mod parse;
 pub mod prepare;
+pub mod winogrande;
 
 use std::path::Path;
 use std::time::Instant;
@@ -94,8 +95,11 @@ impl TaskSet {
 }
 
 /// One task's outcome.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
+    /// Each choice's score, the higher the likelier: the mean log-probability of its tokens
+    /// (HellaSwag, WinoGrande), their sum (JSON multiple choice, completions).
+    pub scores: Vec<f64>,
     /// The choice picked (for a completion: 1 when it is the greedy one, else 0).
     pub pick: usize,
     pub correct: bool,
@@ -185,6 +189,7 @@ fn outcome(format: TaskFormat, p: &Prepared, scored: &[engine::Scored]) -> Outco
                 .collect();
             let pick = first_max(&means);
             Outcome {
+                scores: means,
                 pick,
                 correct: pick == p.answer,
                 norm_correct: None,
@@ -195,10 +200,13 @@ fn outcome(format: TaskFormat, p: &Prepared, scored: &[engine::Scored]) -> Outco
             // f32 sums and means, as llama-perplexity keeps them; a tie goes to the second.
             let mean = |k: usize| {
                 let r = p.choices[k].clone();
-                scored[r.clone()].iter().map(|s| s.log_p).sum::<f32>() / r.len() as f32
+                // An empty choice scores 0, as llama-perplexity's 0 / count does.
+                scored[r.clone()].iter().map(|s| s.log_p).sum::<f32>() / r.len().max(1) as f32
             };
-            let pick = if mean(0) > mean(1) { 0 } else { 1 };
+            let means = [mean(0), mean(1)];
+            let pick = if means[0] > means[1] { 0 } else { 1 };
             Outcome {
+                scores: means.iter().map(|&m| m as f64).collect(),
                 pick,
                 correct: pick == p.answer,
                 norm_correct: None,
@@ -213,6 +221,7 @@ fn outcome(format: TaskFormat, p: &Prepared, scored: &[engine::Scored]) -> Outco
                 .map(|(s, &b)| s / b.max(1) as f64)
                 .collect();
             Outcome {
+                scores: sums.clone(),
                 pick,
                 correct: pick == p.answer,
                 norm_correct: Some(first_max(&normed) == p.answer),
@@ -222,6 +231,7 @@ fn outcome(format: TaskFormat, p: &Prepared, scored: &[engine::Scored]) -> Outco
         TaskFormat::CompletionJsonl => {
             let greedy = scored.iter().all(|s| s.greedy);
             Outcome {
+                scores: sums.clone(),
                 pick: usize::from(greedy),
                 correct: greedy,
                 norm_correct: None,

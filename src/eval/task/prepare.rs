@@ -22,8 +22,8 @@ pub struct Prepared {
 
 /// llama-perplexity's batch for multiple-choice tasks: `n_ctx` 512 x 4 parallel sequences
 /// (its defaults, tools/perplexity/perplexity.cpp `main`), so 4 sequences at most.
-const LLAMA_CTX: usize = 2048;
-const LLAMA_SEQS: usize = 4;
+pub(super) const LLAMA_CTX: usize = 2048;
+pub(super) const LLAMA_SEQS: usize = 4;
 
 /// The tokens after `cp` of every sequence, then each sequence's requests from `from[s]` to
 /// its last token (or the one before, `skip_last`).
@@ -49,43 +49,20 @@ fn requests_after(
     (requests, choices)
 }
 
-fn required_tokens(seqs: &[Vec<u32>], cp: usize) -> usize {
+pub(super) fn required_tokens(seqs: &[Vec<u32>], cp: usize) -> usize {
     cp + seqs.iter().map(|s| s.len() - cp).sum::<usize>()
 }
 
 pub fn prepare(items: &[Item], tok: &TextTokenizer) -> Result<Vec<Prepared>> {
-    let mut out: Vec<Prepared> = items
+    if matches!(items.first(), Some(Item::Winogrande { .. })) {
+        return super::winogrande::prepare(items, tok);
+    }
+    let out: Vec<Prepared> = items
         .iter()
         .map(|item| {
             prepare_one(item, tok).map_err(|e| anyhow::anyhow!("line {}: {e}", item.line()))
         })
         .collect::<Result<_>>()?;
-    // WinoGrande's tasks share llama-perplexity's batches two by two (2 sequences each).
-    if matches!(items.first(), Some(Item::Winogrande { .. })) {
-        let mut i0 = 0;
-        while i0 < out.len() {
-            let mut i1 = i0;
-            let mut n = 0;
-            while i1 < out.len()
-                && n + out[i1].group.reference.map_or(0, |r| r.batch) <= LLAMA_CTX
-                && 2 * (i1 - i0) + 2 <= LLAMA_SEQS
-            {
-                n += out[i1].group.reference.map_or(0, |r| r.batch);
-                i1 += 1;
-            }
-            let i1 = i1.max(i0 + 1);
-            let mut offset = 0;
-            for p in &mut out[i0..i1] {
-                let own = p.group.reference.map_or(0, |r| r.batch);
-                p.group.reference = Some(Reference {
-                    offset,
-                    batch: n.max(own),
-                });
-                offset += own;
-            }
-            i0 = i1;
-        }
-    }
     Ok(out)
 }
 
@@ -125,13 +102,7 @@ fn prepare_one(item: &Item, tok: &TextTokenizer) -> Result<Prepared> {
                 choice_bytes: Vec::new(),
             })
         }
-        Item::Winogrande {
-            first,
-            second,
-            choices,
-            answer,
-            ..
-        } => winogrande(tok, first, second, choices, *answer),
+        Item::Winogrande { .. } => bail!("WinoGrande tasks are laid out by the batch"),
         Item::Choice {
             context,
             choices,
@@ -198,79 +169,4 @@ fn pair(tok: &TextTokenizer, context: &str, continuation: &str) -> Result<(Vec<u
         bail!("the continuation adds no tokens to the context");
     }
     Ok((whole, ctx.len()))
-}
-
-/// WinoGrande as llama-perplexity scores it: both sentences in full; when both run more than
-/// 3 tokens past their shared prefix, only the tokens after the filled-in choice count
-/// (`skip_choice`), the sentence's last token left out whenever more than one remains. Its
-/// second sequence's first scored token, when the choice is not skipped, is read from the
-/// first sequence's last row (its FIXME: "this uses the wrong first logits"); that is kept,
-/// so the same tasks come out right.
-fn winogrande(
-    tok: &TextTokenizer,
-    first: &str,
-    second: &str,
-    choices: &[String; 2],
-    answer: usize,
-) -> Result<Prepared> {
-    const MIN_TRAILING: usize = 3;
-    let seqs = choices
-        .iter()
-        .map(|c| tok.encode(&format!("{first}{c}{second}")))
-        .collect::<Result<Vec<_>>>()?;
-    let bases = choices
-        .iter()
-        .map(|c| tok.encode(&format!("{first}{c}")).map(|t| t.len()))
-        .collect::<Result<Vec<_>>>()?;
-    let group = Group {
-        seqs,
-        requests: Vec::new(),
-        reference: None,
-    };
-    let cp = group.common_prefix();
-    let seqs = &group.seqs;
-    if cp == 0 || seqs.iter().any(|s| s.len() <= cp) {
-        bail!("one sentence is the other's start: nothing to tell them apart");
-    }
-    let skip_choice = seqs.iter().all(|s| s.len() - cp > MIN_TRAILING);
-    let base = |s: usize| if skip_choice { bases[s] } else { cp };
-    if (0..2).any(|s| base(s) < cp || base(s) > seqs[s].len()) {
-        bail!("the choice's tokens merge with the rest of the sentence; llama-perplexity cannot score it either");
-    }
-    let mut requests = Vec::new();
-    let mut ranges = Vec::new();
-    for s in 0..2 {
-        let n_base = base(s);
-        let last = usize::from(seqs[s].len() - n_base > 1);
-        if seqs[s].len() - n_base - last == 0 {
-            bail!("no tokens follow the choice to score");
-        }
-        let start = requests.len();
-        for j in n_base - 1..seqs[s].len() - 1 - last {
-            let quirk = s == 1 && j + 1 == cp;
-            let (seq, pos) = if quirk {
-                (0, seqs[0].len() - 1)
-            } else {
-                (s, j)
-            };
-            requests.push(Request {
-                seq,
-                pos,
-                target: seqs[s][j + 1],
-            });
-        }
-        ranges.push(start..requests.len());
-    }
-    // Every token of both sentences is in llama-perplexity's batch.
-    let batch = required_tokens(seqs, cp);
-    Ok(Prepared {
-        group: Group {
-            requests,
-            reference: Some(Reference { offset: 0, batch }),
-            ..group
-        },
-        choices: ranges,
-        answer,
-        choice_bytes: Vec::new(),
-    })
 }
