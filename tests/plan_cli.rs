@@ -639,3 +639,184 @@ fn plain_line(model: &str, quant: &str, ppl: f64) -> String {
     }
     format!("{v}\n")
 }
+
+/// A results line as `quantfit eval --task` writes it (tests/fixtures/task-line.json, a real
+/// one), with this model, type, task set and accuracy.
+fn task_line(model: &str, quant: &str, sha: &str, acc: f64, err: f64) -> String {
+    let text = include_str!("fixtures/task-line.json");
+    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+    for (k, x) in [
+        ("model", serde_json::json!(model)),
+        ("file", serde_json::json!(format!("{model}-{quant}.gguf"))),
+        ("quant", serde_json::json!(quant)),
+        ("tasks_sha256", serde_json::json!(sha)),
+        ("acc", serde_json::json!(acc)),
+        ("acc_err", serde_json::json!(err)),
+    ] {
+        v[k] = x;
+    }
+    format!("{v}\n")
+}
+
+/// `--quality task`: measured accuracy on one task set decides across sizes, a row within
+/// one standard error of the most accurate and cheaper wins, rows without an accuracy are
+/// counted and not ranked; the default ranking still shows the accuracies; several task sets
+/// need --task; errors name what is missing.
+#[test]
+fn task_accuracy_ranks_across_sizes() {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/plan-tasks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sha = "a1b2c3d4e5f6a7b8c9d0";
+    let results = dir.join("results.jsonl");
+    let lines = [
+        task_line("Llama-2-7B", "Q4_K_M", sha, 0.60, 0.03),
+        task_line("Llama-2-13B", "Q4_K_M", sha, 0.66, 0.03),
+        task_line("Llama-2-13B", "Q8_0", sha, 0.67, 0.03),
+    ]
+    .concat();
+    std::fs::write(&results, &lines).unwrap();
+    let r = results.to_str().unwrap();
+    let doc = plan_json(&["--results", r, "--quality", "task"]);
+    let win = &rows(&doc)[doc["recommended"].as_u64().unwrap() as usize];
+    assert_eq!(
+        (&win["model"], &win["quant"]),
+        (&"Llama-2-13B".into(), &"Q4_K_M".into())
+    );
+    let q8 = row(&doc, "Llama-2-13B", "Q8_0");
+    assert!(f(&win["usd_per_million_tokens"]) < f(&q8["usd_per_million_tokens"]));
+    assert_eq!(f(&q8["task_acc"]), 0.67);
+    assert_eq!(f(&q8["task_acc_err"]), 0.03);
+    assert!(
+        q8["task"].as_str().unwrap().starts_with("mc.jsonl ("),
+        "{}",
+        q8["task"]
+    );
+    assert!(row(&doc, "Llama-2-70B", "Q4_K_M")["task_acc"].is_null());
+    let why = doc["recommendation"].as_str().unwrap();
+    for part in [
+        "accuracy 66.0% ± 3.0 on mc.jsonl",
+        "the most accurate, Llama-2-13B Q8_0",
+        "within one standard error of it, the cheaper wins",
+        "best Llama-2-7B: accuracy 60.0%",
+        "Llama-2-70B: no configuration that runs has a measured accuracy",
+        "have no measured accuracy on mc.jsonl",
+    ] {
+        assert!(why.contains(part), "{part:?} not in {why}");
+    }
+
+    // A larger model measured more accurate, beyond the standard error, wins though it costs more.
+    std::fs::write(
+        &results,
+        format!(
+            "{lines}{}",
+            task_line("Llama-2-70B", "Q2_K", sha, 0.75, 0.03)
+        ),
+    )
+    .unwrap();
+    let doc = plan_json(&["--results", r, "--quality", "task"]);
+    let win = &rows(&doc)[doc["recommended"].as_u64().unwrap() as usize];
+    assert_eq!(
+        (&win["model"], &win["quant"]),
+        (&"Llama-2-70B".into(), &"Q2_K".into())
+    );
+    assert!(
+        f(&win["usd_per_million_tokens"])
+            > f(&row(&doc, "Llama-2-13B", "Q4_K_M")["usd_per_million_tokens"])
+    );
+    // Ranked by perplexity (the default), the same rows show their accuracy.
+    let by_ppl = plan_json(&["--results", r]);
+    assert_eq!(f(&row(&by_ppl, "Llama-2-70B", "Q2_K")["task_acc"]), 0.75);
+    assert!(by_ppl["recommendation"].as_str().unwrap().contains("PPL"));
+    let out = quantfit(&["plan", "--results", r, "--quality", "task"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("acc%") && table.contains(" 75.0 "),
+        "{table}"
+    );
+
+    // Two task sets: which one must be said.
+    std::fs::write(
+        &results,
+        format!(
+            "{lines}{}",
+            task_line("Llama-2-7B", "Q8_0", "ffff000011112222", 0.5, 0.05)
+        ),
+    )
+    .unwrap();
+    let err = fail(&["plan", "--results", r, "--quality", "task"]);
+    assert!(
+        err.contains("2 task sets") && err.contains("--task"),
+        "{err}"
+    );
+    let doc = plan_json(&["--results", r, "--quality", "task", "--task", "ffff0000"]);
+    let win = &rows(&doc)[doc["recommended"].as_u64().unwrap() as usize];
+    assert_eq!(
+        (&win["model"], &win["quant"]),
+        (&"Llama-2-7B".into(), &"Q8_0".into())
+    );
+
+    // Nothing to rank by.
+    let err = fail(&["plan", "--quality", "task"]);
+    assert!(err.contains("--results"), "{err}");
+    let ppl_only = dir.join("ppl-only.jsonl");
+    std::fs::write(
+        &ppl_only,
+        eval_line("Llama-2-13B", "l13.gguf", "Q4_K_M", 7.0, 1.01, 0.01),
+    )
+    .unwrap();
+    let err = fail(&[
+        "plan",
+        "--results",
+        ppl_only.to_str().unwrap(),
+        "--quality",
+        "task",
+    ]);
+    assert!(
+        err.contains("needs task results") && err.contains("--task FILE"),
+        "{err}"
+    );
+    // Accuracy only for a row that does not run.
+    let none_runs = dir.join("none-runs.jsonl");
+    std::fs::write(
+        &none_runs,
+        task_line("Llama-2-70B", "Q4_K_M", sha, 0.8, 0.03),
+    )
+    .unwrap();
+    let one_card = ["--max-memory", "20", "--quality", "task"];
+    let err = fail(
+        &[
+            &["plan", "--results", none_runs.to_str().unwrap()][..],
+            &one_card,
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains("none of the") && err.contains("Llama-2-70B Q4_K_M"),
+        "{err}"
+    );
+    // A task line about a model nobody planned, and a lying accuracy.
+    std::fs::write(
+        &none_runs,
+        task_line("Falcon-180B", "Q4_K_M", sha, 0.8, 0.03),
+    )
+    .unwrap();
+    let err = fail(&[
+        "plan",
+        "--results",
+        none_runs.to_str().unwrap(),
+        "--quality",
+        "task",
+    ]);
+    assert!(
+        err.contains("line 1") && err.contains("Falcon-180B"),
+        "{err}"
+    );
+    std::fs::write(
+        &none_runs,
+        task_line("Llama-2-7B", "Q4_K_M", sha, 1.5, 0.03),
+    )
+    .unwrap();
+    let err = fail(&["plan", "--results", none_runs.to_str().unwrap()]);
+    assert!(err.contains("\"acc\" must be a fraction"), "{err}");
+}

@@ -8,7 +8,7 @@ use crate::plan::config::Search;
 use crate::plan::estimate::{held_out_report, KvType, Scenario, Split, GIB};
 use crate::plan::quality::fit;
 use crate::plan::quality::measured::read_results;
-use crate::plan::{catalog, hardware, plan, Filters, Plan, Request};
+use crate::plan::{catalog, hardware, plan, Filters, Plan, Rank, Request};
 use crate::quant::rules::FileType;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -24,6 +24,12 @@ enum KvArg {
     Q8_0,
     #[value(name = "q4_0")]
     Q4_0,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum QualityArg {
+    Ppl,
+    Task,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +88,14 @@ pub struct Args {
     /// estimated figures.
     #[arg(long)]
     results: Option<PathBuf>,
+    /// What the recommendation ranks by: ppl (expected perplexity; across tokenizers, MMLU)
+    /// or task (accuracy measured by `quantfit eval --task`, from --results).
+    #[arg(long, value_enum, default_value = "ppl")]
+    quality: QualityArg,
+    /// The task set whose accuracies the plan shows and ranks by: its file name as `eval
+    /// --task` recorded it, or a sha256 prefix (default: the only one in --results).
+    #[arg(long, value_name = "NAME")]
+    task: Option<String>,
     /// Expected quality of files quantized with an importance matrix.
     #[arg(long)]
     imatrix: bool,
@@ -237,6 +251,12 @@ pub fn run(args: Args) -> Result<()> {
         .map(read_results)
         .transpose()?
         .unwrap_or_default();
+    let by_task = args.quality == QualityArg::Task;
+    if (by_task || args.task.is_some()) && args.results.is_none() {
+        bail!("--quality task and --task read task accuracies from --results FILE (written by `quantfit eval MODELS --task TASKS`)");
+    }
+    let tasks =
+        crate::plan::quality::tasks::select(&measured.tasks, args.task.as_deref(), by_task)?;
     let result = plan(&Request {
         models: &models,
         quants: &quants,
@@ -254,7 +274,13 @@ pub fn run(args: Args) -> Result<()> {
             max_memory_gb: args.max_memory,
             max_usd_per_mtok: args.max_usd_per_mtok,
         },
-        measured: &measured,
+        measured: &measured.ppl,
+        tasks: &tasks,
+        rank: if by_task {
+            Rank::Task
+        } else {
+            Rank::Perplexity
+        },
         imatrix: args.imatrix,
     })?;
 
@@ -360,8 +386,18 @@ fn print_table(result: &Plan, args: &Args) {
         .max()
         .unwrap_or(13)
         .max(13);
+    let with_acc = result.rows.iter().any(|r| r.task_acc.is_some());
+    let acc = |r: Option<&crate::plan::PlanRow>| match r {
+        _ if !with_acc => String::new(),
+        None => format!(" {:>6}", "acc%"),
+        Some(r) => format!(
+            " {:>6}",
+            r.task_acc
+                .map_or("-".to_string(), |a| format!("{:.1}", 100.0 * a))
+        ),
+    };
     println!(
-        "{:<2}{:<wm$} {:<7} {:<wc$} {:>7} {:>6} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9} {:>7}  basis",
+        "{:<2}{:<wm$} {:<7} {:<wc$} {:>7} {:>6} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9} {:>7}{}  basis",
         "",
         "model",
         "quant",
@@ -374,7 +410,8 @@ fn print_table(result: &Plan, args: &Args) {
         "max ctx",
         "decode",
         "$/Mtok",
-        "PPL"
+        "PPL",
+        acc(None)
     );
     for r in &result.rows {
         let headroom = if r.fits {
@@ -383,7 +420,7 @@ fn print_table(result: &Plan, args: &Args) {
             "NO".to_string()
         };
         println!(
-            "{:<2}{:<wm$} {:<7} {:<wc$} {:>7.2} {:>6.2} {:>7.2} {:>7.2} {:>8} {:>7} {:>7.1} {:>9.3} {:>7}  {}",
+            "{:<2}{:<wm$} {:<7} {:<wc$} {:>7.2} {:>6.2} {:>7.2} {:>7.2} {:>8} {:>7} {:>7.1} {:>9.3} {:>7}{}  {}",
             if r.recommended { "*" } else { "" },
             r.model,
             r.quant,
@@ -397,6 +434,7 @@ fn print_table(result: &Plan, args: &Args) {
             r.decode_tokens_per_s,
             r.usd_per_million_tokens,
             r.ppl.map_or("?".to_string(), |p| format!("{p:.3}")),
+            acc(Some(r)),
             r.ppl_basis.map_or("-", |b| b.name()),
         );
     }
@@ -441,6 +479,9 @@ fn print_table(result: &Plan, args: &Args) {
             ""
         }
     );
+    if let Some(task) = result.rows.iter().find_map(|r| r.task.as_deref()) {
+        println!("acc%: accuracy measured by quantfit eval --task on {task} (standard errors in --json); -: not measured");
+    }
     let mut sources: Vec<String> = result
         .rows
         .iter()

@@ -19,7 +19,7 @@ use catalog::{parameter_count, ModelSpec};
 use config::{choose, describe, Search};
 use estimate::{KvType, Scenario, Split};
 use hardware::HardwareProfile;
-use quality::measured::Measured;
+use quality::measured::{Measured, MeasuredTask};
 use quality::{expected, f16_base, published, relative_loss_pct, Basis, Quality};
 
 /// The model's published MMLU, else its stand-in's, labelled.
@@ -92,6 +92,13 @@ pub struct PlanRow {
     /// MMLU of the unquantized model as its authors report it (compares across tokenizers).
     pub mmlu: Option<f64>,
     pub mmlu_source: Option<String>,
+    /// Measured accuracy (fraction) on the plan's task set, `quantfit eval --task`.
+    pub task_acc: Option<f64>,
+    pub task_acc_err: Option<f64>,
+    /// The task set: `FILE (N tasks, sha256 PREFIX)`.
+    pub task: Option<String>,
+    /// The results line the accuracy comes from.
+    pub task_source: Option<String>,
     pub license: String,
     pub license_terms: String,
     pub license_architecture: String,
@@ -117,8 +124,20 @@ pub struct Request<'a> {
     pub search: Search,
     pub filters: Filters,
     pub measured: &'a [Measured],
+    /// Measured accuracies on one task set (`quality::tasks::select`).
+    pub tasks: &'a [MeasuredTask],
+    pub rank: Rank,
     /// Quality of files made with an importance matrix.
     pub imatrix: bool,
+}
+
+/// What the recommendation ranks by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rank {
+    /// Expected perplexity on one scale (across scales: MMLU).
+    Perplexity,
+    /// Measured accuracy on the user's task set; rows without one are not ranked.
+    Task,
 }
 
 pub struct Plan {
@@ -131,6 +150,16 @@ pub struct Plan {
 
 fn measured_line<'a>(m: &ModelSpec, q: FileType, measured: &'a [Measured]) -> Option<&'a Measured> {
     measured.iter().rev().find(|r| {
+        r.names().any(|n| *n == m.id || *n == m.name) && FileType::from_name(&r.quant) == Some(q)
+    })
+}
+
+fn task_line<'a>(
+    m: &ModelSpec,
+    q: FileType,
+    tasks: &'a [MeasuredTask],
+) -> Option<&'a MeasuredTask> {
+    tasks.iter().rev().find(|r| {
         r.names().any(|n| *n == m.id || *n == m.name) && FileType::from_name(&r.quant) == Some(q)
     })
 }
@@ -250,8 +279,36 @@ fn check_measured(models: &[ModelSpec], measured: &[Measured]) -> Result<()> {
     Ok(())
 }
 
+/// Task lines must be about planned models and known types, as perplexity lines must.
+fn check_tasks(models: &[ModelSpec], tasks: &[MeasuredTask]) -> Result<()> {
+    for t in tasks {
+        if !models
+            .iter()
+            .any(|m| t.names().any(|n| *n == m.id || *n == m.name))
+        {
+            let planned: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+            bail!(
+                "{}: task accuracy for model {:?}, which is not among the planned models ({}); add it with --model or leave the line out",
+                t.origin,
+                t.model,
+                planned.join(", ")
+            );
+        }
+        if FileType::from_name(&t.quant).is_none() {
+            bail!(
+                "{}: unknown type {:?}; known: {}",
+                t.origin,
+                t.quant,
+                FileType::names().join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn plan(req: &Request) -> Result<Plan> {
     check_measured(req.models, req.measured)?;
+    check_tasks(req.models, req.tasks)?;
     let s = &req.scenario;
     let mut rows = Vec::new();
     let quality = qualities(req.models, req.quants, req.imatrix, req.measured);
@@ -264,6 +321,7 @@ pub fn plan(req: &Request) -> Result<Plan> {
                 .as_ref()
                 .and_then(|x| x.delta_pct)
                 .or_else(|| relative_loss_pct(m, q, req.imatrix));
+            let task = task_line(m, q, req.tasks);
             for hw in req.hardware {
                 let choice = choose(m, q, hw, s, &req.search);
                 let (c, e) = (&choice.config, &choice.estimate);
@@ -318,6 +376,10 @@ pub fn plan(req: &Request) -> Result<Plan> {
                         }),
                     mmlu,
                     mmlu_source: mmlu_source.clone(),
+                    task_acc: task.map(|t| t.acc),
+                    task_acc_err: task.map(|t| t.acc_err),
+                    task: task.map(|t| t.label()),
+                    task_source: task.map(|t| t.origin.clone()),
                     license: m.license.weights.clone(),
                     license_terms: m.license.weights_terms.clone(),
                     license_architecture: m.license.architecture.clone(),
@@ -339,13 +401,20 @@ pub fn plan(req: &Request) -> Result<Plan> {
             && f.max_usd_per_mtok
                 .is_none_or(|c| r.usd_per_million_tokens <= c || r.usd_per_million_tokens.is_nan())
     });
-    let recommendation = recommend::recommend(&rows, &all, req.models);
+    let recommendation = match req.rank {
+        Rank::Perplexity => recommend::recommend(&rows, &all, req.models),
+        Rank::Task => recommend::by_task(&rows, &all, req.models),
+    };
     if let Some((_, i)) = &recommendation {
         rows[*i].recommended = true;
     }
-    let unmet = recommendation
-        .is_none()
-        .then(|| recommend::closest(&all, f, &req.search));
+    let unmet = recommendation.is_none().then(|| {
+        if req.rank == Rank::Task && rows.iter().any(|r| r.fits) {
+            recommend::no_task_accuracy(&rows, req.tasks)
+        } else {
+            recommend::closest(&all, f, &req.search)
+        }
+    });
     Ok(Plan {
         rows,
         recommendation,

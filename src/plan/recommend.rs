@@ -1,7 +1,8 @@
 //! The recommendation: among rows that run and pass every filter, the lowest expected
 //! perplexity wins, ties (within 1%) going to the cheaper, then the faster. Perplexity compares
 //! only on one scale (one tokenizer family, one text); across scales the family winners are
-//! ranked by the published MMLU of their unquantized models, and the sentence says so.
+//! ranked by the published MMLU of their unquantized models, and the sentence says so. With
+//! `--quality task` measured task accuracy decides instead (`by_task`).
 
 use super::catalog::ModelSpec;
 use super::config::Search;
@@ -262,6 +263,127 @@ pub fn recommend(
     parts.push(format!("cost {}", r.cost_basis));
     parts.push(count);
     Some((parts.join("; "), w))
+}
+
+fn acc_text(r: &PlanRow) -> String {
+    match (r.task_acc, r.task_acc_err) {
+        (Some(a), Some(e)) => format!("accuracy {:.1}% ± {:.1}", 100.0 * a, 100.0 * e),
+        _ => "no measured accuracy".into(),
+    }
+}
+
+/// The most accurate of `idx` (rows with an accuracy); those within one standard error of it
+/// tie, and the cheaper, then the faster, wins. Returns (winner, most accurate).
+fn best_acc(rows: &[PlanRow], idx: &[usize]) -> Option<(usize, usize)> {
+    let top = idx
+        .iter()
+        .copied()
+        .filter(|&i| rows[i].task_acc.is_some())
+        .min_by(|&a, &b| {
+            let acc = |i: usize| rows[i].task_acc.unwrap_or(f64::NEG_INFINITY);
+            acc(b)
+                .total_cmp(&acc(a))
+                .then(cheaper_then_faster(rows, a, b))
+        })?;
+    let floor = rows[top].task_acc? - rows[top].task_acc_err.unwrap_or(0.0);
+    let w = idx
+        .iter()
+        .copied()
+        .filter(|&i| rows[i].task_acc.is_some_and(|a| a >= floor))
+        .min_by(|&a, &b| cheaper_then_faster(rows, a, b))?;
+    Some((w, top))
+}
+
+/// The recommendation by measured task accuracy (`plan --quality task`): among rows that
+/// run and pass every filter, the most accurate on the task set, rows within one standard
+/// error of it tied and the cheaper (then faster) winning. Accuracy on the same tasks
+/// compares across models and tokenizers, so one ranking covers every model; rows without a
+/// measured accuracy are not ranked, and the sentence counts them.
+pub fn by_task(rows: &[PlanRow], all: &[PlanRow], models: &[ModelSpec]) -> Option<(String, usize)> {
+    let runs: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].fits).collect();
+    let (w, top) = best_acc(rows, &runs)?;
+    let r = &rows[w];
+    let task = r.task.clone().unwrap_or_default();
+    let mut parts = vec![format!(
+        "{} {}: {} on {task} (measured, {}), ${:.2}/Mtok, {:.0} tokens/s decode{}",
+        r.model,
+        where_text(r),
+        acc_text(r),
+        r.task_source.as_deref().unwrap_or("?"),
+        r.usd_per_million_tokens,
+        r.decode_tokens_per_s,
+        tight(r)
+    )];
+    if top != w {
+        let t = &rows[top];
+        parts.push(format!(
+            "the most accurate, {} {} at {}, costs ${:.2}/Mtok: within one standard error of it, the cheaper wins",
+            t.model,
+            where_text(t),
+            acc_text(t),
+            t.usd_per_million_tokens
+        ));
+    }
+    for m in models.iter().filter(|m| m.id != r.model_id) {
+        let mine: Vec<usize> = runs
+            .iter()
+            .copied()
+            .filter(|&i| rows[i].model_id == m.id)
+            .collect();
+        match best_acc(rows, &mine) {
+            Some((_, i)) => parts.push(format!(
+                "best {}: {} ({}, ${:.2}/Mtok, {:.0} tokens/s)",
+                m.name,
+                acc_text(&rows[i]),
+                where_text(&rows[i]),
+                rows[i].usd_per_million_tokens,
+                rows[i].decode_tokens_per_s
+            )),
+            None if !mine.is_empty() => parts.push(format!(
+                "{}: no configuration that runs has a measured accuracy on {task}",
+                m.name
+            )),
+            None => {
+                let why = all
+                    .iter()
+                    .filter(|x| x.model_id == m.id)
+                    .find_map(|x| x.shortfall.clone())
+                    .unwrap_or_else(|| "every configuration is over the budget".into());
+                parts.push(format!("no {} configuration runs ({why})", m.name));
+            }
+        }
+    }
+    let unranked = runs.iter().filter(|&&i| rows[i].task_acc.is_none()).count();
+    if unranked > 0 {
+        parts.push(format!(
+            "{unranked} of the {} configurations that run have no measured accuracy on {task} and are not ranked",
+            runs.len()
+        ));
+    }
+    parts.push(format!("cost {}", r.cost_basis));
+    parts.push(format!(
+        "{} of {} configurations run",
+        runs.len(),
+        rows.len()
+    ));
+    Some((parts.join("; "), w))
+}
+
+/// Why `by_task` found nothing although configurations run: what was measured, and where.
+pub fn no_task_accuracy(rows: &[PlanRow], tasks: &[super::MeasuredTask]) -> String {
+    let measured: Vec<String> = tasks
+        .iter()
+        .map(|t| format!("{} {}", t.model, t.quant))
+        .collect();
+    let running = rows.iter().filter(|r| r.fits).count();
+    match tasks.first() {
+        Some(t) => format!(
+            "--quality task: none of the {running} configurations that run has a measured accuracy on {} (measured: {}); run `quantfit eval` with --task on a planned model and type that runs, or plan those",
+            t.label(),
+            measured.join(", ")
+        ),
+        None => "--quality task: the results hold no task accuracy".into(),
+    }
 }
 
 /// When nothing meets every constraint: what came closest, and why.

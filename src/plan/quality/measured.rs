@@ -2,7 +2,8 @@
 //! take precedence over published and estimated figures. A measured PPL ratio against the
 //! unquantized model carries over to the family's published scale (ratio x that scale's F16
 //! figure); an absolute PPL stays on its own scale, the tokens it was measured on, so only
-//! results on the same tokens and context compare.
+//! results on the same tokens and context compare. Task accuracies (`eval --task`) compare
+//! across models and tokenizers, but only on the same tasks (`tasks_sha256`).
 
 use std::path::Path;
 
@@ -62,13 +63,65 @@ impl Measured {
     }
 }
 
-pub fn read_results(path: &Path) -> Result<Vec<Measured>> {
+/// One measured task accuracy (`quantfit eval --task`).
+#[derive(Clone, Debug)]
+pub struct MeasuredTask {
+    pub model: String,
+    pub aliases: Vec<String>,
+    pub quant: String,
+    /// The task file's name.
+    pub task: String,
+    /// Which tasks were scored (the file and the draw): accuracies compare only within one.
+    pub tasks_sha256: String,
+    pub tasks: usize,
+    pub acc: f64,
+    pub acc_err: f64,
+    /// `FILE line N`.
+    pub origin: String,
+}
+
+impl MeasuredTask {
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.model).chain(&self.aliases)
+    }
+
+    /// The task set, as a reader names it: `FILE (N tasks, sha256 PREFIX)`.
+    pub fn label(&self) -> String {
+        let h = &self.tasks_sha256;
+        format!(
+            "{} ({} tasks, sha256 {})",
+            self.task,
+            self.tasks,
+            &h[..h.len().min(12)]
+        )
+    }
+}
+
+/// Everything a results file measured that the planner reads.
+#[derive(Clone, Debug, Default)]
+pub struct Results {
+    pub ppl: Vec<Measured>,
+    pub tasks: Vec<MeasuredTask>,
+}
+
+pub fn read_results(path: &Path) -> Result<Results> {
     let mut out: Vec<Measured> = Vec::new();
+    let mut tasks: Vec<MeasuredTask> = Vec::new();
     for (n, record) in results::read(path)? {
         let at = || format!("{}: line {n}", path.display());
-        // Task accuracy and speed lines carry no perplexity.
-        let Record::Eval(line) = record else {
-            continue;
+        let line = match record {
+            Record::Eval(line) => line,
+            Record::Task(line) => {
+                let t = task_line(&line.result, at())?;
+                // A later line for the same model, type and tasks replaces an earlier one.
+                tasks.retain(|o| {
+                    !(o.model == t.model && o.quant == t.quant && o.tasks_sha256 == t.tasks_sha256)
+                });
+                tasks.push(t);
+                continue;
+            }
+            // Speed lines carry no quality.
+            Record::Bench(_) => continue,
         };
         let r = &line.result;
         if r.model.is_empty() || r.quant.is_empty() {
@@ -101,5 +154,30 @@ pub fn read_results(path: &Path) -> Result<Vec<Measured>> {
         out.retain(|o| !(o.model == m.model && o.quant == m.quant && o.scale == m.scale));
         out.push(m);
     }
-    Ok(out)
+    Ok(Results { ppl: out, tasks })
+}
+
+fn task_line(r: &crate::eval::task::TaskResult, origin: String) -> Result<MeasuredTask> {
+    if r.model.is_empty() || r.quant.is_empty() || r.task.is_empty() {
+        bail!("{origin}: needs \"model\", \"quant\" and \"task\"");
+    }
+    if r.tasks == 0 {
+        bail!("{origin}: \"tasks\" must be at least 1");
+    }
+    for (what, v) in [("acc", r.acc), ("acc_err", r.acc_err)] {
+        if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+            bail!("{origin}: \"{what}\" must be a fraction from 0 to 1, got {v}");
+        }
+    }
+    Ok(MeasuredTask {
+        model: r.model.clone(),
+        aliases: vec![r.file.clone()],
+        quant: r.quant.clone(),
+        task: r.task.clone(),
+        tasks_sha256: r.tasks_sha256.clone(),
+        tasks: r.tasks,
+        acc: r.acc,
+        acc_err: r.acc_err,
+        origin,
+    })
 }

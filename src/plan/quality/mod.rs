@@ -6,6 +6,7 @@
 
 pub mod fit;
 pub mod measured;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
