@@ -182,15 +182,19 @@ impl Model {
 
     /// Runs a packed batch (several sequences sharing prefixes, see `attention::Packed`) on
     /// its own, with no cache before or after it; `rounded` says per row whether llama.cpp
-    /// would round its query (the size of the batch it would have run the row in). Returns the
-    /// logits of rows `outputs`, `[outputs.len() * n_vocab]`.
+    /// would round its query (the size of the batch it would have run the row in). Hands the
+    /// logits of rows `outputs` to `each` in order, a few dozen rows at a time
+    /// (`[rows * n_vocab]`): a whole batch's logits run to hundreds of MB, which the allocator
+    /// maps fresh and the kernel zeroes on every batch (perf on F32 WinoGrande scoring: page
+    /// faults and copies of them took a quarter of the time).
     pub fn forward_packed(
         &self,
         tokens: &[u32],
         packed: &attention::Packed,
         rounded: &[bool],
         outputs: &[usize],
-    ) -> Result<Vec<f32>> {
+        each: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
         let c = &self.weights.config;
         let t = tokens.len();
         if t == 0 || packed.spans.len() != t || packed.positions.len() != t || rounded.len() != t {
@@ -204,7 +208,15 @@ impl Model {
         for &r in outputs {
             picked.extend_from_slice(&x[r * n..(r + 1) * n]);
         }
-        self.head(&picked)
+        // Chunks of equal size, so none falls below the batch kernels' row count when the
+        // whole did not.
+        const HEAD_ROWS: usize = 64;
+        let chunks = outputs.len().div_ceil(HEAD_ROWS).max(1);
+        let rows = outputs.len().div_ceil(chunks).max(1);
+        for chunk in picked.chunks(rows * n) {
+            each(&self.head(chunk)?)?;
+        }
+        Ok(())
     }
 
     /// The embedding and every layer on `tokens` at `positions`, their keys and values

@@ -185,28 +185,39 @@ pub fn score(
             spans: &batch.spans,
             positions: &batch.positions,
         };
-        // Tasks with nothing to score (a WinoGrande choice llama-perplexity leaves empty)
-        // can make a batch with no rows.
-        let logits = if batch.outputs.is_empty() {
-            Vec::new()
-        } else {
-            model.forward_packed(&batch.tokens, &packed, &batch.rounded, &batch.outputs)?
-        };
         let targets: Vec<u32> = groups[i..j]
             .iter()
             .flat_map(|g| g.requests.iter().map(|r| r.target))
             .collect();
-        let mut scored: Vec<Scored> = logits
-            .par_chunks(n_vocab)
-            .zip(targets.par_iter())
-            .map(|(row, &t)| {
-                let (max, sum) = crate::eval::softmax::max_and_sum_exp(row);
-                Scored {
-                    log_p: ((row[t as usize] - max) as f64 - sum.ln()) as f32,
-                    greedy: row.iter().position(|&v| v == max) == Some(t as usize),
-                }
-            })
-            .collect();
+        let mut scored: Vec<Scored> = Vec::with_capacity(targets.len());
+        let mut score_rows = |logits: &[f32]| {
+            let done = scored.len();
+            let rows = logits.len() / n_vocab;
+            scored.par_extend(
+                logits
+                    .par_chunks(n_vocab)
+                    .zip(targets[done..done + rows].par_iter())
+                    .map(|(row, &t)| {
+                        let (max, sum) = crate::eval::softmax::max_and_sum_exp(row);
+                        Scored {
+                            log_p: ((row[t as usize] - max) as f64 - sum.ln()) as f32,
+                            greedy: row.iter().position(|&v| v == max) == Some(t as usize),
+                        }
+                    }),
+            );
+            Ok(())
+        };
+        // Tasks with nothing to score (a WinoGrande choice llama-perplexity leaves empty)
+        // can make a batch with no rows.
+        if !batch.outputs.is_empty() {
+            model.forward_packed(
+                &batch.tokens,
+                &packed,
+                &batch.rounded,
+                &batch.outputs,
+                &mut score_rows,
+            )?;
+        }
         for g in &groups[i..j] {
             let rest = scored.split_off(g.requests.len());
             out.push(std::mem::replace(&mut scored, rest));
