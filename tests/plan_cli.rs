@@ -367,18 +367,18 @@ fn measured_results_take_precedence_and_unknown_lines_are_errors() {
 /// real one), with this model, file, type and figures.
 fn eval_line(model: &str, file: &str, quant: &str, ppl: f64, ratio: f64, kld: f64) -> String {
     let text = include_str!("fixtures/eval-line.json");
-    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
-    for (k, x) in [
-        ("model", serde_json::json!(model)),
-        ("file", serde_json::json!(file)),
-        ("quant", serde_json::json!(quant)),
-        ("ppl", serde_json::json!(ppl)),
-        ("ppl_ratio", serde_json::json!(ratio)),
-        ("kld_mean", serde_json::json!(kld)),
-    ] {
-        v[k] = x;
-    }
-    format!("{v}\n")
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    with_fields(
+        v,
+        [
+            ("model", serde_json::json!(model)),
+            ("file", serde_json::json!(file)),
+            ("quant", serde_json::json!(quant)),
+            ("ppl", serde_json::json!(ppl)),
+            ("ppl_ratio", serde_json::json!(ratio)),
+            ("kld_mean", serde_json::json!(kld)),
+        ],
+    )
 }
 
 #[test]
@@ -627,32 +627,43 @@ fn plain_line(model: &str, quant: &str, ppl: f64) -> String {
             || k.starts_with("ppl_corr")
             || k.starts_with("baseline"))
     });
-    for (k, x) in [
-        ("model", serde_json::json!(model)),
-        ("quant", serde_json::json!(quant)),
-        ("ppl", serde_json::json!(ppl)),
-        ("text", serde_json::json!("mine.txt")),
-        ("ctx", serde_json::json!(512)),
-        ("tokens_sha256", serde_json::json!("abcdef0123456789")),
-    ] {
-        o.insert(k.into(), x);
-    }
-    format!("{v}\n")
+    with_fields(
+        v,
+        [
+            ("model", serde_json::json!(model)),
+            ("quant", serde_json::json!(quant)),
+            ("ppl", serde_json::json!(ppl)),
+            ("text", serde_json::json!("mine.txt")),
+            ("ctx", serde_json::json!(512)),
+            ("tokens_sha256", serde_json::json!("abcdef0123456789")),
+        ],
+    )
 }
 
 /// A results line as `quantfit eval --task` writes it (tests/fixtures/task-line.json, a real
 /// one), with this model, type, task set and accuracy.
 fn task_line(model: &str, quant: &str, sha: &str, acc: f64, err: f64) -> String {
     let text = include_str!("fixtures/task-line.json");
-    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
-    for (k, x) in [
-        ("model", serde_json::json!(model)),
-        ("file", serde_json::json!(format!("{model}-{quant}.gguf"))),
-        ("quant", serde_json::json!(quant)),
-        ("tasks_sha256", serde_json::json!(sha)),
-        ("acc", serde_json::json!(acc)),
-        ("acc_err", serde_json::json!(err)),
-    ] {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    with_fields(
+        v,
+        [
+            ("model", serde_json::json!(model)),
+            ("file", serde_json::json!(format!("{model}-{quant}.gguf"))),
+            ("quant", serde_json::json!(quant)),
+            ("tasks_sha256", serde_json::json!(sha)),
+            ("acc", serde_json::json!(acc)),
+            ("acc_err", serde_json::json!(err)),
+        ],
+    )
+}
+
+/// A real results line `v` with `fields` replaced, as one line of a results file.
+fn with_fields<const N: usize>(
+    mut v: serde_json::Value,
+    fields: [(&str, serde_json::Value); N],
+) -> String {
+    for (k, x) in fields {
         v[k] = x;
     }
     format!("{v}\n")

@@ -148,10 +148,21 @@ pub struct Plan {
     pub unmet: Option<String>,
 }
 
+/// A results line names model `m` (by catalog id or name) and type `q`.
+fn names_row<'a>(
+    m: &ModelSpec,
+    q: FileType,
+    mut names: impl Iterator<Item = &'a String>,
+    quant: &str,
+) -> bool {
+    names.any(|n| *n == m.id || *n == m.name) && FileType::from_name(quant) == Some(q)
+}
+
 fn measured_line<'a>(m: &ModelSpec, q: FileType, measured: &'a [Measured]) -> Option<&'a Measured> {
-    measured.iter().rev().find(|r| {
-        r.names().any(|n| *n == m.id || *n == m.name) && FileType::from_name(&r.quant) == Some(q)
-    })
+    measured
+        .iter()
+        .rev()
+        .find(|r| names_row(m, q, r.names(), &r.quant))
 }
 
 fn task_line<'a>(
@@ -159,9 +170,10 @@ fn task_line<'a>(
     q: FileType,
     tasks: &'a [MeasuredTask],
 ) -> Option<&'a MeasuredTask> {
-    tasks.iter().rev().find(|r| {
-        r.names().any(|n| *n == m.id || *n == m.name) && FileType::from_name(&r.quant) == Some(q)
-    })
+    tasks
+        .iter()
+        .rev()
+        .find(|r| names_row(m, q, r.names(), &r.quant))
 }
 
 /// The quality of every (model, type): a measured result first, else published or estimated.
@@ -247,68 +259,68 @@ fn qualities(
         .collect()
 }
 
-/// Every results line must be about a planned model: a line nobody planned is a mistake the
-/// user should hear about, not a silent no-op.
-fn check_measured(models: &[ModelSpec], measured: &[Measured]) -> Result<()> {
-    for r in measured {
-        if !models
-            .iter()
-            .any(|m| r.names().any(|n| *n == m.id || *n == m.name))
-        {
-            let planned: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-            bail!(
-                "{}: results for model {:?}{}, which is not among the planned models ({}); add it with --model (its folder, GGUF file or catalog id) or leave the line out",
-                r.origin,
-                r.model,
-                r.aliases
-                    .first()
-                    .map(|f| format!(" (file {f})"))
-                    .unwrap_or_default(),
-                planned.join(", ")
-            );
-        }
-        if FileType::from_name(&r.quant).is_none() {
-            bail!(
-                "{}: unknown type {:?}; known: {}",
-                r.origin,
-                r.quant,
-                FileType::names().join(", ")
-            );
-        }
+/// Every results line must be about a planned model and a known type: a line nobody planned
+/// is a mistake the user should hear about, not a silent no-op. `what` says what the line
+/// holds ("results", "task accuracy"), `file` the file it names, if any.
+fn check_line<'a>(
+    models: &[ModelSpec],
+    origin: &str,
+    what: &str,
+    model: &str,
+    mut names: impl Iterator<Item = &'a String>,
+    file: Option<&str>,
+    quant: &str,
+) -> Result<()> {
+    if !names.any(|n| models.iter().any(|m| *n == m.id || *n == m.name)) {
+        let planned: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        bail!(
+            "{origin}: {what} for model {model:?}{}, which is not among the planned models ({}); add it with --model (its folder, GGUF file or catalog id) or leave the line out",
+            file.map(|f| format!(" (file {f})")).unwrap_or_default(),
+            planned.join(", ")
+        );
+    }
+    if FileType::from_name(quant).is_none() {
+        bail!(
+            "{origin}: unknown type {quant:?}; known: {}",
+            FileType::names().join(", ")
+        );
     }
     Ok(())
 }
 
-/// Task lines must be about planned models and known types, as perplexity lines must.
-fn check_tasks(models: &[ModelSpec], tasks: &[MeasuredTask]) -> Result<()> {
+fn check_measured(
+    models: &[ModelSpec],
+    measured: &[Measured],
+    tasks: &[MeasuredTask],
+) -> Result<()> {
+    for r in measured {
+        let file = r.aliases.first().map(String::as_str);
+        check_line(
+            models,
+            &r.origin,
+            "results",
+            &r.model,
+            r.names(),
+            file,
+            &r.quant,
+        )?;
+    }
     for t in tasks {
-        if !models
-            .iter()
-            .any(|m| t.names().any(|n| *n == m.id || *n == m.name))
-        {
-            let planned: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-            bail!(
-                "{}: task accuracy for model {:?}, which is not among the planned models ({}); add it with --model or leave the line out",
-                t.origin,
-                t.model,
-                planned.join(", ")
-            );
-        }
-        if FileType::from_name(&t.quant).is_none() {
-            bail!(
-                "{}: unknown type {:?}; known: {}",
-                t.origin,
-                t.quant,
-                FileType::names().join(", ")
-            );
-        }
+        check_line(
+            models,
+            &t.origin,
+            "task accuracy",
+            &t.model,
+            t.names(),
+            None,
+            &t.quant,
+        )?;
     }
     Ok(())
 }
 
 pub fn plan(req: &Request) -> Result<Plan> {
-    check_measured(req.models, req.measured)?;
-    check_tasks(req.models, req.tasks)?;
+    check_measured(req.models, req.measured, req.tasks)?;
     let s = &req.scenario;
     let mut rows = Vec::new();
     let quality = qualities(req.models, req.quants, req.imatrix, req.measured);

@@ -101,6 +101,16 @@ fn best_of_model(rows: &[PlanRow], runs: &[usize], id: &str) -> Option<usize> {
     best_in_group(rows, &mine)
 }
 
+/// Why no configuration of `m` is left: its first shortfall, else the budget filters.
+fn none_runs(all: &[PlanRow], m: &ModelSpec) -> String {
+    let why = all
+        .iter()
+        .filter(|r| r.model_id == m.id)
+        .find_map(|r| r.shortfall.clone())
+        .unwrap_or_else(|| "every configuration is over the budget".into());
+    format!("no {} configuration runs ({why})", m.name)
+}
+
 /// For each planned model other than the winner's: its best running row, or why none runs.
 fn others(
     rows: &[PlanRow],
@@ -123,14 +133,7 @@ fn others(
                 rows[i].usd_per_million_tokens,
                 rows[i].decode_tokens_per_s
             )),
-            None => {
-                let why = all
-                    .iter()
-                    .filter(|r| r.model_id == m.id)
-                    .find_map(|r| r.shortfall.clone())
-                    .unwrap_or_else(|| "every configuration is over the budget".into());
-                out.push(format!("no {} configuration runs ({why})", m.name));
-            }
+            None => out.push(none_runs(all, m)),
         }
     }
     out
@@ -343,14 +346,7 @@ pub fn by_task(rows: &[PlanRow], all: &[PlanRow], models: &[ModelSpec]) -> Optio
                 "{}: no configuration that runs has a measured accuracy on {task}",
                 m.name
             )),
-            None => {
-                let why = all
-                    .iter()
-                    .filter(|x| x.model_id == m.id)
-                    .find_map(|x| x.shortfall.clone())
-                    .unwrap_or_else(|| "every configuration is over the budget".into());
-                parts.push(format!("no {} configuration runs ({why})", m.name));
-            }
+            None => parts.push(none_runs(all, m)),
         }
     }
     let unranked = runs.iter().filter(|&&i| rows[i].task_acc.is_none()).count();
