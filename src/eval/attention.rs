@@ -24,6 +24,7 @@ pub struct Shape {
     pub neox: bool,
     /// Epsilon of the per-head query/key norms (Qwen3).
     pub rms_eps: f32,
+    pub scoring: Scoring,
 }
 
 impl Shape {
@@ -34,13 +35,45 @@ impl Shape {
             head_dim: c.head_dim,
             neox: c.rope_neox,
             rms_eps: c.rms_eps,
+            scoring: Scoring {
+                scale: c.query_scale,
+                softcap: c.attn_softcap,
+            },
         }
     }
 }
 
-/// The attention scores' scale, 1 / sqrt(head_dim).
-fn score_scale(head_dim: usize) -> f32 {
-    1.0 / (head_dim as f32).sqrt()
+/// How a row of query-key products becomes attention probabilities.
+#[derive(Clone, Copy, Debug)]
+pub struct Scoring {
+    /// The products' scale (llama.cpp scales the queries instead; for a power of two, as
+    /// 1 / sqrt(head_dim) of the usual head sizes is, the two round alike).
+    pub scale: f32,
+    /// `c` of the soft cap `c * tanh(s / c)` on the scaled scores (0: none).
+    pub softcap: f32,
+}
+
+impl Scoring {
+    pub fn plain(head_dim: usize) -> Scoring {
+        Scoring {
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap: 0.0,
+        }
+    }
+
+    /// The causal softmax of one row whose query sees keys `0..seen`, capped first where
+    /// the model caps: ggml's flash attention folds 1/c into the scale, then takes
+    /// `c * tanhf` (ggml-cpu/ops.cpp `ggml_compute_forward_flash_attn_ext_f16_one_chunk`).
+    pub fn softmax(self, row: &mut [f32], seen: usize) {
+        if self.softcap == 0.0 {
+            return causal_row(row, seen, self.scale);
+        }
+        let (cap, inv) = (self.softcap, 1.0 / self.softcap);
+        for s in &mut row[..seen] {
+            *s = cap * ((*s * self.scale) * inv).tanh();
+        }
+        causal_row(row, seen, 1.0);
+    }
 }
 
 /// Rotates one head's pairs: adjacent elements (llama.cpp's "norm" mode) or the two halves
@@ -151,16 +184,16 @@ pub fn single_query(
     (new_key, new_value): (&[f32], &[f32]),
     scores: &mut Vec<f32>,
     out: &mut [f32],
+    scoring: Scoring,
 ) {
     let dim = q.len();
-    let scale = score_scale(dim);
     let past = keys.len() / dim;
     scores.resize(past + 1, 0.0);
     for (p, key) in scores.iter_mut().zip(keys.chunks_exact(dim)) {
         *p = dot_f32(q, key);
     }
     scores[past] = dot_f32(q, new_key);
-    causal_row(scores, past + 1, scale);
+    scoring.softmax(scores, past + 1);
     out.fill(0.0);
     for (&p, value) in scores
         .iter()
@@ -226,7 +259,6 @@ pub fn causal_batch(
     let (h, dim) = (shape.heads, shape.head_dim);
     let group = h / shape.kv_heads;
     let t = q.len() / (h * dim);
-    let scale = score_scale(dim);
     let mut out = vec![0f32; t * h * dim];
     let out_ptr = OutPtr(out.as_mut_ptr());
     let blocks = t.div_ceil(QUERY_BLOCK);
@@ -258,7 +290,7 @@ pub fn causal_batch(
             let p = offset + r0 + r;
             let first = window.map_or(0, |n| (p + 1).saturating_sub(n)) - lo;
             row[..first].fill(0.0);
-            causal_row(&mut row[first..], p + 1 - lo - first, scale);
+            shape.scoring.softmax(&mut row[first..], p + 1 - lo - first);
         }
         let out_ptr = &out_ptr;
         unsafe {
@@ -298,7 +330,6 @@ pub fn packed_batch(
     let (h, dim) = (shape.heads, shape.head_dim);
     let group = h / shape.kv_heads;
     let t = q.len() / (h * dim);
-    let scale = score_scale(dim);
     let mut out = vec![0f32; t * h * dim];
     let out_ptr = OutPtr(out.as_mut_ptr());
     let blocks = t.div_ceil(QUERY_BLOCK);
@@ -340,7 +371,7 @@ pub fn packed_batch(
             live.clear();
             live.extend(visible(r0 + r).map(|j| row[j - lo]));
             let n = live.len();
-            causal_row(&mut live, n, scale);
+            shape.scoring.softmax(&mut live, n);
             row.fill(0.0);
             for (j, p) in visible(r0 + r).zip(&live) {
                 row[j - lo] = *p;
@@ -373,6 +404,47 @@ mod tests {
         }
     }
 
+    /// The capped softmax equals an f64 reference of `softmax(c * tanh(s * scale / c))` over
+    /// the seen keys, leaves the unseen ones at zero, and differs from the uncapped one where
+    /// scores exceed the cap (Gemma 2's scores do).
+    #[test]
+    fn soft_capped_scores_match_reference() {
+        let raw: Vec<f32> = (0..12).map(|i| (i as f32 - 4.0) * 9.5).collect();
+        let (scale, cap, seen) = (0.25f32, 5.0f32, 9);
+        let capped = Scoring {
+            scale,
+            softcap: cap,
+        };
+        let mut got = raw.clone();
+        capped.softmax(&mut got, seen);
+        let z: Vec<f64> = raw[..seen]
+            .iter()
+            .map(|&s| cap as f64 * (s as f64 * scale as f64 / cap as f64).tanh())
+            .collect();
+        let top = z.iter().cloned().fold(f64::MIN, f64::max);
+        let sum: f64 = z.iter().map(|v| (v - top).exp()).sum();
+        for (i, &g) in got.iter().enumerate() {
+            let want = if i < seen {
+                (z[i] - top).exp() / sum
+            } else {
+                0.0
+            };
+            assert!((g as f64 - want).abs() < 1e-6, "key {i}: {g} vs {want}");
+        }
+        let mut plain = raw.clone();
+        Scoring {
+            scale,
+            softcap: 0.0,
+        }
+        .softmax(&mut plain, seen);
+        let gap = plain
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(gap > 0.05, "the cap changed nothing (largest gap {gap})");
+    }
+
     fn check_against_reference(window: Option<usize>) {
         let shape = Shape {
             heads: 4,
@@ -380,6 +452,7 @@ mod tests {
             head_dim: 8,
             neox: false,
             rms_eps: 1e-6,
+            scoring: Scoring::plain(8),
         };
         let (offset, t, capacity) = (5, 2 * QUERY_BLOCK + 3, 256);
         let dim = shape.head_dim;

@@ -360,6 +360,7 @@ impl Step<'_> {
                 (&s.k[kv_rows.clone()], &s.v[kv_rows]),
                 &mut s.scores,
                 out,
+                attention::Shape::of(&self.model.weights.config).scoring,
             );
         }
     }

@@ -129,7 +129,12 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
 
 fn load_hf(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
     let dir = ModelDir::open(path)?;
-    let vocab = crate::source::tokenizer::read_vocab(path, dir.hparams.vocab_size, &dir.config)?;
+    let vocab = crate::source::tokenizer::read_vocab(
+        path,
+        dir.hparams.vocab_size,
+        &dir.config,
+        dir.arch.spm_space_prefix,
+    )?;
     let bos = vocab
         .special_ids
         .iter()
@@ -141,17 +146,27 @@ fn load_hf(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
         .find(|(k, _)| k == "add_bos_token")
         .map(|(_, b)| *b)
         .unwrap_or(vocab.model == "llama");
-    let tok_path = tokenizer
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| path.join("tokenizer.json"));
-    if !tok_path.is_file() {
-        bail!(
-            "{}: no tokenizer.json (SentencePiece-only folders: convert to GGUF first, or pass \
-             --tokenizer)",
-            path.display()
-        );
-    }
-    let tokenizer = TextTokenizer::from_tokenizer_json(&tok_path, bos, add_bos)?;
+    let tokenizer = match tokenizer {
+        Some(t) => TextTokenizer::from_tokenizer_json(t, bos, add_bos)?,
+        // A SentencePiece vocabulary is tokenized as its GGUF file would be, not through
+        // tokenizer.json (whose conversion may differ from llama.cpp's tokenizer).
+        None if vocab.model == "llama" => TextTokenizer::from_spm_vocab(
+            &vocab,
+            bos,
+            add_bos,
+            format!("{} (tokenizer.model)", path.display()),
+        )?,
+        None => {
+            let tok_path = path.join("tokenizer.json");
+            if !tok_path.is_file() {
+                bail!(
+                    "{}: no tokenizer.json (or pass --tokenizer)",
+                    path.display()
+                );
+            }
+            TextTokenizer::from_tokenizer_json(&tok_path, bos, add_bos)?
+        }
+    };
     let file_bytes = dir
         .shards
         .iter()

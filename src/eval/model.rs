@@ -369,6 +369,7 @@ impl Model {
                     (&k[kv_rows.clone()], &v[kv_rows]),
                     &mut scores,
                     o,
+                    shape.scoring,
                 );
             }
             out

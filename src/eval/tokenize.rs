@@ -27,7 +27,7 @@ use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 use super::spm::SpmTokenizer;
 use crate::gguf::reader::GgufFile;
 use crate::gguf::Value;
-use crate::source::tokenizer::{added_token_type, TOKEN_USER_DEFINED as USER_DEFINED};
+use crate::source::tokenizer::{added_token_type, Vocab, TOKEN_USER_DEFINED as USER_DEFINED};
 
 const GPT2_WORDS: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3_WORDS: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -122,6 +122,41 @@ impl TextTokenizer {
             bos,
             add_bos,
             source: path.display().to_string(),
+        })
+    }
+
+    /// From a folder's SentencePiece vocabulary as the converter reads it (tokens, scores,
+    /// types, add_space_prefix): the same tokenizer its GGUF file would carry.
+    pub fn from_spm_vocab(
+        vocab: &Vocab,
+        bos: Option<u32>,
+        add_bos: bool,
+        source: String,
+    ) -> Result<Self> {
+        let scores = vocab
+            .scores
+            .clone()
+            .ok_or_else(|| anyhow!("{source}: SentencePiece vocabulary without scores"))?;
+        let user_defined = vocab
+            .token_types
+            .iter()
+            .zip(&vocab.tokens)
+            .enumerate()
+            .filter(|(_, (&ty, _))| ty == USER_DEFINED)
+            .map(|(id, (_, text))| (text.clone(), id as u32))
+            .collect();
+        let engine = Engine::Spm(SpmTokenizer::new(
+            vocab.tokens.clone(),
+            scores,
+            vocab.token_types.clone(),
+            vocab.add_space_prefix.unwrap_or(true),
+        )?);
+        Ok(TextTokenizer {
+            engine,
+            user_defined: longest_first(user_defined),
+            bos,
+            add_bos,
+            source,
         })
     }
 

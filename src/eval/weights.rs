@@ -49,6 +49,9 @@ pub struct ModelConfig {
     pub sliding_window: usize,
     pub swa_pattern: usize,
     pub rope_base_swa: f32,
+    /// The attention scores' scale, and the `c` of their soft cap (0: none).
+    pub query_scale: f32,
+    pub attn_softcap: f32,
 }
 
 impl ModelConfig {
@@ -66,6 +69,7 @@ impl ModelConfig {
             && self.embd_scale.is_none()
             && self.final_softcap == 0.0
             && self.sliding_window == 0
+            && self.attn_softcap == 0.0
     }
 }
 
@@ -290,6 +294,8 @@ impl ModelConfig {
             sliding_window: h.sliding_window as usize,
             swa_pattern: arch.swa_pattern as usize,
             rope_base_swa: h.rope_theta_swa as f32,
+            query_scale: (arch.query_scale)(h) as f32,
+            attn_softcap: h.attn_softcap as f32,
         }
     }
 }

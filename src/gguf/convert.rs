@@ -384,6 +384,9 @@ fn metadata(
     for (key, t) in &vocab.chat_templates {
         kv.push((key.clone(), Value::String(t.clone())));
     }
+    if let Some(b) = vocab.add_space_prefix {
+        kv.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(b)));
+    }
     // llama-quantize re-sets these two last; writing them last too keeps our files identical
     // to a llama-quantize run on our own F32 output.
     kv.push(("general.quantization_version".into(), Value::U32(2)));
@@ -470,7 +473,12 @@ pub fn convert(model: &ModelDir, opts: &ConvertOptions) -> Result<Vec<OutputSumm
         bail!("no output type given");
     }
     // The tokenizer first: a vocabulary that disagrees with config.json is the clearer message.
-    let vocab = read_vocab(&model.path, model.hparams.vocab_size, &model.config)?;
+    let vocab = read_vocab(
+        &model.path,
+        model.hparams.vocab_size,
+        &model.config,
+        model.arch.spm_space_prefix,
+    )?;
     let tensors = plan_tensors(model)?;
     let facts = model_facts(model, &tensors);
     for w in &vocab.warnings {

@@ -47,6 +47,9 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
                 .and_then(|t| t.dims.get(1).copied())
         })
         .unwrap_or(0);
+    let rope_theta = float(Meta::RopeFreqBase).unwrap_or(10_000.0);
+    // llama.cpp's defaults for a file that leaves a cap out (its gemma2 loader always caps).
+    let (attn_cap, final_cap) = arch.softcap_defaults.unwrap_or((0.0, 0.0));
     let h = HParams {
         n_embd,
         n_ff: need(Meta::FeedForwardLength)?,
@@ -58,7 +61,7 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
         context_length: get(Meta::ContextLength).unwrap_or(4096),
         rms_eps: float(Meta::RmsEps)
             .ok_or_else(|| anyhow!("{name}: metadata key {} is missing", key(Meta::RmsEps)))?,
-        rope_theta: float(Meta::RopeFreqBase).unwrap_or(10_000.0),
+        rope_theta,
         vocab_size: vocab,
         tie_embeddings: file.tensor("output.weight").is_none(),
         attn_bias: file.tensor("blk.0.attn_q.bias").is_some(),
@@ -67,8 +70,9 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
         n_expert_used: get(Meta::ExpertUsedCount).unwrap_or(0),
         n_ff_expert: 0,
         sliding_window: get(Meta::SlidingWindow).unwrap_or(0),
-        rope_theta_swa: float(Meta::RopeFreqBaseSwa).unwrap_or(10_000.0),
-        final_softcap: float(Meta::FinalLogitSoftcapping).unwrap_or(0.0),
+        rope_theta_swa: float(Meta::RopeFreqBaseSwa).unwrap_or(rope_theta),
+        final_softcap: float(Meta::FinalLogitSoftcapping).unwrap_or(final_cap),
+        attn_softcap: float(Meta::AttnLogitSoftcapping).unwrap_or(attn_cap),
     };
     let h = HParams {
         n_ff_expert: get(Meta::ExpertFeedForwardLength).unwrap_or(h.n_ff),

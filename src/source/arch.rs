@@ -43,6 +43,8 @@ pub struct HParams {
     pub rope_theta_swa: f64,
     /// `c` of the final logits' soft cap `c * tanh(logits / c)` (0: none).
     pub final_softcap: f64,
+    /// `c` of the attention scores' soft cap (Gemma 2; 0: none).
+    pub attn_softcap: f64,
 }
 
 /// config.json's `rope_scaling`.
@@ -279,8 +281,9 @@ pub enum Meta {
     /// Written for sliding-window models only.
     RopeFreqBaseSwa,
     SlidingWindow,
-    /// Written when the model caps its final logits.
+    /// Written when the model caps its final logits, or its attention scores.
     FinalLogitSoftcapping,
+    AttnLogitSoftcapping,
 }
 
 /// A metadata value in the two kinds these keys use.
@@ -311,6 +314,7 @@ impl Meta {
             Meta::RopeFreqBaseSwa => "rope.freq_base_swa",
             Meta::SlidingWindow => "attention.sliding_window",
             Meta::FinalLogitSoftcapping => "final_logit_softcapping",
+            Meta::AttnLogitSoftcapping => "attn_logit_softcapping",
         }
     }
 
@@ -343,6 +347,10 @@ impl Meta {
                 Some(MetaValue::F32(h.final_softcap as f32))
             }
             Meta::FinalLogitSoftcapping => None,
+            Meta::AttnLogitSoftcapping if h.attn_softcap > 0.0 => {
+                Some(MetaValue::F32(h.attn_softcap as f32))
+            }
+            Meta::AttnLogitSoftcapping => None,
         }
     }
 }
@@ -389,7 +397,32 @@ pub struct Architecture {
     pub activation: Activation,
     /// Token embeddings multiplied by sqrt(n_embd) before the first layer (Gemma).
     pub scale_embeddings: bool,
+    /// The queries' scale before the attention scores (llama.cpp's `f_attention_scale` where
+    /// the architecture sets one, else 1 / sqrt(head_dim)).
+    pub query_scale: fn(&HParams) -> f64,
+    /// llama.cpp's graph caps attention scores (`attn_soft_cap`, Gemma 2): the caps it assumes
+    /// when a file leaves out the key, (attention, final logits); None: no attention cap.
+    pub softcap_defaults: Option<(f64, f64)>,
+    /// Whether a SentencePiece vocabulary adds a space before the text (llama.cpp's
+    /// `add_space_prefix`; Gemma's converters write false).
+    pub spm_space_prefix: bool,
     pub support: Support,
+}
+
+/// 1 / sqrt(head_dim): the attention scale of every architecture that sets none.
+fn per_head_dim(h: &HParams) -> f64 {
+    1.0 / (h.head_dim as f64).sqrt()
+}
+
+/// Gemma's scale (gemma_pytorch's `query_pre_attn_scalar`, as llama.cpp derives it): for the
+/// 27B model, whose layer count llama.cpp recognises (`layers_27b`), 1 / sqrt(n_embd /
+/// n_head); for every other size 1 / sqrt(head_dim).
+fn gemma_query_scale(h: &HParams, layers_27b: u64) -> f64 {
+    if h.n_layer == layers_27b {
+        1.0 / ((h.n_embd / h.n_head) as f64).sqrt()
+    } else {
+        per_head_dim(h)
+    }
 }
 
 /// The activation of a gated feed-forward block, down(act(gate x) * up x).
@@ -557,6 +590,25 @@ static GEMMA3_TENSORS: &[TensorDef] = &[
     t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
 ];
 
+/// Gemma 2: Gemma 3's layout without the per-head Q/K norms.
+#[rustfmt::skip]
+static GEMMA2_TENSORS: &[TensorDef] = &[
+    t("model.embed_tokens.weight", "token_embd.weight", &[Embd, Vocab], always, Transform::None),
+    t("model.norm.weight", "output_norm.weight", &[Embd], always, AddOne),
+    t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
+    t("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", &[Embd], always, AddOne),
+    t("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", &[Embd, Q], always, Transform::None),
+    t("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", &[Embd, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", &[Embd, Kv], always, Transform::None),
+    t("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", &[Q, Embd], always, Transform::None),
+    t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.post_attention_norm.weight", &[Embd], always, AddOne),
+    t("model.layers.{i}.pre_feedforward_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, AddOne),
+    t("model.layers.{i}.post_feedforward_layernorm.weight", "blk.{i}.post_ffw_norm.weight", &[Embd], always, AddOne),
+    t("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", &[Embd, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff], always, Transform::None),
+    t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
+];
+
 /// Phi-3: fused QKV and gate+up projections, kept fused in GGUF. Sized by the planner; the
 /// converter and the forward pass do not take it yet.
 #[rustfmt::skip]
@@ -618,6 +670,23 @@ static GEMMA3_META: &[Meta] = &[
     Meta::SlidingWindow,
 ];
 
+/// `Gemma2Model` writes its own keys (no RoPE base: llama.cpp's default 10000 holds), the two
+/// soft caps and the window.
+static GEMMA2_META: &[Meta] = &[
+    Meta::ContextLength,
+    Meta::EmbeddingLength,
+    Meta::BlockCount,
+    Meta::FeedForwardLength,
+    Meta::HeadCount,
+    Meta::HeadCountKv,
+    Meta::RmsEps,
+    Meta::KeyLength,
+    Meta::ValueLength,
+    Meta::AttnLogitSoftcapping,
+    Meta::FinalLogitSoftcapping,
+    Meta::SlidingWindow,
+];
+
 /// llama.cpp's llama loader: 80 layers are 70B with grouped-query attention (65B without),
 /// unless the model has 8 experts (then its type names the mixture).
 fn llama_70b(h: &HParams) -> bool {
@@ -642,6 +711,9 @@ pub static ARCHITECTURES: &[Architecture] = &[
         swa_pattern: 0,
         activation: Activation::Silu,
         scale_embeddings: false,
+        query_scale: per_head_dim,
+        softcap_defaults: None,
+        spm_space_prefix: true,
         support: Support {
             convert: true,
             forward: true,
@@ -661,6 +733,9 @@ pub static ARCHITECTURES: &[Architecture] = &[
         swa_pattern: 0,
         activation: Activation::Silu,
         scale_embeddings: false,
+        query_scale: per_head_dim,
+        softcap_defaults: None,
+        spm_space_prefix: true,
         support: Support {
             convert: true,
             forward: true,
@@ -679,6 +754,9 @@ pub static ARCHITECTURES: &[Architecture] = &[
         swa_pattern: 0,
         activation: Activation::Silu,
         scale_embeddings: false,
+        query_scale: per_head_dim,
+        softcap_defaults: None,
+        spm_space_prefix: true,
         support: Support {
             convert: true,
             forward: true,
@@ -698,6 +776,9 @@ pub static ARCHITECTURES: &[Architecture] = &[
         swa_pattern: 0,
         activation: Activation::Silu,
         scale_embeddings: false,
+        query_scale: per_head_dim,
+        softcap_defaults: None,
+        spm_space_prefix: true,
         support: Support {
             convert: true,
             forward: true,
@@ -716,6 +797,30 @@ pub static ARCHITECTURES: &[Architecture] = &[
         swa_pattern: 6,
         activation: Activation::GeluTanh,
         scale_embeddings: true,
+        query_scale: |h| gemma_query_scale(h, 62),
+        softcap_defaults: None,
+        spm_space_prefix: false,
+        support: Support {
+            convert: true,
+            forward: true,
+        },
+    },
+    Architecture {
+        hf_classes: &["Gemma2ForCausalLM"],
+        gguf_name: "gemma2",
+        tensors: GEMMA2_TENSORS,
+        ignored_suffixes: &["rotary_emb.inv_freq"],
+        metadata: GEMMA2_META,
+        rope: RopeLayout::Neox,
+        type_70b: |_| false,
+        norm_expert_weights: true,
+        tied_by_default: true,
+        swa_pattern: 2,
+        activation: Activation::GeluTanh,
+        scale_embeddings: true,
+        query_scale: |h| gemma_query_scale(h, 46),
+        softcap_defaults: Some((50.0, 30.0)),
+        spm_space_prefix: false,
         support: Support {
             convert: true,
             forward: true,
@@ -734,6 +839,9 @@ pub static ARCHITECTURES: &[Architecture] = &[
         swa_pattern: 0,
         activation: Activation::Silu,
         scale_embeddings: false,
+        query_scale: per_head_dim,
+        softcap_defaults: None,
+        spm_space_prefix: true,
         support: Support {
             convert: false,
             forward: false,
@@ -913,17 +1021,32 @@ impl HParams {
                 path.display()
             );
         }
-        if arch.swa_pattern > 0
-            && config
+        let attn_softcap = match arch.softcap_defaults {
+            // Gemma2Model writes config.json's caps as they are: both must be there.
+            Some(_) => {
+                for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+                    if float(key, 0.0)? <= 0.0 {
+                        bail!(
+                            "{}: \"{key}\" is missing or not positive; llama.cpp's {} caps with it",
+                            path.display(),
+                            arch.gguf_name
+                        );
+                    }
+                }
+                float("attn_logit_softcapping", 0.0)?
+            }
+            None if config
                 .get("attn_logit_softcapping")
-                .is_some_and(|v| !v.is_null())
-        {
-            bail!(
-                "{}: \"attn_logit_softcapping\" is set; llama.cpp's {} has no attention soft cap",
-                path.display(),
-                arch.gguf_name
-            );
-        }
+                .is_some_and(|v| !v.is_null()) =>
+            {
+                bail!(
+                    "{}: \"attn_logit_softcapping\" is set; llama.cpp's {} has no attention soft cap",
+                    path.display(),
+                    arch.gguf_name
+                )
+            }
+            None => 0.0,
+        };
         let h = HParams {
             n_embd,
             n_ff,
@@ -946,15 +1069,45 @@ impl HParams {
             n_expert_used,
             n_ff_expert: n_ff_expert.unwrap_or(n_ff),
             sliding_window,
-            rope_theta_swa: if sliding_window > 0 {
-                float("rope_local_base_freq", 10_000.0)?
-            } else {
-                0.0
+            // Gemma 3's local base (transformers' default 10000); architectures that write
+            // none use the global one on every layer, as llama.cpp does.
+            rope_theta_swa: match sliding_window {
+                0 => 0.0,
+                _ if arch
+                    .metadata
+                    .iter()
+                    .any(|m| matches!(m, Meta::RopeFreqBaseSwa)) =>
+                {
+                    float("rope_local_base_freq", 10_000.0)?
+                }
+                _ => rope_theta,
             },
             final_softcap,
+            attn_softcap,
         };
         check_ranges(&h, path)?;
+        check_query_scale(config, path, arch, &h)?;
         Ok(h)
+    }
+}
+
+/// Gemma's `query_pre_attn_scalar` against the scale llama.cpp derives from the layer count
+/// (it never reads the key): a config that disagrees would run differently there.
+fn check_query_scale(config: &Json, path: &Path, arch: &Architecture, h: &HParams) -> Result<()> {
+    let Some(stated) = config.get("query_pre_attn_scalar").filter(|v| !v.is_null()) else {
+        return Ok(());
+    };
+    let scalar = stated.as_f64().filter(|x| x.is_finite() && *x > 0.0);
+    let want = (arch.query_scale)(h);
+    match scalar {
+        Some(x) if ((1.0 / x.sqrt()) / want - 1.0).abs() < 1e-6 => Ok(()),
+        _ => bail!(
+            "{}: \"query_pre_attn_scalar\" is {stated}; llama.cpp's {} scales queries by 1/sqrt({}) for {} layers whatever the file says",
+            path.display(),
+            arch.gguf_name,
+            1.0 / (want * want),
+            h.n_layer
+        ),
     }
 }
 
@@ -1332,5 +1485,33 @@ mod tests {
             .unwrap();
         assert_eq!(norm.transform, Transform::AddOne);
         assert!(ts.iter().all(|t| t.permute_heads(&h).is_none()));
+    }
+
+    #[test]
+    fn gemma2_caps_and_query_scale_are_checked() {
+        let a = find("Gemma2ForCausalLM").unwrap();
+        let cfg = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"hidden_size": 64, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128,
+                "num_hidden_layers": 4, "max_position_embeddings": 256, "vocab_size": 100,
+                "sliding_window": 32, "rope_theta": 10000.0, "query_pre_attn_scalar": 16,
+                "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            HParams::from_config(&c, Path::new("c.json"), a)
+        };
+        let h = cfg(serde_json::json!({})).unwrap();
+        assert_eq!((h.attn_softcap, h.final_softcap), (50.0, 30.0));
+        assert_eq!((a.query_scale)(&h), 0.25);
+        let keys: Vec<String> = a.metadata_values(&h).into_iter().map(|(k, _)| k).collect();
+        assert!(keys.contains(&"gemma2.attn_logit_softcapping".to_string()));
+        for missing in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            let err = cfg(serde_json::json!({ missing: null })).unwrap_err();
+            assert!(format!("{err}").contains(missing), "{err}");
+        }
+        // llama.cpp derives the scale from head_dim here and never reads the key.
+        let err = cfg(serde_json::json!({"query_pre_attn_scalar": 64})).unwrap_err();
+        assert!(format!("{err}").contains("query_pre_attn_scalar"), "{err}");
     }
 }

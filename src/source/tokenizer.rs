@@ -36,6 +36,8 @@ pub struct Vocab {
     pub flags: Vec<(String, bool)>,
     /// (metadata key, template).
     pub chat_templates: Vec<(String, String)>,
+    /// `tokenizer.ggml.add_space_prefix`, where the architecture's converter writes it.
+    pub add_space_prefix: Option<bool>,
     pub warnings: Vec<String>,
 }
 
@@ -87,7 +89,15 @@ pub fn detect_pre_tokenizer(tokenizer_json: &Path) -> Result<Option<String>> {
         .map(|(_, name)| name.to_string()))
 }
 
-pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
+/// The vocabulary of a model folder. `spm_space_prefix` is the architecture's
+/// `add_space_prefix` for a SentencePiece vocabulary (written only when false, as llama.cpp's
+/// Gemma converters do).
+pub fn read_vocab(
+    dir: &Path,
+    vocab_size: u64,
+    config: &Json,
+    spm_space_prefix: bool,
+) -> Result<Vocab> {
     let tc_path = dir.join("tokenizer_config.json");
     let tc = if tc_path.exists() {
         read_json(&tc_path)?
@@ -97,14 +107,21 @@ pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
     // llama.cpp's converter prefers the SentencePiece model when one ships (Llama 2, Mistral,
     // TinyLlama): it carries the piece scores the llama tokenizer needs.
     let sp_path = dir.join("tokenizer.model");
+    let tj_path = dir.join("tokenizer.json");
     if sp_path.exists() {
         let mut v = read_sentencepiece(&sp_path, vocab_size, dir)?;
         let tokens = v.tokens.clone();
         let lookup = move |name: &str| tokens.iter().position(|t| t == name).map(|i| i as u64);
-        add_specials(&mut v, &tc, config, &lookup, vocab_size);
+        // gguf-py reads the add_* flags from tokenizer.json's post-processor here too.
+        let tj = if tj_path.is_file() {
+            read_json(&tj_path)?
+        } else {
+            Json::Null
+        };
+        add_specials(&mut v, (&tj, &tc), config, &lookup, vocab_size);
+        v.add_space_prefix = (!spm_space_prefix).then_some(false);
         return Ok(v);
     }
-    let tj_path = dir.join("tokenizer.json");
     let tj = read_json(&tj_path)?;
     let mut warnings = Vec::new();
 
@@ -224,7 +241,7 @@ pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
             .and_then(|t| t.get("id").and_then(|i| i.as_u64()))
             .or_else(|| vocab.get(name).and_then(|i| i.as_u64()))
     };
-    add_specials(&mut v, &tc, config, &lookup, vocab_size);
+    add_specials(&mut v, (&tj, &tc), config, &lookup, vocab_size);
     v.warnings = warnings;
     Ok(v)
 }
@@ -233,34 +250,24 @@ pub fn read_vocab(dir: &Path, vocab_size: u64, config: &Json) -> Result<Vocab> {
 /// `<kind>_token_id`, as gguf-py's SpecialVocab), add_bos/add_eos and chat templates.
 fn add_specials(
     v: &mut Vocab,
-    tc: &Json,
+    (tj, tc): (&Json, &Json),
     config: &Json,
     lookup: &dyn Fn(&str) -> Option<u64>,
     vocab_size: u64,
 ) {
-    for kind in ["bos", "eos", "unk", "sep", "pad", "cls", "mask"] {
-        let by_name = tc.get(format!("{kind}_token")).and_then(|v| match v {
-            Json::String(s) => Some(s.clone()),
-            Json::Object(o) => o
-                .get("content")
-                .and_then(|c| c.as_str())
-                .map(str::to_string),
-            _ => None,
-        });
-        let id = by_name.and_then(|name| lookup(&name)).or_else(|| {
-            config
-                .get(format!("{kind}_token_id"))
-                .and_then(|v| v.as_u64())
-        });
+    for kind in SPECIAL_KINDS {
+        let id = config_token(tc, kind)
+            .and_then(|name| lookup(&name))
+            .or_else(|| {
+                config
+                    .get(format!("{kind}_token_id"))
+                    .and_then(|v| v.as_u64())
+            });
         if let Some(id) = id.filter(|&i| i < vocab_size) {
             v.special_ids.push((kind.to_string(), id as u32));
         }
     }
-    for flag in ["add_bos_token", "add_eos_token"] {
-        if let Some(b) = tc.get(flag).and_then(|v| v.as_bool()) {
-            v.flags.push((flag.to_string(), b));
-        }
-    }
+    v.flags = add_flags(tj, tc);
     match tc.get("chat_template") {
         Some(Json::String(t)) => v
             .chat_templates
@@ -283,6 +290,128 @@ fn add_specials(
         }
         _ => {}
     }
+}
+
+const SPECIAL_KINDS: [&str; 7] = ["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
+
+/// The name of tokenizer_config.json's `<kind>_token` (a string or an added-token object).
+fn config_token(tc: &Json, kind: &str) -> Option<String> {
+    match tc.get(format!("{kind}_token"))? {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// The `add_<kind>_token` flags as gguf-py's SpecialVocab sets them, in its order: first what
+/// tokenizer.json's post-processor implies (its "crude parsing" of TemplateProcessing, which
+/// wins over tokenizer_config.json), then tokenizer_config.json's flags for the other kinds.
+fn add_flags(tj: &Json, tc: &Json) -> Vec<(String, bool)> {
+    let mut flags: Vec<(String, bool)> = Vec::new();
+    let set = |flags: &mut Vec<(String, bool)>, kind: &str, b: bool, keep: bool| {
+        let key = format!("add_{kind}_token");
+        match flags.iter_mut().find(|(k, _)| *k == key) {
+            Some(f) if !keep => f.1 = b,
+            Some(_) => {}
+            None => flags.push((key, b)),
+        }
+    };
+    let has_tc = tc.as_object().is_some_and(|o| !o.is_empty());
+    let mut bos = config_token(tc, "bos");
+    let mut cls = config_token(tc, "cls");
+    let mut eos = config_token(tc, "eos");
+    let sep = config_token(tc, "sep");
+    if bos.is_none() && cls.is_some() {
+        bos = cls.clone();
+    }
+    if eos.is_none() && sep.is_some() {
+        eos = sep.clone();
+    }
+    let special = |item: &Json| {
+        item.get("SpecialToken")
+            .and_then(|t| t.get("id"))
+            .and_then(Json::as_str)
+            .map(str::to_string)
+    };
+    let sequence = |item: &Json| {
+        item.get("Sequence")
+            .and_then(|t| t.get("id"))
+            .and_then(Json::as_str)
+            .map(str::to_string)
+    };
+    let post = tj.get("post_processor").filter(|p| !p.is_null());
+    let processors: Vec<&Json> = match post {
+        Some(p) => match p.get("processors").and_then(Json::as_array) {
+            Some(list) => list.iter().collect(),
+            None => vec![p],
+        },
+        None => Vec::new(),
+    };
+    for p in processors {
+        match p.get("type").and_then(Json::as_str) {
+            Some("ByteLevel") => {
+                set(&mut flags, "bos", false, true);
+                set(&mut flags, "eos", false, true);
+            }
+            Some("RobertaProcessing") => {
+                for kind in ["bos", "eos", "sep"] {
+                    set(&mut flags, kind, true, false);
+                }
+            }
+            Some("TemplateProcessing") => {
+                let empty = Vec::new();
+                let single = p.get("single").and_then(Json::as_array).unwrap_or(&empty);
+                let pair = p.get("pair").and_then(Json::as_array).unwrap_or(&empty);
+                let (mut first, mut last) = (None, None);
+                if single.len() > 1 {
+                    first = special(&single[0]);
+                    if let Some(f) = &first {
+                        let known = |b: &Option<String>, c: &Option<String>| {
+                            b.as_ref() == Some(f) || c.as_ref() == Some(f)
+                        };
+                        if !has_tc {
+                            bos = Some(f.clone());
+                        } else if !known(&bos, &cls) {
+                            bos = bos.or_else(|| Some(f.clone()));
+                            cls = cls.or_else(|| Some(f.clone()));
+                        }
+                        set(&mut flags, "bos", known(&bos, &cls), false);
+                    }
+                    last = special(&single[single.len() - 1]);
+                    if let Some(l) = &last {
+                        // gguf-py makes the trailing token the EOS when it is not one already.
+                        eos = Some(l.clone());
+                        set(&mut flags, "eos", true, false);
+                    }
+                }
+                let start = usize::from(first.is_some() && pair.first().and_then(special) == first);
+                let stop = pair.len()
+                    - usize::from(last.is_some() && pair.last().and_then(special) == last);
+                let inner = pair.get(start..stop.max(start)).unwrap_or(&[]);
+                if inner.len() > 2
+                    && sequence(&inner[0]).as_deref() == Some("A")
+                    && sequence(&inner[inner.len() - 1]).as_deref() == Some("B")
+                {
+                    let middle = &inner[1..inner.len() - 1];
+                    let separates = |t: &Option<String>| t.is_some() && (*t == sep || *t == eos);
+                    let mut add_sep = separates(&special(&middle[0])) && last.is_none();
+                    if middle.len() == 2 && separates(&special(&middle[1])) {
+                        add_sep = true;
+                    }
+                    set(&mut flags, "sep", add_sep, false);
+                }
+            }
+            _ => {}
+        }
+    }
+    if has_tc {
+        for kind in SPECIAL_KINDS {
+            if let Some(b) = tc.get(format!("add_{kind}_token")).and_then(Json::as_bool) {
+                set(&mut flags, kind, b, true);
+            }
+        }
+    }
+    flags
 }
 
 /// Minimal protobuf reading of a SentencePiece `ModelProto`: field 1 holds the pieces, each
