@@ -45,10 +45,10 @@ fn vector_paths_equal_scalar_bytes() {
     let cols = 1024;
     let mut isas: Vec<Isa> = Isa::available()
         .into_iter()
-        .filter(|i| *i != Isa::Scalar)
+        .filter(|i| *i != Isa::SCALAR)
         .collect();
-    if !isas.contains(&Isa::Neon) {
-        isas.push(Isa::Neon); // the portable lane kernels
+    if !isas.contains(&Isa::PORTABLE) {
+        isas.push(Isa::PORTABLE); // the portable lane kernels
     }
     common::report_missing_isas("simd_equivalence::vector_paths_equal_scalar_bytes");
     let mut compared = 0;
@@ -59,7 +59,7 @@ fn vector_paths_equal_scalar_bytes() {
         for ty in GgmlType::all() {
             for w in [None, Some(&imatrix[..])] {
                 let scalar = QuantizeOptions {
-                    isa: Isa::Scalar,
+                    isa: Isa::SCALAR,
                     parallel: true,
                 };
                 let want = quantize_with(ty, &data, cols, w, scalar).unwrap();

@@ -44,8 +44,8 @@ pub fn parse_isa(name: Option<&str>) -> Result<Isa> {
     match name {
         None => Ok(Isa::best()),
         Some(n) => match Isa::from_name(n) {
-            Some(isa) if isa.is_supported() => Ok(isa),
-            _ => bail!(
+            Some(isa) => Ok(isa),
+            None => bail!(
                 "instruction set '{n}' is not available here; available: {}",
                 Isa::available()
                     .iter()

@@ -62,8 +62,8 @@ pub fn run(args: Args) -> Result<()> {
     let isa = match &args.isa {
         None => Isa::best(),
         Some(name) => match Isa::from_name(name) {
-            Some(isa) if isa.is_supported() => isa,
-            _ => bail!(
+            Some(isa) => isa,
+            None => bail!(
                 "instruction set '{name}' is not available here; available: {}",
                 Isa::available()
                     .iter()

@@ -6,6 +6,7 @@
 //! reproduced here operation for operation (ggml-quants.c, ggml 0.25.3).
 
 use super::fp16::{read_f16, round_trip_f16, write_f16};
+use super::isa::IsaKind;
 use super::search::{make_qp_quants, make_qx_quants, nearest_int, AffineSearch, GROUP_MAX_EPS};
 use super::simd;
 use super::{BlockFormat, GgmlType, Isa, QK_K};
@@ -351,7 +352,7 @@ impl BlockFormat for Q3K {
     fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
         // The packing around the searches vectorizes when compiled for AVX2.
         #[cfg(target_arch = "x86_64")]
-        if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+        if matches!(isa.kind(), IsaKind::Avx2 | IsaKind::Avx512) {
             #[target_feature(enable = "avx2")]
             unsafe fn avx2(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8], isa: Isa) {
                 q3k_row(x, imatrix, out, isa)

@@ -120,11 +120,11 @@ pub fn write_tiny_llama(dir: &std::path::Path, n_layer: usize) -> PathBuf {
 /// Says which of the x86 quantizer paths this CPU cannot run, so a test that loops over
 /// `Isa::available()` never passes silently for the paths it left out.
 pub fn report_missing_isas(test: &str) {
-    use quantfit::quant::Isa;
+    use quantfit::quant::isa::IsaKind;
     #[cfg(target_arch = "x86_64")]
     for (isa, needs) in [
-        (Isa::Avx2, "avx2 and fma"),
-        (Isa::Avx512, "avx512f, avx512bw and avx512vl"),
+        (IsaKind::Avx2, "avx2 and fma"),
+        (IsaKind::Avx512, "avx512f, avx512bw and avx512vl"),
     ] {
         if !isa.is_supported() {
             quantfit::testing::skipped(
@@ -137,7 +137,7 @@ pub fn report_missing_isas(test: &str) {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (test, Isa::Scalar);
+    let _ = (test, IsaKind::Scalar);
 }
 
 /// One position of `steps_against_batch`: the batch's logits and the step's, the largest

@@ -490,7 +490,7 @@ mod tests {
             let mut xq = vec![0u8; q8.row_bytes(k)];
             let mut xd = vec![0f32; m * k];
             for (src, dst) in x.chunks(k).zip(xd.chunks_mut(k)) {
-                (q8.quantize_row)(src, None, &mut xq, crate::quant::Isa::Scalar);
+                (q8.quantize_row)(src, None, &mut xq, crate::quant::Isa::SCALAR);
                 (q8.dequantize_row)(&xq, dst);
             }
             let got = matmul(ty, &q, n, k, &x, m);

@@ -7,6 +7,7 @@ mod lanes;
 mod vector;
 
 use super::iq4::{block_weights, iq4nl_row_scalar, search_block_scale};
+use super::isa::IsaKind;
 use super::search::{make_q3_quants, make_qkx_quants, make_qx_quants, AffineSearch};
 use super::{Isa, QK_K};
 use vector::Lanes;
@@ -187,14 +188,15 @@ instantiate!(
 /// 16 lanes, so it takes the 16-sub-block formats; groups of 8 stay on AVX2 there.
 macro_rules! dispatch {
     ($isa:expr, $groups:expr, $kernel:ident ( $($arg:expr),* ), $scalar:expr) => {{
-        match $isa {
-            // SAFETY: an Isa other than Scalar is only used after `Isa::is_supported`.
+        match $isa.kind() {
+            // SAFETY: an `Isa` exists only for an instruction set this CPU runs (Isa::new
+            // checks it), and AVX-512 machines run AVX2 too.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if $groups % 16 == 0 => unsafe { avx512::$kernel($($arg),*) },
+            IsaKind::Avx512 if $groups % 16 == 0 => unsafe { avx512::$kernel($($arg),*) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => unsafe { avx2::$kernel($($arg),*) },
+            IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::$kernel($($arg),*) },
             // SAFETY: the portable lanes use no special instructions.
-            Isa::Neon => unsafe { portable::$kernel($($arg),*) },
+            IsaKind::Neon => unsafe { portable::$kernel($($arg),*) },
             _ => $scalar,
         }
     }};
@@ -264,14 +266,14 @@ pub fn qx_subblocks(
 /// refinement steps depend on each other, so two vectors of lanes run interleaved.
 pub fn q3_subblocks(isa: Isa, xs: &[f32], levels: &mut [i8], scales: &mut [f32]) {
     let subs = xs.len() / 16;
-    match isa {
-        // SAFETY: these instruction sets are only used after `Isa::is_supported`.
+    match isa.kind() {
+        // SAFETY: an `Isa` exists only for an instruction set this CPU runs (Isa::new).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if subs.is_multiple_of(32) => unsafe { avx512::q3(xs, levels, scales) },
+        IsaKind::Avx512 if subs.is_multiple_of(32) => unsafe { avx512::q3(xs, levels, scales) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::q3(xs, levels, scales) },
+        IsaKind::Avx2 | IsaKind::Avx512 => unsafe { avx2::q3(xs, levels, scales) },
         // SAFETY: the portable lanes use no special instructions.
-        Isa::Neon if subs.is_multiple_of(8) => unsafe { portable::q3(xs, levels, scales) },
+        IsaKind::Neon if subs.is_multiple_of(8) => unsafe { portable::q3(xs, levels, scales) },
         _ => {
             for j in 0..subs {
                 let r = 16 * j..16 * j + 16;
@@ -322,7 +324,7 @@ pub fn requant(
 /// Whether a row holds NaN or infinity (checked row by row just before quantizing it).
 pub fn has_non_finite(isa: Isa, x: &[f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+    if matches!(isa.kind(), IsaKind::Avx2 | IsaKind::Avx512) {
         #[target_feature(enable = "avx2")]
         unsafe fn avx2(x: &[f32]) -> bool {
             super::matrix::has_non_finite(x)
@@ -338,7 +340,7 @@ pub fn has_non_finite(isa: Isa, x: &[f32]) -> bool {
 /// AVX2 where available (the code vectorizes within each block).
 pub fn legacy_plain_row(isa: Isa, ty: super::GgmlType, x: &[f32], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+    if matches!(isa.kind(), IsaKind::Avx2 | IsaKind::Avx512) {
         #[target_feature(enable = "avx2")]
         unsafe fn avx2(ty: super::GgmlType, x: &[f32], out: &mut [u8]) {
             super::legacy::plain_row(ty, x, out)
@@ -366,7 +368,7 @@ pub fn iq4_scales8(isa: Isa, xs: &[f32], weights: &[f32]) -> [f32; 8] {
 
 /// One IQ4_NL row: its 32-element blocks are searched eight at a time.
 pub fn iq4nl_row(isa: Isa, x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    if isa == Isa::Scalar {
+    if isa == Isa::SCALAR {
         return iq4nl_row_scalar(x, imatrix, out);
     }
     let full = x.len() / QK_K * QK_K;
