@@ -12,6 +12,8 @@
 pub mod chart;
 pub mod cli;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gguf;
 pub mod output;
 pub mod plan;

@@ -412,3 +412,133 @@ fn mixtures_of_experts_that_contradict_their_weights() {
         &["config.json", "unsupported architecture FooMoeForCausalLM"],
     );
 }
+
+/// `inspect` and `plan` read a folder's weights as the converter does: the same refusal.
+fn refused_by_inspect_and_plan(model: &Path, must_mention: &str) {
+    let m = model.to_str().unwrap();
+    for args in [
+        vec!["inspect", m],
+        vec!["plan", "--model", m, "--quant", "Q8_0", "--ctx", "256"],
+    ] {
+        let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("error: ") && lines[0].contains(must_mention),
+            "{args:?}: want {must_mention:?} in one error line, got:\n{stderr}"
+        );
+    }
+}
+
+/// The header's text with `from` replaced by `to` (the data section is unchanged: its
+/// offsets count from the header's end).
+fn edit_header(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + len].to_vec()).unwrap();
+    assert!(header.contains(from), "{from}");
+    let header = header.replacen(from, to, 1);
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header.as_bytes());
+    out.extend(&bytes[8 + len..]);
+    out
+}
+
+/// Checkpoints that read as a model only if a reader takes the last of two entries, or
+/// skips what it cannot use.
+#[test]
+fn tensors_named_twice_or_holding_nothing() {
+    // JSON readers keep the last of two equal keys; which weights were meant is unknowable.
+    let bytes = safetensors_bytes(&tiny_llama_tensors(2));
+    let bytes = edit_header(
+        &bytes,
+        "\"model.layers.1.mlp.up_proj.weight\"",
+        "\"model.layers.1.mlp.gate_proj.weight\"",
+    );
+    let dir = with_weights("named_twice", bytes);
+    expect_failure(
+        &dir,
+        &[
+            "model.safetensors",
+            "model.layers.1.mlp.gate_proj.weight appears twice",
+        ],
+    );
+    refused_by_inspect_and_plan(&dir, "appears twice");
+
+    // An empty tensor, even one the converter would ignore.
+    let mut tensors = tiny_llama_tensors(2);
+    tensors.push(FakeTensor {
+        name: "model.layers.1.self_attn.rotary_emb.inv_freq".into(),
+        dtype: "F32",
+        shape: vec![0],
+        data: Vec::new(),
+    });
+    let dir = with_weights("empty_tensor", safetensors_bytes(&tensors));
+    expect_failure(&dir, &["rotary_emb.inv_freq", "holds no elements"]);
+    refused_by_inspect_and_plan(&dir, "holds no elements");
+
+    // Weights that contradict config.json: plan would size another model than the folder's.
+    let mut tensors = tiny_llama_tensors(2);
+    tensors[0].shape.reverse();
+    let dir = with_weights("transposed", safetensors_bytes(&tensors));
+    refused_by_inspect_and_plan(&dir, "config.json implies");
+}
+
+/// Values that make a norm or RoPE produce NaN, refused before any work.
+#[test]
+fn config_values_no_model_can_run_with() {
+    for (key, value, mention) in [
+        (
+            "rms_norm_eps",
+            serde_json::json!(0.0),
+            "\"rms_norm_eps\" is 0",
+        ),
+        (
+            "rms_norm_eps",
+            serde_json::json!(-1e-5),
+            "\"rms_norm_eps\" is -0.00001",
+        ),
+        ("rope_theta", serde_json::json!(0.0), "\"rope_theta\" is 0"),
+        (
+            "rope_theta",
+            serde_json::json!(-5e5),
+            "\"rope_theta\" is -500000",
+        ),
+    ] {
+        let dir = write_tiny_llama(&case_dir(&format!("value_{key}_{value}")), 2);
+        let mut config = common::tiny_llama_config(2);
+        config[key] = value;
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        expect_failure(&dir, &["config.json", mention]);
+        refused_by_inspect_and_plan(&dir, mention);
+    }
+}
+
+/// A shard index is read in time linear in its entries: 200,000 listed shards give the
+/// missing-shard error at once (a search per entry took minutes).
+#[test]
+fn an_index_of_very_many_shards() {
+    let dir = write_tiny_llama(&case_dir("many_shards"), 2);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let n = 200_000;
+    let map: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| {
+            (
+                format!("model.layers.{i}.mlp.up_proj.weight"),
+                format!("model-{:06}-of-{n:06}.safetensors", i + 1).into(),
+            )
+        })
+        .collect();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    expect_failure(
+        &dir,
+        &[
+            "model.safetensors.index.json",
+            "shard model-000001-of-200000.safetensors is listed but missing",
+        ],
+    );
+}

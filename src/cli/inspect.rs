@@ -1,11 +1,14 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::gguf::convert::size_label;
+use crate::gguf::convert::{plan_tensors, size_label};
+use crate::gguf::hparams::{check_tensors, hparams};
 use crate::gguf::GgufFile;
+use crate::source::arch::by_gguf_name;
 use crate::source::hf::ModelDir;
+use crate::source::tokenizer::read_vocab;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,7 +32,9 @@ pub fn run(args: Args) -> Result<()> {
     for key in [
         "path",
         "format",
+        "checked",
         "architecture",
+        "vocabulary",
         "name",
         "parameters",
         "size_label",
@@ -94,8 +99,22 @@ fn inspect_gguf(path: &std::path::Path) -> Result<serde_json::Value> {
     let arch = f
         .get("general.architecture")
         .and_then(|v| v.as_str())
-        .unwrap_or("unknown")
+        .with_context(|| {
+            format!(
+                "{}: metadata key general.architecture is missing",
+                path.display()
+            )
+        })?
         .to_string();
+    // A family quantfit knows is checked as eval checks it (metadata against itself and every
+    // tensor's shape); another is described from its structure, which the reader checked.
+    let checked = if by_gguf_name(&arch).is_some() {
+        let (description, h) = hparams(&f)?;
+        check_tensors(&f, description, &h)?;
+        "metadata and tensor shapes"
+    } else {
+        "file structure only (quantfit does not know this architecture)"
+    };
     let params: u64 = f
         .tensors
         .iter()
@@ -106,16 +125,12 @@ fn inspect_gguf(path: &std::path::Path) -> Result<serde_json::Value> {
     let tensors: Vec<_> = f
         .tensors
         .iter()
-        .map(|t| {
-            let ty =
-                t.ty.map(|t| t.name().to_string())
-                    .unwrap_or_else(|| format!("type{}", t.type_id));
-            json!({ "name": t.name, "shape": t.dims, "type": ty, "bytes": t.bytes })
-        })
+        .map(|t| json!({ "name": t.name, "shape": t.dims, "type": t.type_name, "bytes": t.bytes }))
         .collect();
     Ok(json!({
         "path": path,
         "format": format!("GGUF v{}", f.version),
+        "checked": checked,
         "architecture": arch,
         "name": f.get("general.name").and_then(|v| v.as_str()),
         "parameters": params,
@@ -136,6 +151,14 @@ fn inspect_gguf(path: &std::path::Path) -> Result<serde_json::Value> {
 
 fn inspect_folder(path: &std::path::Path) -> Result<serde_json::Value> {
     let m = ModelDir::open(path)?;
+    // What a conversion would check first: the vocabulary, then every tensor against config.json.
+    let vocab = read_vocab(
+        &m.path,
+        m.hparams.vocab_size,
+        &m.config,
+        m.arch.spm_space_prefix,
+    )?;
+    plan_tensors(&m)?;
     let params = m.parameter_count();
     let lic = crate::plan::license::from_card(
         &m.card,
@@ -156,7 +179,9 @@ fn inspect_folder(path: &std::path::Path) -> Result<serde_json::Value> {
     Ok(json!({
         "path": path,
         "format": "Hugging Face safetensors",
+        "checked": "config.json, vocabulary and tensor shapes",
         "architecture": format!("{} ({})", m.arch_class, m.arch.gguf_name),
+        "vocabulary": format!("{} tokens ({})", vocab.tokens.len(), vocab.model),
         "name": m.display_name(),
         "parameters": params,
         "size_label": size_label(params),

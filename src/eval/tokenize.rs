@@ -98,6 +98,10 @@ impl TextTokenizer {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let mut json: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        // serde_json's `json[key] = v` panics on anything but an object (found by fuzzing).
+        if !json.is_object() {
+            bail!("{}: not a tokenizer (not a JSON object)", path.display());
+        }
         // Added tokens that the converter types USER_DEFINED are cut out of the text in
         // `encode`; the others stay plain text, as llama-perplexity does not parse special
         // tokens. `encode` adds BOS itself, hence no post-processor.

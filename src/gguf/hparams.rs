@@ -27,8 +27,16 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
     })?;
     let key = |m: Meta| format!("{arch_name}.{}", m.key());
     let get = |m: Meta| file.get(&key(m)).and_then(Value::as_u64);
-    let need =
-        |m: Meta| get(m).ok_or_else(|| anyhow!("{name}: metadata key {} is missing", key(m)));
+    let need = |m: Meta| {
+        get(m).ok_or_else(|| match file.get(&key(m)) {
+            Some(v) => anyhow!(
+                "{name}: metadata key {} is {}; expected an unsigned integer",
+                key(m),
+                v.summary()
+            ),
+            None => anyhow!("{name}: metadata key {} is missing", key(m)),
+        })
+    };
     let float = |m: Meta| file.get(&key(m)).and_then(Value::as_f64);
     let n_embd = need(Meta::EmbeddingLength)?;
     let n_head = need(Meta::HeadCount)?;
@@ -98,7 +106,74 @@ pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
             bail!("{name}: {arch_name}.{what} is {v}; expected 1 to {max}");
         }
     }
+    check_metadata(file, arch_name, &h)?;
     Ok((arch, h))
+}
+
+/// Metadata that must agree with itself: the vocabulary's arrays have one entry per token,
+/// special tokens lie inside it, and the context, norm epsilon, RoPE base and rotated
+/// dimensions are values a model can run with.
+fn check_metadata(file: &GgufFile, arch_name: &str, h: &HParams) -> Result<()> {
+    let name = file.path.display();
+    let array_len = |k: &str| file.get(k).and_then(Value::as_array).map(<[Value]>::len);
+    if let Some(n) = array_len("tokenizer.ggml.tokens") {
+        if n as u64 != h.vocab_size {
+            bail!(
+                "{name}: tokenizer.ggml.tokens lists {n} tokens, but the model has a vocabulary of {}",
+                h.vocab_size
+            );
+        }
+        for k in ["tokenizer.ggml.token_type", "tokenizer.ggml.scores"] {
+            match array_len(k) {
+                Some(m) if m != n => {
+                    bail!("{name}: {k} has {m} entries for {n} tokens")
+                }
+                None if file.get(k).is_some() => bail!("{name}: {k} is not an array"),
+                _ => {}
+            }
+        }
+    }
+    for (k, v) in &file.metadata {
+        if k.starts_with("tokenizer.ggml.") && k.ends_with("_token_id") {
+            match v.as_u64() {
+                Some(id) if id < h.vocab_size => {}
+                _ => bail!(
+                    "{name}: {k} is {}; the vocabulary has {} tokens",
+                    v.summary(),
+                    h.vocab_size
+                ),
+            }
+        }
+    }
+    let ctx_key = format!("{arch_name}.{}", Meta::ContextLength.key());
+    if file.get(&ctx_key).is_some() && !(1..=1 << 26).contains(&h.context_length) {
+        bail!(
+            "{name}: {ctx_key} is {}; expected 1 to {}",
+            h.context_length,
+            1u64 << 26
+        );
+    }
+    for (m, v) in [
+        (Meta::RmsEps, h.rms_eps),
+        (Meta::RopeFreqBase, h.rope_theta),
+    ] {
+        if !(v > 0.0 && v <= 1e12) {
+            bail!("{name}: {arch_name}.{} is {v}; expected above 0", m.key());
+        }
+    }
+    // The families quantfit runs rotate whole heads (what the converter writes); a file that
+    // rotates part of each head would run as another model.
+    let rope_key = format!("{arch_name}.{}", Meta::RopeDimensionCount.key());
+    if let Some(v) = file.get(&rope_key) {
+        if v.as_u64() != Some(h.head_dim) {
+            bail!(
+                "{name}: {rope_key} is {}; quantfit rotates whole heads of {}",
+                v.summary(),
+                h.head_dim
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The divisors of Llama 3.1's scaling travel as a tensor; other kinds as metadata keys.

@@ -7,7 +7,12 @@ use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
 use super::{align_up, Value, DEFAULT_ALIGNMENT, MAGIC};
+use crate::quant::table::ggml_type_size;
 use crate::quant::GgmlType;
+
+/// The most elements quantfit reads in one metadata array (2^24: vocabularies are at most
+/// a few hundred thousand tokens).
+const MAX_ARRAY: u64 = 1 << 24;
 
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
@@ -15,6 +20,8 @@ pub struct TensorInfo {
     /// Innermost first (ggml's `ne`).
     pub dims: Vec<u64>,
     pub type_id: u32,
+    /// ggml's name for the type (every tensor's type is one ggml defines).
+    pub type_name: &'static str,
     /// Known to quantfit (None for ggml types it does not handle).
     pub ty: Option<GgmlType>,
     /// Absolute offset of the data in the file.
@@ -86,19 +93,31 @@ impl<'a> Cursor<'a> {
             9 if depth == 0 => {
                 let elem = self.u32(what)?;
                 let count = self.u64(what)?;
-                // Each element takes at least one byte: a count beyond the file is a lie.
+                // Each element takes at least one byte: a count beyond the file is a lie. The
+                // largest real arrays (a vocabulary's tokens and merges) stay far below the cap.
                 if count > (self.buf.len() - self.pos) as u64 {
                     bail!(
                         "{}: {what}: array of {count} elements cannot fit in the file",
                         self.path.display()
                     );
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                if count > MAX_ARRAY {
+                    bail!(
+                        "{}: {what}: array of {count} elements; quantfit reads at most {MAX_ARRAY}",
+                        self.path.display()
+                    );
+                }
+                // Grown as elements are read, so memory follows what the file really holds.
+                let mut items = Vec::with_capacity((count as usize).min(1 << 16));
                 for _ in 0..count {
                     items.push(self.value(elem, what, depth + 1)?);
                 }
                 Value::Array(items)
             }
+            9 => bail!(
+                "{}: {what}: an array of arrays (quantfit reads arrays of scalars and strings)",
+                self.path.display()
+            ),
             10 => Value::U64(self.u64(what)?),
             11 => Value::I64(self.u64(what)? as i64),
             12 => Value::F64(f64::from_bits(self.u64(what)?)),
@@ -131,12 +150,19 @@ impl GgufFile {
         }
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
-        if n_tensors > map.len() as u64 || n_kv > map.len() as u64 {
+        // The smallest entries: a metadata key of one byte with a one-byte value (13 bytes), a
+        // tensor with an empty name and one dimension (32 bytes).
+        let left = (map.len() - c.pos) as u64;
+        if n_kv > left / 13 || n_tensors > left / 32 {
             bail!("{}: header claims {n_tensors} tensors and {n_kv} metadata entries: more than the file holds", path.display());
         }
-        let mut metadata = Vec::with_capacity(n_kv as usize);
+        let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
+        let mut keys = std::collections::HashSet::with_capacity(n_kv as usize);
         for i in 0..n_kv {
             let key = c.string(&format!("metadata key {i}"))?;
+            if !keys.insert(key.clone()) {
+                bail!("{}: metadata key {key} appears twice", path.display());
+            }
             let ty = c.u32(&key)?;
             let value = c.value(ty, &key, 0)?;
             metadata.push((key, value));
@@ -153,8 +179,12 @@ impl GgufFile {
             );
         }
         let mut raw = Vec::with_capacity(n_tensors as usize);
+        let mut names = std::collections::HashSet::with_capacity(n_tensors as usize);
         for i in 0..n_tensors {
             let name = c.string(&format!("tensor {i} name"))?;
+            if !names.insert(name.clone()) {
+                bail!("{}: tensor {name} appears twice", path.display());
+            }
             let n_dims = c.u32(&name)?;
             if n_dims == 0 || n_dims > 4 {
                 bail!("{}: tensor {name} has {n_dims} dimensions", path.display());
@@ -169,25 +199,40 @@ impl GgufFile {
         let data_start = align_up(c.pos as u64, alignment);
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, dims, type_id, offset) in raw {
-            let ty = GgmlType::from_id(type_id);
-            let elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-            let bytes = match (ty, elements) {
-                (Some(t), Some(n)) => {
-                    let info = t.info();
-                    if dims[0] % info.block_elems as u64 != 0 {
-                        bail!(
-                            "{}: tensor {name}: rows of {} are not whole {t} blocks",
-                            path.display(),
-                            dims[0]
-                        );
-                    }
-                    n / info.block_elems as u64 * info.block_bytes as u64
-                }
-                (None, Some(_)) => 0,
-                (_, None) => bail!(
+            let Some((type_name, block_elems, block_bytes)) = ggml_type_size(type_id) else {
+                bail!(
+                    "{}: tensor {name}: type id {type_id} is not a ggml tensor type",
+                    path.display()
+                );
+            };
+            let Some(elements) = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)) else {
+                bail!(
                     "{}: tensor {name}: dimensions {dims:?} overflow",
                     path.display()
-                ),
+                );
+            };
+            if elements == 0 {
+                bail!(
+                    "{}: tensor {name}: dimensions {dims:?} hold no elements",
+                    path.display()
+                );
+            }
+            if dims[0] % block_elems as u64 != 0 {
+                bail!(
+                    "{}: tensor {name}: rows of {} are not whole {type_name} blocks",
+                    path.display(),
+                    dims[0]
+                );
+            }
+            if offset % alignment != 0 {
+                bail!(
+                    "{}: tensor {name}: data offset {offset} is not a multiple of the alignment {alignment}",
+                    path.display()
+                );
+            }
+            let Some(bytes) = (elements / block_elems as u64).checked_mul(block_bytes as u64)
+            else {
+                bail!("{}: tensor {name}: size overflows", path.display());
             };
             let start = data_start.checked_add(offset);
             match start.and_then(|s| s.checked_add(bytes)) {
@@ -202,10 +247,24 @@ impl GgufFile {
                 name,
                 dims,
                 type_id,
-                ty,
+                type_name,
+                ty: GgmlType::from_id(type_id),
                 offset: data_start + offset,
                 bytes,
             });
+        }
+        let mut by_offset: Vec<&TensorInfo> = tensors.iter().collect();
+        by_offset.sort_by_key(|t| (t.offset, t.bytes));
+        if let Some(w) = by_offset
+            .windows(2)
+            .find(|w| w[1].offset < w[0].offset + w[0].bytes)
+        {
+            bail!(
+                "{}: tensors {} and {} share bytes of the data section",
+                path.display(),
+                w[0].name,
+                w[1].name
+            );
         }
         Ok(GgufFile {
             path: path.to_path_buf(),

@@ -214,6 +214,12 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
     let arch =
         crate::source::arch::describe(class).with_context(|| config_path.display().to_string())?;
     let h = HParams::from_config(&c, config_path, arch)?;
+    // Weights beside the config must be the model it describes, or the plan would size
+    // another model than the folder holds: the converter's checks, on the headers only.
+    if arch.support.convert && holds_weights(folder) {
+        let model = crate::source::hf::ModelDir::open(folder)?;
+        crate::gguf::convert::plan_tensors(&model)?;
+    }
     let card_path = folder.join("README.md");
     let card = std::fs::read_to_string(&card_path)
         .map(|t| crate::source::hf::ModelCard::parse(&t))
@@ -236,6 +242,15 @@ fn from_config(config_path: &Path, folder: &Path) -> Result<ModelSpec> {
         .map(|b| b.family.clone())
         .unwrap_or_else(|| "unknown".into());
     Ok(outside_catalog(id, name, family, arch, &h, license))
+}
+
+fn holds_weights(folder: &Path) -> bool {
+    folder.join("model.safetensors.index.json").is_file()
+        || std::fs::read_dir(folder).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        })
 }
 
 /// A model the catalog does not list (a folder or a GGUF file): its own hyperparameters, no
@@ -266,6 +281,7 @@ fn from_gguf(path: &Path) -> Result<ModelSpec> {
     let f = GgufFile::open(path)?;
     // The same reader the forward pass uses: the architecture's own metadata keys.
     let (arch, h) = crate::gguf::hparams::hparams(&f)?;
+    crate::gguf::hparams::check_tensors(&f, arch, &h)?;
     let name = f
         .get("general.name")
         .and_then(|v| v.as_str())

@@ -172,6 +172,39 @@ impl GgmlType {
     }
 }
 
+/// ggml tensor types quantfit does not read yet: (id, name, block elements, block bytes) from
+/// ggml's `type_traits`, so that a GGUF holding them is bounds-checked and described rather
+/// than taken on trust. A type that gains a row in `FORMATS` leaves this list.
+pub const OTHER_GGML_TYPES: &[(u32, &str, usize, usize)] = &[
+    (9, "Q8_1", 32, 36),
+    (16, "IQ2_XXS", 256, 66),
+    (17, "IQ2_XS", 256, 74),
+    (18, "IQ3_XXS", 256, 98),
+    (19, "IQ1_S", 256, 50),
+    (21, "IQ3_S", 256, 110),
+    (22, "IQ2_S", 256, 82),
+    (24, "I8", 1, 1),
+    (25, "I16", 1, 2),
+    (26, "I32", 1, 4),
+    (27, "I64", 1, 8),
+    (28, "F64", 1, 8),
+    (29, "IQ1_M", 256, 56),
+    (34, "TQ1_0", 256, 54),
+    (35, "TQ2_0", 256, 66),
+    (39, "MXFP4", 32, 17),
+];
+
+/// Name, block elements and block bytes of any ggml type id quantfit knows the size of.
+pub fn ggml_type_size(id: u32) -> Option<(&'static str, usize, usize)> {
+    match GgmlType::from_id(id) {
+        Some(t) => Some((t.name(), t.info().block_elems, t.info().block_bytes)),
+        None => OTHER_GGML_TYPES
+            .iter()
+            .find(|o| o.0 == id)
+            .map(|&(_, name, elems, bytes)| (name, elems, bytes)),
+    }
+}
+
 impl std::fmt::Display for GgmlType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -211,6 +244,25 @@ mod tests {
                 "{name}"
             );
             assert_eq!(GgmlType::from_id(id), Some(ty));
+        }
+        for &(id, name, ..) in OTHER_GGML_TYPES {
+            assert!(GgmlType::from_id(id).is_none() && GgmlType::from_name(name).is_none());
+        }
+        // Sizes against ggml's bytes for the low-bit fixtures (65536 weights each).
+        for (name, bytes) in [
+            ("IQ2_XXS", 16896),
+            ("IQ2_XS", 18944),
+            ("IQ3_XXS", 25088),
+            ("IQ1_S", 12800),
+            ("IQ3_S", 28160),
+            ("IQ2_S", 20992),
+            ("IQ1_M", 14336),
+            ("TQ1_0", 13824),
+            ("TQ2_0", 16896),
+            ("MXFP4", 34816),
+        ] {
+            let &(_, _, e, b) = OTHER_GGML_TYPES.iter().find(|o| o.1 == name).unwrap();
+            assert_eq!(65536 / e * b, bytes, "{name}");
         }
         assert_eq!(GgmlType::from_name("q4_k"), Some(GgmlType::Q4_K));
         assert_eq!(GgmlType::from_name("Q4_K_M"), None);

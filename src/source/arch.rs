@@ -958,6 +958,26 @@ fn check_ranges(h: &HParams, path: &Path) -> Result<()> {
             bail!("{}: \"{key}\" is {v}; expected 1 to {max}", path.display());
         }
     }
+    // A norm divides by sqrt(mean + eps) and RoPE raises the base to fractional powers: a
+    // zero or negative value gives NaN or infinite activations, not a model.
+    for (key, v, max) in [
+        ("rms_norm_eps", h.rms_eps, 1.0),
+        ("rope_theta", h.rope_theta, 1e12),
+    ] {
+        if !(v > 0.0 && v <= max) {
+            bail!(
+                "{}: \"{key}\" is {v}; expected above 0 and at most {max}",
+                path.display()
+            );
+        }
+    }
+    if h.sliding_window > 0 && !(h.rope_theta_swa > 0.0 && h.rope_theta_swa <= 1e12) {
+        bail!(
+            "{}: \"rope_local_base_freq\" is {}; expected above 0 and at most 1e12",
+            path.display(),
+            h.rope_theta_swa
+        );
+    }
     Ok(())
 }
 

@@ -181,7 +181,8 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .with_context(|| format!("{}: missing \"weight_map\"", index_path.display()))?;
-        let mut files: Vec<String> = Vec::new();
+        // A set, not a list searched per entry: an index may list hundreds of thousands.
+        let mut files = std::collections::BTreeSet::new();
         for v in map.values() {
             let f = v.as_str().with_context(|| {
                 format!(
@@ -195,15 +196,12 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
                     index_path.display()
                 );
             }
-            if !files.iter().any(|x| x == f) {
-                files.push(f.to_string());
-            }
+            files.insert(f);
         }
-        files.sort();
         return files
             .into_iter()
             .map(|f| {
-                let p = dir.join(&f);
+                let p = dir.join(f);
                 if p.is_file() {
                     Ok(p)
                 } else {

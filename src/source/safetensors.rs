@@ -55,6 +55,33 @@ impl StTensor {
     }
 }
 
+/// The header's entries in file order, duplicates kept: serde_json's map would keep only the
+/// last of two entries with one name, and a checkpoint like that must be refused, not read.
+struct HeaderEntries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for HeaderEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = HeaderEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<HeaderEntries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(HeaderEntries(entries))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
 pub struct SafetensorsFile {
     pub path: PathBuf,
     pub tensors: Vec<StTensor>,
@@ -77,15 +104,16 @@ impl SafetensorsFile {
             bail!("{p}: header length {header_len} runs past the end of the file ({} bytes): truncated or not safetensors", map.len());
         }
         let header = &map[8..8 + header_len as usize];
-        let json: serde_json::Value = serde_json::from_slice(header)
-            .with_context(|| format!("{p}: header is not valid JSON"))?;
-        let obj = json
-            .as_object()
-            .with_context(|| format!("{p}: header is not a JSON object"))?;
+        let obj: HeaderEntries = serde_json::from_slice(header)
+            .with_context(|| format!("{p}: header is not valid JSON (an object of tensors)"))?;
+        let mut seen = std::collections::HashSet::with_capacity(obj.0.len());
+        if let Some((dup, _)) = obj.0.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+            bail!("{p}: tensor {dup} appears twice in the header (which one holds the weights is undefined)");
+        }
         let data_start = 8 + header_len as usize;
         let data_len = map.len() - data_start;
-        let mut tensors = Vec::with_capacity(obj.len());
-        for (name, entry) in obj {
+        let mut tensors = Vec::with_capacity(obj.0.len());
+        for (name, entry) in &obj.0 {
             if name == "__metadata__" {
                 continue;
             }
@@ -135,6 +163,9 @@ impl SafetensorsFile {
                         .map(|e| e.to_string())
                         .unwrap_or_else(|| "an overflowing size".into())
                 );
+            }
+            if shape.contains(&0) {
+                bail!("{p}: tensor {name}: shape {shape:?} holds no elements");
             }
             tensors.push(StTensor {
                 name: name.clone(),

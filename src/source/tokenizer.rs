@@ -241,8 +241,8 @@ pub fn read_vocab(
             .and_then(|t| t.get("id").and_then(|i| i.as_u64()))
             .or_else(|| vocab.get(name).and_then(|i| i.as_u64()))
     };
-    add_specials(&mut v, (&tj, &tc), config, &lookup, vocab_size);
     v.warnings = warnings;
+    add_specials(&mut v, (&tj, &tc), config, &lookup, vocab_size);
     Ok(v)
 }
 
@@ -263,8 +263,13 @@ fn add_specials(
                     .get(format!("{kind}_token_id"))
                     .and_then(|v| v.as_u64())
             });
-        if let Some(id) = id.filter(|&i| i < vocab_size) {
-            v.special_ids.push((kind.to_string(), id as u32));
+        match id {
+            Some(id) if id < vocab_size => v.special_ids.push((kind.to_string(), id as u32)),
+            // gguf-py's SpecialVocab skips such an id with a warning; so does quantfit.
+            Some(id) => v.warnings.push(format!(
+                "special token {kind} has id {id}, outside the vocabulary of {vocab_size}; not written"
+            )),
+            None => {}
         }
     }
     v.flags = add_flags(tj, tc);
