@@ -23,17 +23,9 @@ fn base() -> &'static Path {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let model = common::write_tiny_llama(&dir.join("tiny"), 2);
-        let out = dir.join("base.gguf");
-        let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
-            .args(["quantize", model.to_str().unwrap(), "--type", "Q8_0", "-o"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let out = common::convert_types(&model, &["Q8_0"], &dir.join("base"))
+            .remove(0)
+            .1;
         let text = "The quick brown fox jumps over the lazy dog. ".repeat(40);
         std::fs::write(dir.join("text.txt"), text).unwrap();
         out

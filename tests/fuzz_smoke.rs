@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use quantfit::fuzz::{check, run, Target};
 
@@ -128,17 +127,7 @@ fn tiny_gguf() -> Vec<u8> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-fuzz");
     let _ = std::fs::remove_dir_all(&dir);
     let model = common::write_tiny_llama(&dir.join("tiny"), 1);
-    let out = dir.join("tiny.gguf");
-    let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
-        .args(["quantize", model.to_str().unwrap(), "--type", "Q4_0", "-o"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let (_, out) = common::convert_types(&model, &["Q4_0"], &dir.join("out")).remove(0);
     std::fs::read(out).unwrap()
 }
 

@@ -14,6 +14,9 @@ use crate::quant::GgmlType;
 /// a few hundred thousand tokens).
 const MAX_ARRAY: u64 = 1 << 24;
 
+/// The most entries reserved ahead of reading them; past it, vectors grow as entries are read.
+const GROW_FROM: usize = 1 << 16;
+
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
     pub name: String,
@@ -108,7 +111,7 @@ impl<'a> Cursor<'a> {
                     );
                 }
                 // Grown as elements are read, so memory follows what the file really holds.
-                let mut items = Vec::with_capacity((count as usize).min(1 << 16));
+                let mut items = Vec::with_capacity((count as usize).min(GROW_FROM));
                 for _ in 0..count {
                     items.push(self.value(elem, what, depth + 1)?);
                 }
@@ -156,8 +159,11 @@ impl GgufFile {
         if n_kv > left / 13 || n_tensors > left / 32 {
             bail!("{}: header claims {n_tensors} tensors and {n_kv} metadata entries: more than the file holds", path.display());
         }
-        let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
-        let mut keys = std::collections::HashSet::with_capacity(n_kv as usize);
+        // Entries are larger in memory than their 13 bytes on disk: reserve a little and grow
+        // with what is really read.
+        let kv_room = (n_kv as usize).min(GROW_FROM);
+        let mut metadata: Vec<(String, Value)> = Vec::with_capacity(kv_room);
+        let mut keys = std::collections::HashSet::with_capacity(kv_room);
         for i in 0..n_kv {
             let key = c.string(&format!("metadata key {i}"))?;
             if !keys.insert(key.clone()) {
@@ -178,8 +184,9 @@ impl GgufFile {
                 path.display()
             );
         }
-        let mut raw = Vec::with_capacity(n_tensors as usize);
-        let mut names = std::collections::HashSet::with_capacity(n_tensors as usize);
+        let tensor_room = (n_tensors as usize).min(GROW_FROM);
+        let mut raw = Vec::with_capacity(tensor_room);
+        let mut names = std::collections::HashSet::with_capacity(tensor_room);
         for i in 0..n_tensors {
             let name = c.string(&format!("tensor {i} name"))?;
             if !names.insert(name.clone()) {
