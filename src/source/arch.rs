@@ -220,7 +220,7 @@ pub struct TensorDef {
     pub hf: &'static str,
     pub gguf: &'static str,
     pub dims: &'static [Dim],
-    pub presence: fn(&HParams) -> Presence,
+    pub presence: fn(&Architecture, &HParams) -> Presence,
     pub transform: Transform,
 }
 
@@ -378,6 +378,8 @@ pub struct Architecture {
     /// `general.architecture` and the metadata key prefix.
     pub gguf_name: &'static str,
     pub tensors: &'static [TensorDef],
+    /// Per-head RMS norms on queries and keys before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
     /// Checkpoint tensors that llama.cpp recomputes and the converter skips (name suffixes).
     pub ignored_suffixes: &'static [&'static str],
     pub metadata: &'static [Meta],
@@ -434,38 +436,45 @@ pub enum Activation {
     GeluTanh,
 }
 
-const fn always(_: &HParams) -> Presence {
+const fn always(_: &Architecture, _: &HParams) -> Presence {
     Presence::Required
 }
-const fn untied(h: &HParams) -> Presence {
+const fn untied(_: &Architecture, h: &HParams) -> Presence {
     if h.tie_embeddings {
         Presence::Optional
     } else {
         Presence::Required
     }
 }
-const fn with_llama3_rope(h: &HParams) -> Presence {
+const fn with_llama3_rope(_: &Architecture, h: &HParams) -> Presence {
     if matches!(h.rope_scaling, RopeScaling::Llama3(_)) {
         Presence::Required
     } else {
         Presence::Absent
     }
 }
-const fn dense_ffn(h: &HParams) -> Presence {
+const fn dense_ffn(_: &Architecture, h: &HParams) -> Presence {
     if h.is_moe() {
         Presence::Absent
     } else {
         Presence::Required
     }
 }
-const fn moe_ffn(h: &HParams) -> Presence {
+const fn moe_ffn(_: &Architecture, h: &HParams) -> Presence {
     if h.is_moe() {
         Presence::Required
     } else {
         Presence::Absent
     }
 }
-const fn with_bias(h: &HParams) -> Presence {
+const fn with_qk_norm(a: &Architecture, _: &HParams) -> Presence {
+    if a.qk_norm {
+        Presence::Required
+    } else {
+        Presence::Absent
+    }
+}
+const fn with_bias(_: &Architecture, h: &HParams) -> Presence {
     if h.attn_bias {
         Presence::Required
     } else {
@@ -477,7 +486,7 @@ const fn t(
     hf: &'static str,
     gguf: &'static str,
     dims: &'static [Dim],
-    presence: fn(&HParams) -> Presence,
+    presence: fn(&Architecture, &HParams) -> Presence,
     transform: Transform,
 ) -> TensorDef {
     TensorDef {
@@ -556,8 +565,8 @@ static QWEN3_TENSORS: &[TensorDef] = &[
     t("model.layers.{i}.self_attn.k_proj.bias", "blk.{i}.attn_k.bias", &[Kv], with_bias, Transform::None),
     t("model.layers.{i}.self_attn.v_proj.bias", "blk.{i}.attn_v.bias", &[Kv], with_bias, Transform::None),
     t("model.layers.{i}.self_attn.o_proj.bias", "blk.{i}.attn_output.bias", &[Embd], with_bias, Transform::None),
-    t("model.layers.{i}.self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", &[Head], always, Transform::None),
-    t("model.layers.{i}.self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", &[Head], always, Transform::None),
+    t("model.layers.{i}.self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", &[Head], with_qk_norm, Transform::None),
+    t("model.layers.{i}.self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", &[Head], with_qk_norm, Transform::None),
     t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, Transform::None),
     t("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", &[Embd, Ff], dense_ffn, Transform::None),
     t("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff], dense_ffn, Transform::None),
@@ -568,10 +577,11 @@ static QWEN3_TENSORS: &[TensorDef] = &[
     t("model.layers.{i}.mlp.experts.{e}.down_proj.weight", "blk.{i}.ffn_down_exps.weight", &[FfExpert, Embd, Expert], moe_ffn, StackExperts),
 ];
 
-/// Gemma 3 (text): per-head Q/K norms, norms after attention and after the FFN as well as
-/// before them, every norm weight + 1, Hugging Face's row order (NEOX RoPE), tied embeddings.
+/// Gemma 2 and 3 (text): norms after attention and after the FFN as well as before them,
+/// every norm weight + 1, Hugging Face's row order (NEOX RoPE), tied embeddings; Gemma 3 adds
+/// per-head Q/K norms.
 #[rustfmt::skip]
-static GEMMA3_TENSORS: &[TensorDef] = &[
+static GEMMA_TENSORS: &[TensorDef] = &[
     t("model.embed_tokens.weight", "token_embd.weight", &[Embd, Vocab], always, Transform::None),
     t("model.norm.weight", "output_norm.weight", &[Embd], always, AddOne),
     t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
@@ -580,27 +590,8 @@ static GEMMA3_TENSORS: &[TensorDef] = &[
     t("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", &[Embd, Kv], always, Transform::None),
     t("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", &[Embd, Kv], always, Transform::None),
     t("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", &[Q, Embd], always, Transform::None),
-    t("model.layers.{i}.self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", &[Head], always, AddOne),
-    t("model.layers.{i}.self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", &[Head], always, AddOne),
-    t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.post_attention_norm.weight", &[Embd], always, AddOne),
-    t("model.layers.{i}.pre_feedforward_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, AddOne),
-    t("model.layers.{i}.post_feedforward_layernorm.weight", "blk.{i}.post_ffw_norm.weight", &[Embd], always, AddOne),
-    t("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", &[Embd, Ff], always, Transform::None),
-    t("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", &[Embd, Ff], always, Transform::None),
-    t("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", &[Ff, Embd], always, Transform::None),
-];
-
-/// Gemma 2: Gemma 3's layout without the per-head Q/K norms.
-#[rustfmt::skip]
-static GEMMA2_TENSORS: &[TensorDef] = &[
-    t("model.embed_tokens.weight", "token_embd.weight", &[Embd, Vocab], always, Transform::None),
-    t("model.norm.weight", "output_norm.weight", &[Embd], always, AddOne),
-    t("lm_head.weight", "output.weight", &[Embd, Vocab], untied, Transform::None),
-    t("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", &[Embd], always, AddOne),
-    t("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", &[Embd, Q], always, Transform::None),
-    t("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", &[Embd, Kv], always, Transform::None),
-    t("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", &[Embd, Kv], always, Transform::None),
-    t("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", &[Q, Embd], always, Transform::None),
+    t("model.layers.{i}.self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", &[Head], with_qk_norm, AddOne),
+    t("model.layers.{i}.self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", &[Head], with_qk_norm, AddOne),
     t("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.post_attention_norm.weight", &[Embd], always, AddOne),
     t("model.layers.{i}.pre_feedforward_layernorm.weight", "blk.{i}.ffn_norm.weight", &[Embd], always, AddOne),
     t("model.layers.{i}.post_feedforward_layernorm.weight", "blk.{i}.post_ffw_norm.weight", &[Embd], always, AddOne),
@@ -702,6 +693,7 @@ pub static ARCHITECTURES: &[Architecture] = &[
         ],
         gguf_name: "llama",
         tensors: LLAMA_TENSORS,
+        qk_norm: false,
         ignored_suffixes: &["rotary_emb.inv_freq"],
         metadata: LLAMA_META,
         rope: RopeLayout::Adjacent,
@@ -723,6 +715,7 @@ pub static ARCHITECTURES: &[Architecture] = &[
         hf_classes: &["Qwen2ForCausalLM"],
         gguf_name: "qwen2",
         tensors: QWEN2_TENSORS,
+        qk_norm: false,
         ignored_suffixes: &["rotary_emb.inv_freq"],
         metadata: QWEN_META,
         rope: RopeLayout::Neox,
@@ -745,6 +738,7 @@ pub static ARCHITECTURES: &[Architecture] = &[
         hf_classes: &["Qwen3ForCausalLM"],
         gguf_name: "qwen3",
         tensors: QWEN3_TENSORS,
+        qk_norm: true,
         ignored_suffixes: &["rotary_emb.inv_freq"],
         metadata: QWEN_META,
         rope: RopeLayout::Neox,
@@ -766,6 +760,7 @@ pub static ARCHITECTURES: &[Architecture] = &[
         hf_classes: &["Qwen3MoeForCausalLM"],
         gguf_name: "qwen3moe",
         tensors: QWEN3_TENSORS,
+        qk_norm: true,
         ignored_suffixes: &["rotary_emb.inv_freq"],
         metadata: QWEN_MOE_META,
         rope: RopeLayout::Neox,
@@ -787,7 +782,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
     Architecture {
         hf_classes: &["Gemma3ForCausalLM"],
         gguf_name: "gemma3",
-        tensors: GEMMA3_TENSORS,
+        tensors: GEMMA_TENSORS,
+        qk_norm: true,
         ignored_suffixes: &["rotary_emb.inv_freq"],
         metadata: GEMMA3_META,
         rope: RopeLayout::Neox,
@@ -808,7 +804,8 @@ pub static ARCHITECTURES: &[Architecture] = &[
     Architecture {
         hf_classes: &["Gemma2ForCausalLM"],
         gguf_name: "gemma2",
-        tensors: GEMMA2_TENSORS,
+        tensors: GEMMA_TENSORS,
+        qk_norm: false,
         ignored_suffixes: &["rotary_emb.inv_freq"],
         metadata: GEMMA2_META,
         rope: RopeLayout::Neox,
@@ -830,6 +827,7 @@ pub static ARCHITECTURES: &[Architecture] = &[
         hf_classes: &["Phi3ForCausalLM"],
         gguf_name: "phi3",
         tensors: PHI3_TENSORS,
+        qk_norm: false,
         ignored_suffixes: &["rotary_emb.inv_freq"],
         metadata: QWEN_META,
         rope: RopeLayout::Neox,
@@ -900,7 +898,7 @@ impl Architecture {
                 hf: name(d.hf),
                 gguf: name(d.gguf),
                 dims,
-                presence: (d.presence)(h),
+                presence: (d.presence)(self, h),
                 transform: d.transform,
             }
         };
