@@ -1,12 +1,12 @@
 //! GGUF files that lie about themselves: duplicate keys and tensors, offsets that overlap or
 //! break the alignment, unknown types, metadata that contradicts itself or the tensors. Every
 //! command that reads a GGUF (inspect, eval, bench, plan) gives one `error:` line naming the
-//! file and the problem, exit 2, and no results line.
+//! file and the problem, exit 2, and no results line, within 4 GiB of address space and 60 s of
+//! CPU time.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use quantfit::gguf::{GgufFile, Value};
@@ -176,13 +176,17 @@ fn refused_everywhere(path: &Path, want: &str) {
         vec!["plan", "--model", p, "--quant", "Q8_0", "--ctx", "256"],
     ];
     for args in commands {
-        let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
-            .args(&args)
-            .output()
-            .unwrap();
+        let run = common::limited_quantfit().args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&run.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(run.status.code(), Some(2), "{} {}: {stderr}", args[0], p);
+        assert_eq!(
+            run.status.code(),
+            Some(2),
+            "{} {}: {} (a signal: past the memory or CPU limit), stderr {stderr}",
+            args[0],
+            p,
+            run.status
+        );
         assert_eq!(lines.len(), 1, "{} {p}: {stderr}", args[0]);
         assert!(
             lines[0].starts_with("error: ") && lines[0].contains(p) && lines[0].contains(want),
@@ -197,7 +201,7 @@ fn refused_everywhere(path: &Path, want: &str) {
 #[test]
 fn the_base_file_is_accepted() {
     let path = parts().write("unchanged");
-    let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
+    let run = common::limited_quantfit()
         .args(["inspect", path.to_str().unwrap()])
         .output()
         .unwrap();
@@ -256,6 +260,10 @@ fn metadata_that_contradicts_itself() {
         &p.write("types_short"),
         "tokenizer.ggml.token_type has 49151 entries",
     );
+
+    let mut p = parts();
+    p.array("tokenizer.ggml.tokens")[5] = Value::String("a".repeat(10 << 20));
+    refused_everywhere(&p.write("token_10mb"), "token 5 is 10485760 bytes long");
 
     let mut p = parts();
     p.set("tokenizer.ggml.eos_token_id", Value::U32(49152));

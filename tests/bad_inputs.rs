@@ -1,10 +1,10 @@
 //! Broken inputs: every case gives one clear line on stderr that names the file and the
-//! problem, exit code 2, and no output file (not even a partial one).
+//! problem, exit code 2, and no output file (not even a partial one), within 4 GiB of address
+//! space and 60 s of CPU time.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{safetensors_bytes, tiny_llama_tensors, write_tiny_llama, FakeTensor};
 
@@ -17,9 +17,9 @@ fn case_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// `quantfit quantize MODEL --type TYPE -o TARGET --json`.
+/// `quantfit quantize MODEL --type TYPE -o TARGET --json`, under hostile input's limits.
 fn run_quantize(model: &Path, ty: &str, target: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_quantfit"))
+    common::limited_quantfit()
         .args([
             "quantize",
             model.to_str().unwrap(),
@@ -47,8 +47,9 @@ fn expect_failure(model: &Path, must_mention: &[&str]) {
     assert_eq!(
         run.status.code(),
         Some(2),
-        "{}: stderr {stderr}",
-        model.display()
+        "{}: {} (a signal: past the memory or CPU limit), stderr {stderr}",
+        model.display(),
+        run.status
     );
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(
@@ -420,12 +421,14 @@ fn refused_by_inspect_and_plan(model: &Path, must_mention: &str) {
         vec!["inspect", m],
         vec!["plan", "--model", m, "--quant", "Q8_0", "--ctx", "256"],
     ] {
-        let run = Command::new(env!("CARGO_BIN_EXE_quantfit"))
-            .args(&args)
-            .output()
-            .unwrap();
+        let run = common::limited_quantfit().args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&run.stderr);
-        assert_eq!(run.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            run.status.code(),
+            Some(2),
+            "{args:?}: {} (a signal: past the memory or CPU limit), stderr {stderr}",
+            run.status
+        );
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert!(
             lines.len() == 1 && lines[0].starts_with("error: ") && lines[0].contains(must_mention),
@@ -541,4 +544,92 @@ fn an_index_of_very_many_shards() {
             "shard model-000001-of-200000.safetensors is listed but missing",
         ],
     );
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A SentencePiece `tokenizer.model` whose length fields claim nearly 2^64 bytes: added to
+/// the read position they wrap around to the field's own key, which once sent the reader over
+/// the same bytes forever. Each is refused as malformed, at once.
+#[test]
+fn sentencepiece_lengths_that_wrap() {
+    let piece = |text: &[u8]| {
+        let mut p = vec![0x0A];
+        varint(text.len() as u64, &mut p);
+        p.extend_from_slice(text);
+        p.extend_from_slice(&[0x15, 0, 0, 0, 0, 0x18, 1]);
+        let mut m = vec![0x0A];
+        varint(p.len() as u64, &mut m);
+        m.extend(p);
+        m
+    };
+    // After a one-byte key and this ten-byte length, the read position plus the length wraps
+    // to the key itself.
+    let wrapping = u64::MAX - 10;
+    // An unknown field of a piece, an unknown top-level field, and a piece's own text.
+    let mut inside = vec![0x22];
+    varint(wrapping, &mut inside);
+    let mut in_piece = vec![0x0A];
+    varint(inside.len() as u64 + 4, &mut in_piece);
+    in_piece.extend(inside);
+    in_piece.extend_from_slice(&[0x18, 1, 0x18, 1]);
+    let mut top = vec![0x12];
+    varint(wrapping, &mut top);
+    top.extend_from_slice(&[0; 16]);
+    let mut text = vec![0x0A, 0x0E, 0x0A];
+    varint(wrapping, &mut text);
+    text.extend_from_slice(&[0; 8]);
+    for (name, tail) in [
+        ("sp_wrap_in_piece", in_piece),
+        ("sp_wrap_top", top),
+        ("sp_wrap_text", text),
+    ] {
+        let dir = write_tiny_llama(&case_dir(name), 2);
+        let mut model = piece(b"<unk>");
+        model.extend(piece(b"a"));
+        model.extend(tail);
+        std::fs::write(dir.join("tokenizer.model"), model).unwrap();
+        expect_failure(&dir, &["tokenizer.model", "malformed protobuf"]);
+    }
+}
+
+/// A 10 MB token, in tokenizer.json's vocabulary, its added tokens, or a SentencePiece piece:
+/// no vocabulary has one, and every tokenizer built from it would search all text for it.
+#[test]
+fn tokens_of_ten_megabytes() {
+    let long = "a".repeat(10 << 20);
+    for (name, in_added) in [("token_10mb_vocab", false), ("token_10mb_added", true)] {
+        let dir = write_tiny_llama(&case_dir(name), 2);
+        let path = dir.join("tokenizer.json");
+        let mut t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        // Token 5 is an added token of the SmolLM2 vocabulary, listed in both places.
+        if in_added {
+            t["added_tokens"][5]["content"] = long.clone().into();
+        } else {
+            let vocab = t["model"]["vocab"].as_object_mut().unwrap();
+            let old = vocab.iter().find(|(_, id)| **id == 5).unwrap().0.clone();
+            vocab.remove(&old);
+            vocab.insert(long.clone(), 5.into());
+        }
+        assert_eq!(t["added_tokens"][5]["id"], 5);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, t.to_string()).unwrap();
+        expect_failure(&dir, &["tokenizer.json", "token 5 is 10485760 bytes long"]);
+    }
+    let dir = write_tiny_llama(&case_dir("token_10mb_piece"), 2);
+    let mut text = vec![0x0A];
+    varint(long.len() as u64, &mut text);
+    text.extend_from_slice(long.as_bytes());
+    let mut model = vec![0x0A];
+    varint(text.len() as u64, &mut model);
+    model.extend(text);
+    std::fs::write(dir.join("tokenizer.model"), model).unwrap();
+    expect_failure(&dir, &["tokenizer.model", "token 0 is 10485760 bytes long"]);
 }

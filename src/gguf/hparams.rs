@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use super::reader::GgufFile;
 use super::Value;
 use crate::source::arch::{by_gguf_name, Architecture, HParams, Meta, Presence, RopeScaling};
+use crate::source::tokenizer::check_token_length;
 
 /// The architecture a GGUF file declares, and its hyperparameters.
 pub fn hparams(file: &GgufFile) -> Result<(&'static Architecture, HParams)> {
@@ -122,6 +123,12 @@ fn check_metadata(file: &GgufFile, arch_name: &str, h: &HParams) -> Result<()> {
                 "{name}: tokenizer.ggml.tokens lists {n} tokens, but the model has a vocabulary of {}",
                 h.vocab_size
             );
+        }
+        let tokens = file.get("tokenizer.ggml.tokens").and_then(Value::as_array);
+        for (id, t) in tokens.into_iter().flatten().enumerate() {
+            if let Some(text) = t.as_str() {
+                check_token_length(&file.path, id, text)?;
+            }
         }
         for k in ["tokenizer.ggml.token_type", "tokenizer.ggml.scores"] {
             match array_len(k) {

@@ -41,6 +41,23 @@ pub struct Vocab {
     pub warnings: Vec<String>,
 }
 
+/// The longest token text accepted. Real vocabularies stay under a few hundred bytes (runs of
+/// spaces or symbols); a longer "token" is a broken or hostile file, and every tokenizer built
+/// from it would search the text for it.
+pub const MAX_TOKEN_BYTES: usize = 1 << 16;
+
+/// An error naming `path` for a token longer than [`MAX_TOKEN_BYTES`].
+pub fn check_token_length(path: &Path, id: usize, text: &str) -> Result<()> {
+    if text.len() > MAX_TOKEN_BYTES {
+        bail!(
+            "{}: token {id} is {} bytes long; no vocabulary has tokens over {MAX_TOKEN_BYTES} bytes",
+            path.display(),
+            text.len()
+        );
+    }
+    Ok(())
+}
+
 fn read_json(path: &Path) -> Result<Json> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
@@ -161,6 +178,7 @@ pub fn read_vocab(
         if id >= n {
             bail!("{}: token {tok:?} has id {id} but the model's vocab_size is {n}: tokenizer does not match the model", tj_path.display());
         }
+        check_token_length(&tj_path, id, tok)?;
         tokens[id] = Some(tok.clone());
     }
     let added = tj
@@ -182,6 +200,7 @@ pub fn read_vocab(
                 tj_path.display()
             );
         }
+        check_token_length(&tj_path, id, content)?;
         let special = t.get("special").and_then(|s| s.as_bool()).unwrap_or(false);
         tokens[id] = Some(content.to_string());
         types[id] = added_token_type(special, content);
@@ -441,15 +460,20 @@ fn read_sentencepiece(path: &Path, vocab_size: u64, dir: &Path) -> Result<Vocab>
         }
         None
     }
+    // Every length is a claim: a sum that wraps would move `pos` backwards and loop forever.
+    fn advance(b: &[u8], pos: &mut usize, len: usize) -> Option<()> {
+        *pos = pos.checked_add(len).filter(|&end| end <= b.len())?;
+        Some(())
+    }
     fn skip(b: &[u8], pos: &mut usize, wire: u64) -> Option<()> {
         match wire {
             0 => varint(b, pos).map(|_| ()),
-            1 => (*pos + 8 <= b.len()).then(|| *pos += 8),
+            1 => advance(b, pos, 8),
             2 => {
-                let len = varint(b, pos)? as usize;
-                (*pos + len <= b.len()).then(|| *pos += len)
+                let len = usize::try_from(varint(b, pos)?).ok()?;
+                advance(b, pos, len)
             }
-            5 => (*pos + 4 <= b.len()).then(|| *pos += 4),
+            5 => advance(b, pos, 4),
             _ => None,
         }
     }
@@ -475,24 +499,23 @@ fn read_sentencepiece(path: &Path, vocab_size: u64, dir: &Path) -> Result<Vocab>
             match (key >> 3, key & 7) {
                 (1, 2) => {
                     let l = varint(&bytes, &mut pos).ok_or_else(bad)? as usize;
-                    let s = bytes.get(pos..pos + l).ok_or_else(bad)?;
-                    piece = String::from_utf8(s.to_vec()).map_err(|_| bad())?;
-                    pos += l;
+                    let start = pos;
+                    advance(&bytes, &mut pos, l).ok_or_else(bad)?;
+                    piece = String::from_utf8(bytes[start..pos].to_vec()).map_err(|_| bad())?;
                 }
                 (2, 5) => {
-                    score = f32::from_le_bytes(
-                        bytes
-                            .get(pos..pos + 4)
-                            .ok_or_else(bad)?
-                            .try_into()
-                            .expect("4 bytes"),
-                    );
-                    pos += 4;
+                    let start = pos;
+                    advance(&bytes, &mut pos, 4).ok_or_else(bad)?;
+                    score = f32::from_le_bytes(bytes[start..pos].try_into().expect("4 bytes"));
                 }
                 (3, 0) => ty = varint(&bytes, &mut pos).ok_or_else(bad)? as i32,
                 (_, w) => skip(&bytes, &mut pos, w).ok_or_else(bad)?,
             }
         }
+        if pos != end {
+            return Err(bad());
+        }
+        check_token_length(path, tokens.len(), &piece)?;
         tokens.push(piece);
         scores.push(score);
         types.push(ty);
@@ -520,6 +543,7 @@ fn read_sentencepiece(path: &Path, vocab_size: u64, dir: &Path) -> Result<Vocab>
         pairs.sort();
         for (id, text) in pairs {
             if id as usize == tokens.len() && id < vocab_size {
+                check_token_length(&dir.join("added_tokens.json"), tokens.len(), &text)?;
                 tokens.push(text);
                 scores.push(-1000.0);
                 types.push(TOKEN_USER_DEFINED);

@@ -211,3 +211,32 @@ pub fn convert_types(
         .zip(outputs.into_iter().map(|o| o.path))
         .collect()
 }
+
+/// quantfit's binary under the limits hostile input is held to: 4 GiB of address space and
+/// 60 s of CPU time. A case that allocates what a header claims dies of the first, one that
+/// loops on a wrapped length of the second, instead of passing on a machine with room to spare.
+pub fn limited_quantfit() -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quantfit"));
+    let limit = |resource, value: u64| {
+        let l = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: `l` is a valid rlimit that outlives the call.
+        if unsafe { libc::setrlimit(resource, &l) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit, which
+    // is async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            limit(libc::RLIMIT_AS, 4 << 30)?;
+            limit(libc::RLIMIT_CPU, 60)
+        });
+    }
+    cmd
+}
