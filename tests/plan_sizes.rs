@@ -110,3 +110,61 @@ fn planned_size_equals_converted_file() {
         assert_eq!(weight_bytes(&spec, *t), o.tensor_bytes, "{t}");
     }
 }
+
+/// The KV cache the planner sizes is the one llama.cpp allocates (tests/fixtures/kv-cache, made
+/// by its make.py from llama-perplexity's `llama_kv_cache` lines): per cache, the same layers
+/// (sliding-window layers apart in Gemma 2 and 3), the same cells per layer (the context
+/// padded to 256; in sliding layers at most the window plus a micro-batch, padded), one
+/// stream per sequence, and the bytes llama.cpp prints to its 0.01 MiB, f16 and q8_0 alike.
+#[test]
+fn kv_cache_is_what_llama_cpp_allocates() {
+    use quantfit::plan::estimate::{kv_cells, kv_layer_bytes, sliding_layer};
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kv-cache");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let mut sliding_cases = 0;
+    for case in reference["cases"].as_array().unwrap() {
+        let name = case["model"].as_str().unwrap();
+        let m = catalog::resolve(common::model_dir(name).to_str().unwrap()).unwrap();
+        let get = |k: &str| case[k].as_u64().unwrap();
+        let (ctx, ubatch) = (get("ctx"), get("ubatch"));
+        let seqs = (get("batch") / ctx).max(1);
+        let kv = KvType::from_name(case["kv"].as_str().unwrap()).unwrap();
+        let what = case["command"].as_str().unwrap();
+        for cache in case["caches"].as_array().unwrap() {
+            let swa = cache["kind"] == "swa";
+            sliding_cases += swa as usize;
+            let layers: Vec<u64> = (0..m.hparams.n_layer)
+                .filter(|&il| sliding_layer(&m, il) == swa)
+                .collect();
+            assert_eq!(
+                layers.len() as u64,
+                cache["layers"].as_u64().unwrap(),
+                "{what}"
+            );
+            assert_eq!(seqs, cache["streams"].as_u64().unwrap(), "{what}");
+            for &il in &layers {
+                assert_eq!(
+                    kv_cells(&m, il, ctx, ubatch),
+                    cache["cells"].as_u64().unwrap(),
+                    "{what}: layer {il}"
+                );
+            }
+            let bytes: f64 = layers
+                .iter()
+                .map(|&il| kv_layer_bytes(&m, kv, il, ctx, seqs, ubatch))
+                .sum();
+            let mib = bytes / (1024.0 * 1024.0);
+            let want = cache["size_mib"].as_f64().unwrap();
+            assert!(
+                (mib - want).abs() <= 0.005 + 1e-9,
+                "{what}: planned {mib:.4} MiB, llama.cpp {want} MiB"
+            );
+        }
+    }
+    assert!(
+        sliding_cases >= 10,
+        "the Gemma fixtures have sliding caches"
+    );
+}

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::{parameter_count, tensors, ModelSpec};
 use super::hardware::HardwareProfile;
 use crate::quant::rules::{tensor_type, FileType, ModelFacts, RuleOptions};
+use crate::source::arch::by_gguf_name;
 
 pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -105,11 +106,62 @@ pub fn weight_bytes(m: &ModelSpec, ft: FileType) -> u64 {
     footprint(m, ft).file
 }
 
-/// KV cache bytes per token of context (K and V, every layer).
+/// llama.cpp's default micro-batch (`n_ubatch`): a sliding-window cache holds this many cells
+/// beyond the window.
+pub const UBATCH: u64 = 512;
+
+/// K and V bytes of one cache cell in one layer.
+fn kv_cell_bytes(m: &ModelSpec, kv: KvType) -> f64 {
+    2.0 * (m.hparams.n_head_kv * m.hparams.head_dim) as f64 * kv.bytes_per_element()
+}
+
+/// KV cache bytes per token of context over every layer, sliding windows aside (what a
+/// model without sliding layers allocates per token; see `kv_bytes`).
 pub fn kv_bytes_per_token(m: &ModelSpec, kv: KvType) -> f64 {
-    2.0 * m.hparams.n_layer as f64
-        * (m.hparams.n_head_kv * m.hparams.head_dim) as f64
-        * kv.bytes_per_element()
+    m.hparams.n_layer as f64 * kv_cell_bytes(m, kv)
+}
+
+/// Whether layer `il` attends through a sliding window: llama.cpp's fixed layer pattern for
+/// the architecture (`is_swa`), where the config sets a window.
+pub fn sliding_layer(m: &ModelSpec, il: u64) -> bool {
+    let pattern = by_gguf_name(&m.arch).map_or(0, |a| a.swa_pattern);
+    m.hparams.sliding_window > 0 && pattern > 0 && il % pattern < pattern - 1
+}
+
+/// Cache cells llama.cpp allocates in layer `il` for one sequence of `ctx` tokens: the
+/// context padded to 256 (llama_context), or in a sliding layer at most the window plus the
+/// micro-batch `ubatch`, padded to 256 (llama_kv_cache_iswa), as llama.cpp 0c1e57098 sizes
+/// them.
+pub fn kv_cells(m: &ModelSpec, il: u64, ctx: u64, ubatch: u64) -> u64 {
+    let full = ctx.div_ceil(256) * 256;
+    if sliding_layer(m, il) {
+        full.min((m.hparams.sliding_window + ubatch).div_ceil(256) * 256)
+    } else {
+        full
+    }
+}
+
+/// KV cache bytes llama.cpp allocates in layer `il` for `seqs` sequences of `ctx` tokens (one
+/// cache stream per sequence, its default).
+pub fn kv_layer_bytes(m: &ModelSpec, kv: KvType, il: u64, ctx: u64, seqs: u64, ubatch: u64) -> f64 {
+    (kv_cells(m, il, ctx, ubatch) * seqs) as f64 * kv_cell_bytes(m, kv)
+}
+
+/// KV cache bytes of every layer at llama.cpp's default micro-batch.
+pub fn kv_bytes(m: &ModelSpec, kv: KvType, ctx: u64, seqs: u64) -> f64 {
+    (0..m.hparams.n_layer)
+        .map(|il| kv_layer_bytes(m, kv, il, ctx, seqs, UBATCH))
+        .sum()
+}
+
+/// Cache cells a token generated at depth `depth` attends to in layer `il`: all of them, or
+/// the window in a sliding layer.
+fn kv_cells_read(m: &ModelSpec, il: u64, depth: f64) -> f64 {
+    if sliding_layer(m, il) {
+        depth.min(m.hparams.sliding_window as f64)
+    } else {
+        depth
+    }
 }
 
 /// Compute buffers and runtime overhead, a documented approximation of llama.cpp's allocations:
@@ -332,7 +384,7 @@ pub struct Estimate {
     pub monthly_usd: f64,
 }
 
-/// Memory per device and in the host for a context of `tokens` KV entries per layer.
+/// Memory per device and in the host for `seqs` sequences of `ctx` tokens.
 struct Placement {
     per_device: Vec<f64>,
     host: f64,
@@ -341,25 +393,27 @@ struct Placement {
     host_read: f64,
 }
 
+/// Where weights and cache live for `seqs` sequences of `ctx` tokens, and what a token
+/// generated at `depth` reads.
 fn place(
     fp: &Footprint,
     m: &ModelSpec,
     hw: &HardwareProfile,
     c: &Config,
-    tokens: f64,
-    kv_read_tokens: f64,
+    (ctx, seqs): (u64, u64),
+    depth: f64,
 ) -> Placement {
-    let kv_layer = kv_bytes_per_token(m, c.kv) / m.hparams.n_layer.max(1) as f64;
-    let overhead = overhead_bytes(m, hw, 512);
+    let kv_held = |il: usize| kv_layer_bytes(m, c.kv, il as u64, ctx, seqs, UBATCH);
+    let kv_read = |il: usize| kv_cells_read(m, il as u64, depth) * kv_cell_bytes(m, c.kv);
+    let overhead = overhead_bytes(m, hw, UBATCH);
     let n_layer = fp.layers.len();
     // CPUs and unified-memory machines hold everything in the one memory the profile describes.
     if hw.kind != "gpu" {
         let w = fp.file as f64;
-        let kv = kv_layer * n_layer as f64;
         return Placement {
-            per_device: vec![w + kv * tokens + overhead],
+            per_device: vec![w + (0..n_layer).map(kv_held).sum::<f64>() + overhead],
             host: 0.0,
-            device_read: w - fp.token_embd as f64 + kv * kv_read_tokens,
+            device_read: w - fp.token_embd as f64 + (0..n_layer).map(kv_read).sum::<f64>(),
             host_read: 0.0,
         };
     }
@@ -372,13 +426,13 @@ fn place(
     let (mut device_read, mut host_read) = (0.0, 0.0);
     for (i, &w) in fp.layers.iter().enumerate() {
         let w = w as f64;
-        let bytes = w + kv_layer * tokens;
+        let bytes = w + kv_held(i);
         if i < first_gpu {
             host += bytes;
-            host_read += w + kv_layer * kv_read_tokens;
+            host_read += w + kv_read(i);
             continue;
         }
-        device_read += w + kv_layer * kv_read_tokens;
+        device_read += w + kv_read(i);
         match c.split {
             Split::Row => per_device.iter_mut().for_each(|d| *d += bytes / n as f64),
             Split::Layer => per_device[(i - first_gpu) * n / on_gpu.max(1)] += bytes,
@@ -424,49 +478,39 @@ pub fn estimate_with(
 ) -> Estimate {
     let eff = efficiency(&hw.backend);
     let n = c.devices.max(1) as f64;
-    let tokens = (s.ctx * s.batch) as f64;
-    // Decode reads the whole KV cache written so far: at mid-context on average.
-    let p = place(fp, m, hw, c, tokens, s.ctx as f64 / 2.0);
+    // Decode reads the whole KV cache written so far (the window in sliding layers): at
+    // mid-context on average.
+    let depth = s.ctx as f64 / 2.0;
+    let p = place(fp, m, hw, c, (s.ctx, s.batch), depth);
     let capacity = hw.memory_bytes();
     let host_capacity = if hw.kind == "gpu" {
         s.host_memory_gb * GIB
     } else {
         0.0
     };
+    let fits_in = |p: &Placement| {
+        p.per_device.iter().all(|&d| d <= capacity) && (hw.kind != "gpu" || p.host <= host_capacity)
+    };
     let device_max = p.per_device.iter().copied().fold(0.0, f64::max);
-    let fits = device_max <= capacity && (hw.kind != "gpu" || p.host <= host_capacity);
-
-    // The longest context that still fits: memory grows linearly in the context.
-    let empty = place(fp, m, hw, c, 0.0, 0.0);
-    let per_token_dev = p
-        .per_device
-        .iter()
-        .zip(&empty.per_device)
-        .map(|(a, b)| (a - b) / tokens.max(1.0))
-        .collect::<Vec<_>>();
-    let mut max_ctx = m.hparams.context_length as f64;
-    for (free, per) in empty
-        .per_device
-        .iter()
-        .map(|e| capacity - e)
-        .zip(&per_token_dev)
-    {
-        if *per > 0.0 {
-            max_ctx = max_ctx.min(free / per / s.batch as f64);
-        } else if free < 0.0 {
-            max_ctx = 0.0;
+    let fits = fits_in(&p);
+    // The longest context that still fits: memory grows with the context in steps of 256
+    // cells, up to the window in sliding layers, so it is searched for rather than divided.
+    let fits_at = |ctx: u64| fits_in(&place(fp, m, hw, c, (ctx, s.batch), 0.0));
+    let (mut lo, mut hi) = (0u64, m.hparams.context_length.max(1));
+    if fits_at(hi) {
+        lo = hi;
+    } else if fits_at(1) {
+        lo = 1;
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits_at(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
         }
     }
-    if hw.kind == "gpu" {
-        let host_per = (p.host - empty.host) / tokens.max(1.0);
-        let host_free = host_capacity - empty.host;
-        if host_per > 0.0 {
-            max_ctx = max_ctx.min(host_free / host_per / s.batch as f64);
-        } else if host_free < 0.0 {
-            max_ctx = 0.0;
-        }
-    }
-    let max_ctx = max_ctx.max(0.0).floor() as u64;
+    let max_ctx = lo;
 
     let bw = hw.memory_bandwidth_gbs * 1e9 * eff.bandwidth;
     let host_bw = s.host_bandwidth_gbs * 1e9 * DEFAULTS.bandwidth;
@@ -486,7 +530,10 @@ pub fn estimate_with(
     let decode = 1.0 / step_s;
     // Batched decode: weights are read once per step for all sequences; compute caps it.
     let params = parameter_count(m) as f64;
-    let kv_step = kv_bytes_per_token(m, c.kv) * s.ctx as f64 / 2.0 * (s.batch as f64 - 1.0);
+    let cells_read: f64 = (0..m.hparams.n_layer)
+        .map(|il| kv_cells_read(m, il, depth))
+        .sum();
+    let kv_step = cells_read * kv_cell_bytes(m, c.kv) * (s.batch as f64 - 1.0);
     let gpu_frac = c.gpu_layers.min(m.hparams.n_layer) as f64 / m.hparams.n_layer.max(1) as f64;
     let batch_step = step_s + kv_step * gpu_frac / device_bw + kv_step * (1.0 - gpu_frac) / host_bw;
     // A prompt batch does not pipeline across layer-split devices (pp512 on 1, 4 or 8 GPUs
@@ -515,8 +562,8 @@ pub fn estimate_with(
         ),
         (None, None) => (f64::NAN, "no price in the profile".to_string()),
     };
-    let kv_bytes = kv_bytes_per_token(m, c.kv) * tokens;
-    let overhead = overhead_bytes(m, hw, 512) * if hw.kind == "gpu" { n } else { 1.0 };
+    let kv_bytes = kv_bytes(m, c.kv, s.ctx, s.batch);
+    let overhead = overhead_bytes(m, hw, UBATCH) * if hw.kind == "gpu" { n } else { 1.0 };
     Estimate {
         weights_bytes: fp.file,
         kv_bytes,
