@@ -168,3 +168,42 @@ fn kv_cache_is_what_llama_cpp_allocates() {
         "the Gemma fixtures have sliding caches"
     );
 }
+
+/// What a generated token reads of a mixture of experts: every tensor of the file (the output
+/// head, the router, attention) except the token embeddings, and of the stacked expert
+/// tensors only the share of the experts it is routed to (Mixtral's 2 of 8, Qwen3-MoE's of
+/// its config), counted from the converted file's own tensor bytes.
+#[test]
+fn a_token_reads_only_its_experts() {
+    use quantfit::gguf::GgufFile;
+    use quantfit::plan::estimate::{footprint, weights_read_per_token};
+    let out = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/moe-read");
+    for name in ["tiny-mixtral", "tiny-qwen3moe"] {
+        let dir = common::model_dir(name);
+        let m = catalog::resolve(dir.to_str().unwrap()).unwrap();
+        let (k, n) = (m.hparams.n_expert_used, m.hparams.n_expert);
+        assert!(n > k && k > 0, "{name}: {k} of {n} experts");
+        let file = common::convert_types(&dir, &["Q4_K_M"], &out.join(name))
+            .remove(0)
+            .1;
+        let f = GgufFile::open(&file).unwrap();
+        let mut want = 0.0;
+        for t in &f.tensors {
+            want += match t.name.as_str() {
+                "token_embd.weight" => 0.0,
+                x if x.contains("_exps.") => t.bytes as f64 * k as f64 / n as f64,
+                _ => t.bytes as f64,
+            };
+        }
+        let got = weights_read_per_token(&footprint(&m, FileType::Q4_K_M), &m);
+        assert!(
+            (got / want - 1.0).abs() < 1e-12,
+            "{name}: planned {got}, file {want}"
+        );
+        let all: u64 = f.tensors.iter().map(|t| t.bytes).sum();
+        assert!(
+            got < 0.8 * all as f64,
+            "{name}: {got} of {all} bytes read per token"
+        );
+    }
+}

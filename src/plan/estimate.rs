@@ -57,6 +57,11 @@ impl KvType {
 #[derive(Clone, Debug)]
 pub struct Footprint {
     pub layers: Vec<u64>,
+    /// Of each layer's bytes, those of its routed experts (`*_exps`): a token reads only the
+    /// experts it is routed to, the rest of the layer (attention, router, shared experts) whole.
+    pub layer_experts: Vec<u64>,
+    /// Parameters in routed experts (0 for a dense model).
+    pub expert_params: u64,
     pub token_embd: u64,
     pub output: u64,
     /// Bytes of the file's tensors (a tied output is stored once).
@@ -75,6 +80,8 @@ pub fn footprint(m: &ModelSpec, ft: FileType) -> Footprint {
     let opts = RuleOptions::default();
     let mut fp = Footprint {
         layers: vec![0; m.hparams.n_layer as usize],
+        layer_experts: vec![0; m.hparams.n_layer as usize],
+        expert_params: 0,
         token_embd: 0,
         output: 0,
         file: 0,
@@ -90,7 +97,13 @@ pub fn footprint(m: &ModelSpec, ft: FileType) -> Footprint {
             .and_then(|r| r.split('.').next())
             .and_then(|i| i.parse::<usize>().ok());
         match (layer, name.as_str()) {
-            (Some(i), _) => fp.layers[i] += bytes,
+            (Some(i), _) => {
+                fp.layers[i] += bytes;
+                if name.contains("_exps.") {
+                    fp.layer_experts[i] += bytes;
+                    fp.expert_params += dims.iter().product::<u64>();
+                }
+            }
             (None, "token_embd.weight") => fp.token_embd += bytes,
             _ => fp.output += bytes,
         }
@@ -384,6 +397,35 @@ pub struct Estimate {
     pub monthly_usd: f64,
 }
 
+/// The share of a layer's routed-expert bytes one decoding step reads for `seqs` sequences:
+/// each token uses k of n experts, so a step touches the experts any of them uses, 1 - (1 -
+/// k/n)^seqs of them on average under uniform routing (all of them for a dense model, which
+/// has no expert bytes).
+fn experts_read(m: &ModelSpec, seqs: u64) -> f64 {
+    let h = &m.hparams;
+    if h.n_expert == 0 {
+        return 1.0;
+    }
+    let used = h.n_expert_used.min(h.n_expert) as f64 / h.n_expert as f64;
+    1.0 - (1.0 - used).powf(seqs.max(1) as f64)
+}
+
+/// The weight bytes of layer `il` one generated token reads: of a mixture's experts, only
+/// those it is routed to.
+pub fn layer_read_bytes(fp: &Footprint, m: &ModelSpec, il: usize) -> f64 {
+    let experts = fp.layer_experts[il] as f64;
+    fp.layers[il] as f64 - experts + experts * experts_read(m, 1)
+}
+
+/// The weight bytes one generated token reads: every layer's (its experts only) and the
+/// output head; of the token embeddings, one row.
+pub fn weights_read_per_token(fp: &Footprint, m: &ModelSpec) -> f64 {
+    (0..fp.layers.len())
+        .map(|il| layer_read_bytes(fp, m, il))
+        .sum::<f64>()
+        + fp.output as f64
+}
+
 /// Memory per device and in the host for `seqs` sequences of `ctx` tokens.
 struct Placement {
     per_device: Vec<f64>,
@@ -405,6 +447,7 @@ fn place(
 ) -> Placement {
     let kv_held = |il: usize| kv_layer_bytes(m, c.kv, il as u64, ctx, seqs, UBATCH);
     let kv_read = |il: usize| kv_cells_read(m, il as u64, depth) * kv_cell_bytes(m, c.kv);
+    let weights_read = |il: usize| layer_read_bytes(fp, m, il);
     let overhead = overhead_bytes(m, hw, UBATCH);
     let n_layer = fp.layers.len();
     // CPUs and unified-memory machines hold everything in the one memory the profile describes.
@@ -413,7 +456,7 @@ fn place(
         return Placement {
             per_device: vec![w + (0..n_layer).map(kv_held).sum::<f64>() + overhead],
             host: 0.0,
-            device_read: w - fp.token_embd as f64 + (0..n_layer).map(kv_read).sum::<f64>(),
+            device_read: weights_read_per_token(fp, m) + (0..n_layer).map(kv_read).sum::<f64>(),
             host_read: 0.0,
         };
     }
@@ -429,10 +472,10 @@ fn place(
         let bytes = w + kv_held(i);
         if i < first_gpu {
             host += bytes;
-            host_read += w + kv_read(i);
+            host_read += weights_read(i) + kv_read(i);
             continue;
         }
-        device_read += w + kv_read(i);
+        device_read += weights_read(i) + kv_read(i);
         match c.split {
             Split::Row => per_device.iter_mut().for_each(|d| *d += bytes / n as f64),
             Split::Layer => per_device[(i - first_gpu) * n / on_gpu.max(1)] += bytes,
@@ -528,14 +571,19 @@ pub fn estimate_with(
     let device_bw = if row { bw * n } else { bw };
     let step_s = p.device_read / device_bw + comm + p.host_read / host_bw + eff.per_token_s;
     let decode = 1.0 / step_s;
-    // Batched decode: weights are read once per step for all sequences; compute caps it.
-    let params = parameter_count(m) as f64;
+    // Batched decode: weights are read once per step for all sequences (of a mixture's
+    // experts, those any of them is routed to); compute caps it. A token computes with the
+    // experts it uses only.
+    let params = parameter_count(m) as f64 - fp.expert_params as f64 * (1.0 - experts_read(m, 1));
     let cells_read: f64 = (0..m.hparams.n_layer)
         .map(|il| kv_cells_read(m, il, depth))
         .sum();
-    let kv_step = cells_read * kv_cell_bytes(m, c.kv) * (s.batch as f64 - 1.0);
+    let extra_step = cells_read * kv_cell_bytes(m, c.kv) * (s.batch as f64 - 1.0)
+        + fp.layer_experts.iter().sum::<u64>() as f64
+            * (experts_read(m, s.batch) - experts_read(m, 1));
     let gpu_frac = c.gpu_layers.min(m.hparams.n_layer) as f64 / m.hparams.n_layer.max(1) as f64;
-    let batch_step = step_s + kv_step * gpu_frac / device_bw + kv_step * (1.0 - gpu_frac) / host_bw;
+    let batch_step =
+        step_s + extra_step * gpu_frac / device_bw + extra_step * (1.0 - gpu_frac) / host_bw;
     // A prompt batch does not pipeline across layer-split devices (pp512 on 1, 4 or 8 GPUs
     // measures about the same): one device's compute, or all of them under a row split.
     let compute_rate = eff.compute * hw.fp16_tflops * 1e12 * if row { n } else { 1.0 };
