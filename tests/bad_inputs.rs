@@ -633,3 +633,28 @@ fn tokens_of_ten_megabytes() {
     std::fs::write(dir.join("tokenizer.model"), model).unwrap();
     expect_failure(&dir, &["tokenizer.model", "token 0 is 10485760 bytes long"]);
 }
+
+/// A tokenizer.json merge whose join is longer than every token: the tokenizers crate panics
+/// on it (found by fuzzing); quantfit refuses it, naming the merge and the missing token.
+#[test]
+fn a_merge_longer_than_every_token() {
+    let dir = write_tiny_llama(&case_dir("merge_too_long"), 2);
+    let path = dir.join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let longest = t["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .max_by_key(|k| k.len())
+        .unwrap()
+        .clone();
+    let merge = match &t["model"]["merges"][0] {
+        serde_json::Value::String(_) => serde_json::Value::from(format!("{longest} {longest}")),
+        _ => serde_json::json!([longest, longest]),
+    };
+    t["model"]["merges"].as_array_mut().unwrap().push(merge);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, t.to_string()).unwrap();
+    expect_failure(&dir, &["tokenizer.json", "which the vocabulary lacks"]);
+}

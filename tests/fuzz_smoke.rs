@@ -203,3 +203,27 @@ fn hardware_toml() {
     .collect();
     fuzz(Target::HardwareToml, &seeds, 5000);
 }
+
+/// The inputs the coverage-guided runs crashed on (tests/fixtures/fuzz-crashes/<target>/, one
+/// file each, named for what it does), refused now with an error.
+#[test]
+fn crashes_found_by_fuzzing_are_refused() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz-crashes");
+    let mut n = 0;
+    for target in Target::ALL {
+        let Ok(files) = std::fs::read_dir(root.join(target.name())) else {
+            continue;
+        };
+        for file in files {
+            let path = file.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let outcome = std::panic::catch_unwind(|| check(target, &data));
+            match outcome {
+                Ok(Err(_)) => n += 1,
+                Ok(Ok(())) => panic!("{}: accepted", path.display()),
+                Err(_) => panic!("{}: panicked", path.display()),
+            }
+        }
+    }
+    assert!(n >= 2, "{n} crash files");
+}

@@ -27,7 +27,9 @@ use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 use super::spm::SpmTokenizer;
 use crate::gguf::reader::GgufFile;
 use crate::gguf::Value;
-use crate::source::tokenizer::{added_token_type, Vocab, TOKEN_USER_DEFINED as USER_DEFINED};
+use crate::source::tokenizer::{
+    added_token_type, check_merges, Vocab, TOKEN_USER_DEFINED as USER_DEFINED,
+};
 
 const GPT2_WORDS: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3_WORDS: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -102,6 +104,7 @@ impl TextTokenizer {
         if !json.is_object() {
             bail!("{}: not a tokenizer (not a JSON object)", path.display());
         }
+        check_merges(path, &json)?;
         // Added tokens that the converter types USER_DEFINED are cut out of the text in
         // `encode`; the others stay plain text, as llama-perplexity does not parse special
         // tokens. `encode` adds BOS itself, hence no post-processor.

@@ -3,7 +3,7 @@
 //! under us (a download still in progress, a file truncated by another program) names the file,
 //! removes the temporary files and exits 2. Both need the paths without allocating or locking,
 //! so temporary files and mapped inputs are kept in fixed tables of atomics whose strings are
-//! never freed.
+//! never freed (one per distinct path).
 
 use std::ffi::CString;
 use std::path::Path;
@@ -29,12 +29,24 @@ static MAPS: [MapSlot; MAP_SLOTS] = [const {
     }
 }; MAP_SLOTS];
 
-/// A C string that is never freed: a signal handler may read it at any time.
+/// The path as a C string that is never freed, since a signal handler may read it at any time;
+/// each distinct path is made once and kept in a table, so a process that opens the same files
+/// again and again (a fuzzer, a library user) holds one copy each instead of one per open.
 fn leaked(path: &Path) -> Option<*mut libc::c_char> {
+    use std::collections::HashMap;
     use std::os::unix::ffi::OsStrExt;
-    CString::new(path.as_os_str().as_bytes())
-        .ok()
-        .map(CString::into_raw)
+    use std::sync::Mutex;
+    // Addresses as usize: raw pointers are not Send, and these are only ever read.
+    static NAMES: Mutex<Option<HashMap<Vec<u8>, usize>>> = Mutex::new(None);
+    let bytes = path.as_os_str().as_bytes();
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let names = names.get_or_insert_with(HashMap::new);
+    if let Some(&p) = names.get(bytes) {
+        return Some(p as *mut libc::c_char);
+    }
+    let p = CString::new(bytes).ok()?.into_raw();
+    names.insert(bytes.to_vec(), p as usize);
+    Some(p)
 }
 
 /// A temporary file removed if the run is interrupted; dropping the slot forgets it.

@@ -58,6 +58,49 @@ pub fn check_token_length(path: &Path, id: usize, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses the merges of a tokenizer.json BPE model that the `tokenizers` crate (0.23) panics
+/// on instead of refusing: it joins a merge's two parts in a buffer as long as the longest
+/// vocabulary entry, so a join longer than every token overruns it (found by fuzzing). Both
+/// parts and their join must be tokens; a part meant to continue a word must carry the
+/// model's `continuing_subword_prefix`.
+pub fn check_merges(path: &Path, tokenizer: &Json) -> Result<()> {
+    let model = &tokenizer["model"];
+    let (Some(vocab), Some(merges)) = (model["vocab"].as_object(), model["merges"].as_array())
+    else {
+        return Ok(());
+    };
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    for (i, merge) in merges.iter().enumerate() {
+        let (a, b) = match merge {
+            Json::String(s) => match s.split_once(' ') {
+                Some(pair) => pair,
+                None => continue,
+            },
+            Json::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
+                (Some(a), Some(b)) => (a, b),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        let Some(rest) = b.strip_prefix(prefix) else {
+            bail!(
+                "{}: merge {i} ({a:?} {b:?}): {b:?} lacks the continuing_subword_prefix {prefix:?}",
+                path.display()
+            );
+        };
+        let joined = format!("{a}{rest}");
+        for token in [a, b, joined.as_str()] {
+            if !vocab.contains_key(token) {
+                bail!(
+                    "{}: merge {i} ({a:?} {b:?}) needs the token {token:?}, which the vocabulary lacks",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn read_json(path: &Path) -> Result<Json> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
@@ -233,6 +276,7 @@ pub fn read_vocab(
         })
         .unwrap_or_default();
 
+    check_merges(&tj_path, &tj)?;
     let pre = match detect_pre_tokenizer(&tj_path)? {
         Some(p) => p,
         None => {
