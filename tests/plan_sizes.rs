@@ -207,3 +207,40 @@ fn a_token_reads_only_its_experts() {
         );
     }
 }
+
+/// A mixture's layers in host memory: a token reads only its experts there, but a prompt
+/// batch uses every expert, so a GPU backend copies all of the layers' bytes over the link for
+/// each micro-batch (the prefill time is at least that copy).
+#[test]
+fn a_prompt_batch_copies_every_expert_of_host_layers() {
+    use quantfit::plan::estimate::{estimate, footprint, Config, Scenario, Split, UBATCH};
+    let m = catalog::resolve(common::model_dir("tiny-mixtral").to_str().unwrap()).unwrap();
+    let hw = quantfit::plan::hardware::resolve("rtx-4090").unwrap();
+    let s = Scenario {
+        ctx: 512,
+        batch: 1,
+        host_memory_gb: 64.0,
+        host_bandwidth_gbs: 50.0,
+        electricity_usd_per_kwh: 0.3,
+        amortize_years: 3.0,
+    };
+    let c = Config {
+        devices: 1,
+        split: Split::Layer,
+        gpu_layers: 0,
+        kv: KvType::F16,
+    };
+    let fp = footprint(&m, FileType::Q4_K_M);
+    let host_weights = (fp.layers.iter().sum::<u64>() + fp.output) as f64;
+    let copy_s = host_weights / (hw.interconnect_gbs * 1e9);
+    let batch_s = |gpu_layers| {
+        let c = Config { gpu_layers, ..c };
+        UBATCH as f64 / estimate(&m, FileType::Q4_K_M, &hw, &s, &c).prefill_tokens_per_s
+    };
+    // The same compute either way; in host memory, the copy on top.
+    let extra = batch_s(0) - batch_s(m.hparams.n_layer);
+    assert!(
+        (extra / copy_s - 1.0).abs() < 1e-9,
+        "host layers add {extra} s to a micro-batch; copying all their bytes takes {copy_s} s"
+    );
+}

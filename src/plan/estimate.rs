@@ -433,6 +433,9 @@ struct Placement {
     /// Weight and KV bytes read per generated token on the devices and in the host.
     device_read: f64,
     host_read: f64,
+    /// Weight bytes of the layers (and head) in host memory, which a GPU backend copies over
+    /// for each prompt batch: all of a mixture's experts, since a batch uses them all.
+    host_weights: f64,
 }
 
 /// Where weights and cache live for `seqs` sequences of `ctx` tokens, and what a token
@@ -458,6 +461,7 @@ fn place(
             host: 0.0,
             device_read: weights_read_per_token(fp, m) + (0..n_layer).map(kv_read).sum::<f64>(),
             host_read: 0.0,
+            host_weights: 0.0,
         };
     }
     let n = c.devices.max(1) as usize;
@@ -466,13 +470,14 @@ fn place(
     let full = on_gpu == n_layer;
     let mut per_device = vec![overhead; n];
     let mut host = fp.token_embd as f64;
-    let (mut device_read, mut host_read) = (0.0, 0.0);
+    let (mut device_read, mut host_read, mut host_weights) = (0.0, 0.0, 0.0);
     for (i, &w) in fp.layers.iter().enumerate() {
         let w = w as f64;
         let bytes = w + kv_held(i);
         if i < first_gpu {
             host += bytes;
             host_read += weights_read(i) + kv_read(i);
+            host_weights += w;
             continue;
         }
         device_read += weights_read(i) + kv_read(i);
@@ -491,12 +496,14 @@ fn place(
     } else {
         host += output;
         host_read += output;
+        host_weights += output;
     }
     Placement {
         per_device,
         host,
         device_read,
         host_read,
+        host_weights,
     }
 }
 
@@ -589,10 +596,10 @@ pub fn estimate_with(
     let compute_rate = eff.compute * hw.fp16_tflops * 1e12 * if row { n } else { 1.0 };
     let batch_tps = (s.batch as f64 / batch_step).min(compute_rate / (2.0 * params));
     // With layers in host memory, llama.cpp's GPU backends copy those weights over the link for
-    // every prompt batch (512 tokens) and compute there.
-    let ubatch = 512.0;
+    // every prompt batch (a micro-batch of UBATCH tokens) and compute there.
+    let ubatch = UBATCH as f64;
     let upload_s = if hw.kind == "gpu" {
-        p.host_read / (hw.interconnect_gbs.max(1.0) * 1e9)
+        p.host_weights / (hw.interconnect_gbs.max(1.0) * 1e9)
     } else {
         0.0
     };
