@@ -410,7 +410,12 @@ fn mixtures_of_experts_that_contradict_their_weights() {
             |c| c["architectures"] = serde_json::json!(["FooMoeForCausalLM"]),
             &[],
         ),
-        &["config.json", "unsupported architecture FooMoeForCausalLM"],
+        &[
+            "config.json",
+            "unsupported architecture FooMoeForCausalLM",
+            "Qwen3MoeForCausalLM",
+            "sized by plan only: Phi3ForCausalLM",
+        ],
     );
 }
 

@@ -859,10 +859,18 @@ pub fn supported_classes() -> Vec<&'static str> {
 pub fn describe(class: &str) -> Result<&'static Architecture> {
     match ARCHITECTURES.iter().find(|a| a.hf_classes.contains(&class)) {
         Some(a) => Ok(a),
-        None => bail!(
-            "unsupported architecture {class}; supported: {}",
-            supported_classes().join(", ")
-        ),
+        None => {
+            let planned_only: Vec<&str> = ARCHITECTURES
+                .iter()
+                .filter(|a| !a.support.convert)
+                .flat_map(|a| a.hf_classes.iter().copied())
+                .collect();
+            bail!(
+                "unsupported architecture {class}; supported: {}; sized by plan only: {}",
+                supported_classes().join(", "),
+                planned_only.join(", ")
+            )
+        }
     }
 }
 
