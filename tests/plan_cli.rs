@@ -114,6 +114,7 @@ fn json_rows_have_the_documented_keys() {
         "config",
         "devices",
         "gpu_layers",
+        "cpu_moe_layers",
         "kv_type",
         "ctx",
         "batch",
@@ -830,4 +831,115 @@ fn task_accuracy_ranks_across_sizes() {
     .unwrap();
     let err = fail(&["plan", "--results", none_runs.to_str().unwrap()]);
     assert!(err.contains("\"acc\" must be a fraction"), "{err}");
+}
+
+/// A model with no perplexity anywhere (a folder of a family nobody published figures for):
+/// the recommendation says so once, with why this type, and ranks nothing by MMLU.
+#[test]
+fn a_model_without_any_perplexity_is_recommended_plainly() {
+    let dir = common::model_dir("tiny-gemma3");
+    let doc = plan_json(&["--model", dir.to_str().unwrap(), "--ctx", "1024"]);
+    let why = doc["recommendation"].as_str().unwrap();
+    assert_eq!(why.matches("no perplexity is known").count(), 1, "{why}");
+    assert!(why.contains("loses the least for the money"), "{why}");
+    assert!(!why.contains("MMLU"), "{why}");
+}
+
+/// A mixture that does not fit a device whole runs with the experts of as few layers as
+/// needed in host memory (llama.cpp --n-cpu-moe), found by the search or pinned; the flag is
+/// refused where it means nothing.
+#[test]
+fn a_mixture_too_big_for_the_device_keeps_experts_in_host_memory() {
+    use quantfit::plan::estimate::{estimate, Config, KvType, Scenario, Split, GIB};
+    use quantfit::quant::rules::FileType;
+    let dir = common::model_dir("tiny-qwen3moe");
+    let m = quantfit::plan::catalog::resolve(dir.to_str().unwrap()).unwrap();
+    let base = quantfit::plan::hardware::resolve("rtx-4090").unwrap();
+    let s = Scenario {
+        ctx: 512,
+        batch: 1,
+        host_memory_gb: 64.0,
+        host_bandwidth_gbs: 80.0,
+        electricity_usd_per_kwh: 0.3,
+        amortize_years: 3.0,
+    };
+    let need = |cpu_moe_layers| {
+        let c = Config {
+            devices: 1,
+            split: Split::Layer,
+            gpu_layers: m.hparams.n_layer,
+            kv: KvType::F16,
+            cpu_moe_layers,
+        };
+        estimate(&m, FileType::Q8_0, &base, &s, &c).device_bytes_max
+    };
+    // Room for everything but the experts of one layer.
+    let memory_gb = (need(0) + need(1)) / 2.0 / GIB;
+    let profile =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-out/small-gpu.toml");
+    std::fs::create_dir_all(profile.parent().unwrap()).unwrap();
+    let text = std::fs::read_to_string(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("hardware-profiles/rtx-4090.toml"),
+    )
+    .unwrap()
+    .replace("id = \"rtx-4090\"", "id = \"small-gpu\"")
+    .replace("memory_gb = 24", &format!("memory_gb = {memory_gb}"));
+    std::fs::write(&profile, text).unwrap();
+    let (m_arg, p_arg) = (dir.to_str().unwrap(), profile.to_str().unwrap());
+    let doc = plan_json(&[
+        "--model",
+        m_arg,
+        "--quant",
+        "Q8_0",
+        "--ctx",
+        "512",
+        "--hardware",
+        p_arg,
+    ]);
+    let r = &rows(&doc)[0];
+    assert_eq!(r["fits"], true, "{r}");
+    assert_eq!(r["cpu_moe_layers"], 1, "{r}");
+    assert_eq!(r["gpu_layers"], r["n_layer"], "{r}");
+    assert!(
+        r["config"].as_str().unwrap().contains("experts of 1/"),
+        "{r}"
+    );
+    // Pinned: two layers' experts, whether needed or not.
+    let doc = plan_json(&[
+        "--model",
+        m_arg,
+        "--quant",
+        "Q8_0",
+        "--ctx",
+        "512",
+        "--hardware",
+        "rtx-4090",
+        "--n-cpu-moe",
+        "2",
+    ]);
+    assert_eq!(rows(&doc)[0]["cpu_moe_layers"], 2);
+    // A dense model has no experts to move.
+    let doc = plan_json(&[
+        "--model",
+        "llama-2-7b",
+        "--quant",
+        "Q4_K_M",
+        "--n-cpu-moe",
+        "4",
+    ]);
+    assert_eq!(rows(&doc)[0]["cpu_moe_layers"], 0);
+    for (args, want) in [
+        (vec!["--n-cpu-moe", "0"], "--n-cpu-moe must be at least 1"),
+        (
+            vec!["--n-cpu-moe", "2", "--hardware", "cpu-epyc-9654-12ch"],
+            "--n-cpu-moe needs a GPU profile",
+        ),
+    ] {
+        let mut all = vec!["plan", "--model", m_arg];
+        all.extend(args);
+        let out = quantfit(&all);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(want));
+    }
 }

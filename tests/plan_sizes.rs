@@ -229,6 +229,7 @@ fn a_prompt_batch_copies_every_expert_of_host_layers() {
         split: Split::Layer,
         gpu_layers: 0,
         kv: KvType::F16,
+        cpu_moe_layers: 0,
     };
     let fp = footprint(&m, FileType::Q4_K_M);
     let host_weights = (fp.layers.iter().sum::<u64>() + fp.output) as f64;
@@ -243,4 +244,39 @@ fn a_prompt_batch_copies_every_expert_of_host_layers() {
         (extra / copy_s - 1.0).abs() < 1e-9,
         "host layers add {extra} s to a micro-batch; copying all their bytes takes {copy_s} s"
     );
+}
+
+/// `--n-cpu-moe N`: the routed experts of the first N layers move from the device to host
+/// memory, byte for byte, and everything else stays.
+#[test]
+fn experts_kept_in_host_memory() {
+    use quantfit::plan::estimate::{estimate, footprint, Config, Scenario, Split};
+    let m = catalog::resolve(common::model_dir("tiny-qwen3moe").to_str().unwrap()).unwrap();
+    let hw = quantfit::plan::hardware::resolve("rtx-4090").unwrap();
+    let s = Scenario {
+        ctx: 512,
+        batch: 1,
+        host_memory_gb: 64.0,
+        host_bandwidth_gbs: 50.0,
+        electricity_usd_per_kwh: 0.3,
+        amortize_years: 3.0,
+    };
+    let at = |cpu_moe_layers| {
+        let c = Config {
+            devices: 1,
+            split: Split::Layer,
+            gpu_layers: m.hparams.n_layer,
+            kv: KvType::F16,
+            cpu_moe_layers,
+        };
+        estimate(&m, FileType::Q4_K_M, &hw, &s, &c)
+    };
+    let fp = footprint(&m, FileType::Q4_K_M);
+    let (none, first) = (at(0), at(1));
+    let moved = fp.layer_experts[0] as f64;
+    assert!(moved > 0.0);
+    assert_eq!(none.device_bytes - first.device_bytes, moved);
+    assert_eq!(first.host_bytes - none.host_bytes, moved);
+    // The CPU reads its share of them per token, slower than the device would.
+    assert!(first.decode_tokens_per_s < none.decode_tokens_per_s);
 }

@@ -57,6 +57,11 @@ pub struct Args {
     /// Keep this many layers on one device (llama.cpp -ngl); the rest run from host memory.
     #[arg(long)]
     gpu_layers: Option<u64>,
+    /// Keep the routed experts of the first N layers of a mixture of experts in host memory,
+    /// run by the CPU, the rest of every layer on the device (llama.cpp --n-cpu-moe). Without
+    /// it, a mixture that does not fit is also tried with as few layers' experts there as fit.
+    #[arg(long, value_name = "N")]
+    n_cpu_moe: Option<u64>,
     /// System memory for what is not on the devices, GiB.
     #[arg(long, default_value_t = 64.0)]
     host_memory: f64,
@@ -176,12 +181,23 @@ fn search_of(args: &Args, hw: &[hardware::HardwareProfile]) -> Result<Search> {
             bail!("--gpu-layers needs a GPU profile; {} is a {} profile whose one memory holds everything", h.id, h.kind);
         }
     }
+    if let Some(n) = args.n_cpu_moe {
+        if n == 0 {
+            bail!(
+                "--n-cpu-moe must be at least 1 (leave it out to keep every expert on the device)"
+            );
+        }
+        if let Some(h) = hw.iter().find(|h| h.kind != "gpu") {
+            bail!("--n-cpu-moe needs a GPU profile; {} is a {} profile whose one memory holds everything", h.id, h.kind);
+        }
+    }
     if let Some(c) = args.min_ctx {
         if c == 0 {
             bail!("--min-ctx must be at least 1");
         }
     }
     Ok(Search {
+        cpu_moe: args.n_cpu_moe,
         devices: args.devices,
         max_devices: args.max_devices,
         split: match args.split {

@@ -18,6 +18,8 @@ pub struct Search {
     pub max_devices: u64,
     pub split: Split,
     pub gpu_layers: Option<u64>,
+    /// Layers whose experts stay in host memory (`--n-cpu-moe`), pinned.
+    pub cpu_moe: Option<u64>,
     pub kv: Option<KvType>,
     /// Configurations slower than this do not count as running the model.
     pub min_tps: Option<f64>,
@@ -45,6 +47,12 @@ pub fn describe(c: &Config, hw: &HardwareProfile, n_layer: u64) -> String {
     }
     if hw.kind == "gpu" && c.gpu_layers < n_layer {
         s.push_str(&format!(", {}/{n_layer} layers on GPU", c.gpu_layers));
+    }
+    if hw.kind == "gpu" && c.cpu_moe_layers > 0 {
+        s.push_str(&format!(
+            ", experts of {}/{n_layer} layers on CPU",
+            c.cpu_moe_layers.min(n_layer)
+        ));
     }
     if c.kv != KvType::F16 {
         s.push_str(&format!(", KV {}", c.kv.name()));
@@ -80,7 +88,14 @@ pub fn choose(
     };
     // The first KV type with which the configuration runs; when none does, the f16 try (the
     // one to report: a smaller cache would not have been needed had it fit).
-    let with_kv = |devices: u64, gpu_layers: u64| -> Tried {
+    // A dense model has no experts to keep in host memory, whatever was pinned.
+    let moe = m.hparams.n_expert > 0 && gpu;
+    let pinned_moe = if moe {
+        search.cpu_moe.unwrap_or(0).min(m.hparams.n_layer)
+    } else {
+        0
+    };
+    let with_kv = |devices: u64, gpu_layers: u64, cpu_moe_layers: u64| -> Tried {
         let mut first = None;
         for &kv in &kvs {
             let t = eval(Config {
@@ -88,6 +103,7 @@ pub fn choose(
                 split: search.split,
                 gpu_layers,
                 kv,
+                cpu_moe_layers,
             });
             if runs(&t.estimate, search) {
                 return t;
@@ -101,6 +117,13 @@ pub fn choose(
         tried.push(with_kv(
             search.devices.unwrap_or(1),
             layers.min(m.hparams.n_layer),
+            pinned_moe,
+        ));
+    } else if search.cpu_moe.is_some() {
+        tried.push(with_kv(
+            search.devices.unwrap_or(1),
+            m.hparams.n_layer,
+            pinned_moe,
         ));
     } else {
         // More devices than layers leaves devices idle under a layer split.
@@ -111,7 +134,7 @@ pub fn choose(
             (None, false) => vec![1],
         };
         for n in counts {
-            let t = with_kv(n, m.hparams.n_layer);
+            let t = with_kv(n, m.hparams.n_layer, 0);
             let ran = runs(&t.estimate, search);
             tried.push(t);
             // Under a layer split more devices only cost more once one count runs.
@@ -126,6 +149,14 @@ pub fn choose(
             if let Some(t) = most_layers(&fp, m, hw, s, search, kvs[0]) {
                 tried.push(t);
             }
+            // A mixture: every layer on the device but as few layers' experts in host memory
+            // as let the rest fit (llama.cpp's `--n-cpu-moe`), which keeps attention on the
+            // device where partial offload would not.
+            if moe {
+                if let Some(t) = fewest_cpu_moe(&fp, m, hw, s, search, kvs[0]) {
+                    tried.push(t);
+                }
+            }
         }
     }
     let best = tried
@@ -137,6 +168,7 @@ pub fn choose(
                 .total_cmp(&b.estimate.usd_per_million_tokens)
                 .then(a.config.devices.cmp(&b.config.devices))
                 .then(b.config.gpu_layers.cmp(&a.config.gpu_layers))
+                .then(a.config.cpu_moe_layers.cmp(&b.config.cpu_moe_layers))
         });
     if let Some(t) = best {
         return Choice {
@@ -179,6 +211,7 @@ fn most_layers(
             split: search.split,
             gpu_layers: layers,
             kv,
+            cpu_moe_layers: 0,
         };
         Tried {
             estimate: estimate_with(fp, m, hw, s, &c),
@@ -196,6 +229,48 @@ fn most_layers(
         }
     }
     (lo >= 1).then(|| at(lo))
+}
+
+/// One device holding every layer, with the experts of the fewest first layers that make it
+/// fit in host memory; None when even all of them there leave too little room.
+fn fewest_cpu_moe(
+    fp: &Footprint,
+    m: &ModelSpec,
+    hw: &HardwareProfile,
+    s: &Scenario,
+    search: &Search,
+    kv: KvType,
+) -> Option<Tried> {
+    let n_layer = m.hparams.n_layer;
+    let at = |cpu_moe_layers: u64| {
+        let c = Config {
+            devices: 1,
+            split: search.split,
+            gpu_layers: n_layer,
+            kv,
+            cpu_moe_layers,
+        };
+        Tried {
+            estimate: estimate_with(fp, m, hw, s, &c),
+            config: c,
+        }
+    };
+    let fits = |t: &Tried| t.estimate.device_bytes_max <= hw.memory_bytes();
+    // Device memory shrinks with each layer's experts moved out, so the counts that fit are
+    // a suffix.
+    if n_layer == 0 || !fits(&at(n_layer)) {
+        return None;
+    }
+    let (mut lo, mut hi) = (1u64, n_layer);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fits(&at(mid)) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(at(lo))
 }
 
 fn shortfall(

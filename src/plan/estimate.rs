@@ -367,6 +367,10 @@ pub struct Config {
     /// Layers on the devices (llama.cpp `-ngl`); the rest run from host memory on the CPU.
     pub gpu_layers: u64,
     pub kv: KvType,
+    /// Of the layers on the devices, the first this many keep their routed experts in host
+    /// memory, where the CPU runs them (llama.cpp `--n-cpu-moe N`); attention, router and
+    /// shared parts stay on the device. 0 for a dense model.
+    pub cpu_moe_layers: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -480,7 +484,17 @@ fn place(
             host_weights += w;
             continue;
         }
-        device_read += weights_read(i) + kv_read(i);
+        let (bytes, read) = if (i as u64) < c.cpu_moe_layers {
+            let experts = fp.layer_experts[i] as f64;
+            let routed = experts * experts_read(m, 1);
+            host += experts;
+            host_weights += experts;
+            host_read += routed;
+            (bytes - experts, weights_read(i) - routed)
+        } else {
+            (bytes, weights_read(i))
+        };
+        device_read += read + kv_read(i);
         match c.split {
             Split::Row => per_device.iter_mut().for_each(|d| *d += bytes / n as f64),
             Split::Layer => per_device[(i - first_gpu) * n / on_gpu.max(1)] += bytes,
@@ -585,12 +599,22 @@ pub fn estimate_with(
     let cells_read: f64 = (0..m.hparams.n_layer)
         .map(|il| kv_cells_read(m, il, depth))
         .sum();
-    let extra_step = cells_read * kv_cell_bytes(m, c.kv) * (s.batch as f64 - 1.0)
-        + fp.layer_experts.iter().sum::<u64>() as f64
-            * (experts_read(m, s.batch) - experts_read(m, 1));
-    let gpu_frac = c.gpu_layers.min(m.hparams.n_layer) as f64 / m.hparams.n_layer.max(1) as f64;
-    let batch_step =
-        step_s + extra_step * gpu_frac / device_bw + extra_step * (1.0 - gpu_frac) / host_bw;
+    let kv_extra = cells_read * kv_cell_bytes(m, c.kv) * (s.batch as f64 - 1.0);
+    let experts_extra = fp.layer_experts.iter().sum::<u64>() as f64
+        * (experts_read(m, s.batch) - experts_read(m, 1));
+    let n_layer = m.hparams.n_layer.max(1);
+    let on_gpu = c.gpu_layers.min(n_layer);
+    let gpu_frac = on_gpu as f64 / n_layer as f64;
+    // Experts in host memory: those of the layers left there and of the first
+    // `cpu_moe_layers`.
+    let first_gpu = n_layer - on_gpu;
+    let experts_host = (first_gpu + c.cpu_moe_layers.min(n_layer).saturating_sub(first_gpu)) as f64
+        / n_layer as f64;
+    let batch_step = step_s
+        + kv_extra * gpu_frac / device_bw
+        + kv_extra * (1.0 - gpu_frac) / host_bw
+        + experts_extra * (1.0 - experts_host) / device_bw
+        + experts_extra * experts_host / host_bw;
     // A prompt batch does not pipeline across layer-split devices (pp512 on 1, 4 or 8 GPUs
     // measures about the same): one device's compute, or all of them under a row split.
     let compute_rate = eff.compute * hw.fp16_tflops * 1e12 * if row { n } else { 1.0 };

@@ -51,6 +51,8 @@ pub struct PlanRow {
     pub devices: u64,
     pub split: Split,
     pub gpu_layers: u64,
+    /// Layers whose routed experts stay in host memory (llama.cpp `--n-cpu-moe`).
+    pub cpu_moe_layers: u64,
     pub n_layer: u64,
     pub kv_type: KvType,
     pub ctx: u64,
@@ -347,6 +349,7 @@ pub fn plan(req: &Request) -> Result<Plan> {
                     devices,
                     split: c.split,
                     gpu_layers: c.gpu_layers.min(m.hparams.n_layer),
+                    cpu_moe_layers: c.cpu_moe_layers,
                     n_layer: m.hparams.n_layer,
                     kv_type: c.kv,
                     ctx: s.ctx,

@@ -248,16 +248,19 @@ pub fn recommend(
         ),
         (None, None) => "no perplexity is known for it".into(),
     };
-    let why = if groups.len() > 1 {
-        "perplexities of different tokenizers or texts do not compare, so each one's best row is ranked by MMLU (5-shot, unquantized, as each model's authors report it; quantization loss not included)"
+    // One group without perplexities has nothing to rank by MMLU: `within` says it all.
+    let ranked = if groups.len() > 1 {
+        format!(
+            "perplexities of different tokenizers or texts do not compare, so each one's best row is ranked by MMLU (5-shot, unquantized, as each model's authors report it; quantization loss not included): {}; ",
+            scores.join(", ")
+        )
     } else {
-        "no perplexity is known for this model"
+        String::new()
     };
     let mut parts = vec![format!(
-        "{} {}: {why}: {}; {within}, ${:.2}/Mtok, {:.0} tokens/s decode{}",
+        "{} {}: {ranked}{within}, ${:.2}/Mtok, {:.0} tokens/s decode{}",
         r.model,
         where_text(r),
-        scores.join(", "),
         r.usd_per_million_tokens,
         r.decode_tokens_per_s,
         tight(r)
