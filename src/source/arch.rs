@@ -144,6 +144,17 @@ pub enum Presence {
     Absent,
 }
 
+impl Presence {
+    /// Required where `present`, else absent.
+    pub const fn required_if(present: bool) -> Presence {
+        if present {
+            Presence::Required
+        } else {
+            Presence::Absent
+        }
+    }
+}
+
 /// What a tensor needs between the checkpoint and the GGUF file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transform {
@@ -447,39 +458,19 @@ const fn untied(_: &Architecture, h: &HParams) -> Presence {
     }
 }
 const fn with_llama3_rope(_: &Architecture, h: &HParams) -> Presence {
-    if matches!(h.rope_scaling, RopeScaling::Llama3(_)) {
-        Presence::Required
-    } else {
-        Presence::Absent
-    }
+    Presence::required_if(matches!(h.rope_scaling, RopeScaling::Llama3(_)))
 }
 const fn dense_ffn(_: &Architecture, h: &HParams) -> Presence {
-    if h.is_moe() {
-        Presence::Absent
-    } else {
-        Presence::Required
-    }
+    Presence::required_if(!h.is_moe())
 }
 const fn moe_ffn(_: &Architecture, h: &HParams) -> Presence {
-    if h.is_moe() {
-        Presence::Required
-    } else {
-        Presence::Absent
-    }
+    Presence::required_if(h.is_moe())
 }
 const fn with_qk_norm(a: &Architecture, _: &HParams) -> Presence {
-    if a.qk_norm {
-        Presence::Required
-    } else {
-        Presence::Absent
-    }
+    Presence::required_if(a.qk_norm)
 }
 const fn with_bias(_: &Architecture, h: &HParams) -> Presence {
-    if h.attn_bias {
-        Presence::Required
-    } else {
-        Presence::Absent
-    }
+    Presence::required_if(h.attn_bias)
 }
 
 const fn t(
