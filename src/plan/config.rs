@@ -71,6 +71,32 @@ struct Tried {
     estimate: Estimate,
 }
 
+impl Tried {
+    fn of(fp: &Footprint, m: &ModelSpec, hw: &HardwareProfile, s: &Scenario, c: Config) -> Tried {
+        Tried {
+            estimate: estimate_with(fp, m, hw, s, &c),
+            config: c,
+        }
+    }
+
+    /// Whether its device memory fits, context and speed aside.
+    fn fits_device(&self, hw: &HardwareProfile) -> bool {
+        self.estimate.device_bytes_max <= hw.memory_bytes()
+    }
+}
+
+/// One device with `gpu_layers` layers on it and the routed experts of the first
+/// `cpu_moe_layers` in host memory.
+fn one_device(search: &Search, kv: KvType, gpu_layers: u64, cpu_moe_layers: u64) -> Config {
+    Config {
+        devices: 1,
+        split: search.split,
+        gpu_layers,
+        kv,
+        cpu_moe_layers,
+    }
+}
+
 /// The cheapest configuration that runs `m` as `ft` on `hw`, or the closest one with the reason.
 pub fn choose(
     m: &ModelSpec,
@@ -82,12 +108,7 @@ pub fn choose(
     let fp = footprint(m, ft);
     let gpu = hw.kind == "gpu";
     let kvs: Vec<KvType> = search.kv.map_or(KvType::ALL.to_vec(), |k| vec![k]);
-    let eval = |c: Config| Tried {
-        estimate: estimate_with(&fp, m, hw, s, &c),
-        config: c,
-    };
-    // The first KV type with which the configuration runs; when none does, the f16 try (the
-    // one to report: a smaller cache would not have been needed had it fit).
+    let eval = |c: Config| Tried::of(&fp, m, hw, s, c);
     // A dense model has no experts to keep in host memory, whatever was pinned.
     let moe = m.hparams.n_expert > 0 && gpu;
     let pinned_moe = if moe {
@@ -95,6 +116,8 @@ pub fn choose(
     } else {
         0
     };
+    // The first KV type with which the configuration runs; when none does, the f16 try (the
+    // one to report: a smaller cache would not have been needed had it fit).
     let with_kv = |devices: u64, gpu_layers: u64, cpu_moe_layers: u64| -> Tried {
         let mut first = None;
         for &kv in &kvs {
@@ -205,24 +228,12 @@ fn most_layers(
     search: &Search,
     kv: KvType,
 ) -> Option<Tried> {
-    let at = |layers: u64| {
-        let c = Config {
-            devices: 1,
-            split: search.split,
-            gpu_layers: layers,
-            kv,
-            cpu_moe_layers: 0,
-        };
-        Tried {
-            estimate: estimate_with(fp, m, hw, s, &c),
-            config: c,
-        }
-    };
+    let at = |layers: u64| Tried::of(fp, m, hw, s, one_device(search, kv, layers, 0));
     // Device memory grows with the layers on it, so the layers that fit are a prefix.
     let (mut lo, mut hi) = (0u64, m.hparams.n_layer.saturating_sub(1));
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        if at(mid).estimate.device_bytes_max <= hw.memory_bytes() {
+        if at(mid).fits_device(hw) {
             lo = mid;
         } else {
             hi = mid - 1;
@@ -242,29 +253,16 @@ fn fewest_cpu_moe(
     kv: KvType,
 ) -> Option<Tried> {
     let n_layer = m.hparams.n_layer;
-    let at = |cpu_moe_layers: u64| {
-        let c = Config {
-            devices: 1,
-            split: search.split,
-            gpu_layers: n_layer,
-            kv,
-            cpu_moe_layers,
-        };
-        Tried {
-            estimate: estimate_with(fp, m, hw, s, &c),
-            config: c,
-        }
-    };
-    let fits = |t: &Tried| t.estimate.device_bytes_max <= hw.memory_bytes();
+    let at = |cpu_moe: u64| Tried::of(fp, m, hw, s, one_device(search, kv, n_layer, cpu_moe));
     // Device memory shrinks with each layer's experts moved out, so the counts that fit are
     // a suffix.
-    if n_layer == 0 || !fits(&at(n_layer)) {
+    if n_layer == 0 || !at(n_layer).fits_device(hw) {
         return None;
     }
     let (mut lo, mut hi) = (1u64, n_layer);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if fits(&at(mid)) {
+        if at(mid).fits_device(hw) {
             hi = mid;
         } else {
             lo = mid + 1;

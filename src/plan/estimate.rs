@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::catalog::{parameter_count, tensors, ModelSpec};
 use super::hardware::HardwareProfile;
 use crate::quant::rules::{tensor_type, FileType, ModelFacts, RuleOptions};
-use crate::source::arch::by_gguf_name;
 
 pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -137,7 +136,7 @@ pub fn kv_bytes_per_token(m: &ModelSpec, kv: KvType) -> f64 {
 /// Whether layer `il` attends through a sliding window: llama.cpp's fixed layer pattern for
 /// the architecture (`is_swa`), where the config sets a window.
 pub fn sliding_layer(m: &ModelSpec, il: u64) -> bool {
-    let pattern = by_gguf_name(&m.arch).map_or(0, |a| a.swa_pattern);
+    let pattern = m.architecture().swa_pattern;
     m.hparams.sliding_window > 0 && pattern > 0 && il % pattern < pattern - 1
 }
 
@@ -440,6 +439,9 @@ struct Placement {
     /// Weight bytes of the layers (and head) in host memory, which a GPU backend copies over
     /// for each prompt batch: all of a mixture's experts, since a batch uses them all.
     host_weights: f64,
+    /// Of those, the routed experts' bytes (of layers left in host memory and of the first
+    /// `cpu_moe_layers`).
+    host_experts: f64,
 }
 
 /// Where weights and cache live for `seqs` sequences of `ctx` tokens, and what a token
@@ -466,6 +468,7 @@ fn place(
             device_read: weights_read_per_token(fp, m) + (0..n_layer).map(kv_read).sum::<f64>(),
             host_read: 0.0,
             host_weights: 0.0,
+            host_experts: 0.0,
         };
     }
     let n = c.devices.max(1) as usize;
@@ -474,7 +477,8 @@ fn place(
     let full = on_gpu == n_layer;
     let mut per_device = vec![overhead; n];
     let mut host = fp.token_embd as f64;
-    let (mut device_read, mut host_read, mut host_weights) = (0.0, 0.0, 0.0);
+    let (mut device_read, mut host_read) = (0.0, 0.0);
+    let (mut host_weights, mut host_experts) = (0.0, 0.0);
     for (i, &w) in fp.layers.iter().enumerate() {
         let w = w as f64;
         let bytes = w + kv_held(i);
@@ -482,6 +486,7 @@ fn place(
             host += bytes;
             host_read += weights_read(i) + kv_read(i);
             host_weights += w;
+            host_experts += fp.layer_experts[i] as f64;
             continue;
         }
         let (bytes, read) = if (i as u64) < c.cpu_moe_layers {
@@ -489,6 +494,7 @@ fn place(
             let routed = experts * experts_read(m, 1);
             host += experts;
             host_weights += experts;
+            host_experts += experts;
             host_read += routed;
             (bytes - experts, weights_read(i) - routed)
         } else {
@@ -518,6 +524,7 @@ fn place(
         device_read,
         host_read,
         host_weights,
+        host_experts,
     }
 }
 
@@ -600,16 +607,14 @@ pub fn estimate_with(
         .map(|il| kv_cells_read(m, il, depth))
         .sum();
     let kv_extra = cells_read * kv_cell_bytes(m, c.kv) * (s.batch as f64 - 1.0);
-    let experts_extra = fp.layer_experts.iter().sum::<u64>() as f64
-        * (experts_read(m, s.batch) - experts_read(m, 1));
-    let n_layer = m.hparams.n_layer.max(1);
-    let on_gpu = c.gpu_layers.min(n_layer);
-    let gpu_frac = on_gpu as f64 / n_layer as f64;
-    // Experts in host memory: those of the layers left there and of the first
-    // `cpu_moe_layers`.
-    let first_gpu = n_layer - on_gpu;
-    let experts_host = (first_gpu + c.cpu_moe_layers.min(n_layer).saturating_sub(first_gpu)) as f64
-        / n_layer as f64;
+    let all_experts = fp.layer_experts.iter().sum::<u64>() as f64;
+    let experts_extra = all_experts * (experts_read(m, s.batch) - experts_read(m, 1));
+    let experts_host = if all_experts > 0.0 {
+        p.host_experts / all_experts
+    } else {
+        0.0
+    };
+    let gpu_frac = c.gpu_layers.min(m.hparams.n_layer) as f64 / m.hparams.n_layer.max(1) as f64;
     let batch_step = step_s
         + kv_extra * gpu_frac / device_bw
         + kv_extra * (1.0 - gpu_frac) / host_bw
