@@ -850,27 +850,14 @@ fn a_model_without_any_perplexity_is_recommended_plainly() {
 /// refused where it means nothing.
 #[test]
 fn a_mixture_too_big_for_the_device_keeps_experts_in_host_memory() {
-    use quantfit::plan::estimate::{estimate, Config, KvType, Scenario, Split, GIB};
+    use quantfit::plan::estimate::{estimate, GIB};
     use quantfit::quant::rules::FileType;
     let dir = common::model_dir("tiny-qwen3moe");
     let m = quantfit::plan::catalog::resolve(dir.to_str().unwrap()).unwrap();
     let base = quantfit::plan::hardware::resolve("rtx-4090").unwrap();
-    let s = Scenario {
-        ctx: 512,
-        batch: 1,
-        host_memory_gb: 64.0,
-        host_bandwidth_gbs: 80.0,
-        electricity_usd_per_kwh: 0.3,
-        amortize_years: 3.0,
-    };
+    let s = common::plan_scenario(512);
     let need = |cpu_moe_layers| {
-        let c = Config {
-            devices: 1,
-            split: Split::Layer,
-            gpu_layers: m.hparams.n_layer,
-            kv: KvType::F16,
-            cpu_moe_layers,
-        };
+        let c = common::one_device(m.hparams.n_layer, cpu_moe_layers);
         estimate(&m, FileType::Q8_0, &base, &s, &c).device_bytes_max
     };
     // Room for everything but the experts of one layer.
@@ -886,17 +873,22 @@ fn a_mixture_too_big_for_the_device_keeps_experts_in_host_memory() {
     .replace("id = \"rtx-4090\"", "id = \"small-gpu\"")
     .replace("memory_gb = 24", &format!("memory_gb = {memory_gb}"));
     std::fs::write(&profile, text).unwrap();
-    let (m_arg, p_arg) = (dir.to_str().unwrap(), profile.to_str().unwrap());
-    let doc = plan_json(&[
-        "--model",
-        m_arg,
-        "--quant",
-        "Q8_0",
-        "--ctx",
-        "512",
-        "--hardware",
-        p_arg,
-    ]);
+    let m_arg = dir.to_str().unwrap();
+    let plan_on = |hardware: &str, more: &[&str]| {
+        let mut args = vec![
+            "--model",
+            m_arg,
+            "--quant",
+            "Q8_0",
+            "--ctx",
+            "512",
+            "--hardware",
+        ];
+        args.push(hardware);
+        args.extend_from_slice(more);
+        plan_json(&args)
+    };
+    let doc = plan_on(profile.to_str().unwrap(), &[]);
     let r = &rows(&doc)[0];
     assert_eq!(r["fits"], true, "{r}");
     assert_eq!(r["cpu_moe_layers"], 1, "{r}");
@@ -906,18 +898,7 @@ fn a_mixture_too_big_for_the_device_keeps_experts_in_host_memory() {
         "{r}"
     );
     // Pinned: two layers' experts, whether needed or not.
-    let doc = plan_json(&[
-        "--model",
-        m_arg,
-        "--quant",
-        "Q8_0",
-        "--ctx",
-        "512",
-        "--hardware",
-        "rtx-4090",
-        "--n-cpu-moe",
-        "2",
-    ]);
+    let doc = plan_on("rtx-4090", &["--n-cpu-moe", "2"]);
     assert_eq!(rows(&doc)[0]["cpu_moe_layers"], 2);
     // A dense model has no experts to move.
     let doc = plan_json(&[

@@ -213,29 +213,15 @@ fn a_token_reads_only_its_experts() {
 /// each micro-batch (the prefill time is at least that copy).
 #[test]
 fn a_prompt_batch_copies_every_expert_of_host_layers() {
-    use quantfit::plan::estimate::{estimate, footprint, Config, Scenario, Split, UBATCH};
+    use quantfit::plan::estimate::{estimate, footprint, UBATCH};
     let m = catalog::resolve(common::model_dir("tiny-mixtral").to_str().unwrap()).unwrap();
     let hw = quantfit::plan::hardware::resolve("rtx-4090").unwrap();
-    let s = Scenario {
-        ctx: 512,
-        batch: 1,
-        host_memory_gb: 64.0,
-        host_bandwidth_gbs: 50.0,
-        electricity_usd_per_kwh: 0.3,
-        amortize_years: 3.0,
-    };
-    let c = Config {
-        devices: 1,
-        split: Split::Layer,
-        gpu_layers: 0,
-        kv: KvType::F16,
-        cpu_moe_layers: 0,
-    };
+    let s = common::plan_scenario(512);
     let fp = footprint(&m, FileType::Q4_K_M);
     let host_weights = (fp.layers.iter().sum::<u64>() + fp.output) as f64;
     let copy_s = host_weights / (hw.interconnect_gbs * 1e9);
     let batch_s = |gpu_layers| {
-        let c = Config { gpu_layers, ..c };
+        let c = common::one_device(gpu_layers, 0);
         UBATCH as f64 / estimate(&m, FileType::Q4_K_M, &hw, &s, &c).prefill_tokens_per_s
     };
     // The same compute either way; in host memory, the copy on top.
@@ -250,25 +236,12 @@ fn a_prompt_batch_copies_every_expert_of_host_layers() {
 /// memory, byte for byte, and everything else stays.
 #[test]
 fn experts_kept_in_host_memory() {
-    use quantfit::plan::estimate::{estimate, footprint, Config, Scenario, Split};
+    use quantfit::plan::estimate::{estimate, footprint};
     let m = catalog::resolve(common::model_dir("tiny-qwen3moe").to_str().unwrap()).unwrap();
     let hw = quantfit::plan::hardware::resolve("rtx-4090").unwrap();
-    let s = Scenario {
-        ctx: 512,
-        batch: 1,
-        host_memory_gb: 64.0,
-        host_bandwidth_gbs: 50.0,
-        electricity_usd_per_kwh: 0.3,
-        amortize_years: 3.0,
-    };
+    let s = common::plan_scenario(512);
     let at = |cpu_moe_layers| {
-        let c = Config {
-            devices: 1,
-            split: Split::Layer,
-            gpu_layers: m.hparams.n_layer,
-            kv: KvType::F16,
-            cpu_moe_layers,
-        };
+        let c = common::one_device(m.hparams.n_layer, cpu_moe_layers);
         estimate(&m, FileType::Q4_K_M, &hw, &s, &c)
     };
     let fp = footprint(&m, FileType::Q4_K_M);

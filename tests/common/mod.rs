@@ -240,3 +240,28 @@ pub fn limited_quantfit() -> std::process::Command {
     }
     cmd
 }
+
+/// `plan`'s scenario at its defaults (64 GiB of host memory at 80 GB/s, $0.15/kWh, 3 years)
+/// for one sequence of `ctx` tokens.
+pub fn plan_scenario(ctx: u64) -> quantfit::plan::estimate::Scenario {
+    quantfit::plan::estimate::Scenario {
+        ctx,
+        batch: 1,
+        host_memory_gb: 64.0,
+        host_bandwidth_gbs: 80.0,
+        electricity_usd_per_kwh: 0.15,
+        amortize_years: 3.0,
+    }
+}
+
+/// One device holding `gpu_layers` layers, the routed experts of the first `cpu_moe_layers` in
+/// host memory, an f16 cache.
+pub fn one_device(gpu_layers: u64, cpu_moe_layers: u64) -> quantfit::plan::estimate::Config {
+    quantfit::plan::estimate::Config {
+        devices: 1,
+        split: quantfit::plan::estimate::Split::Layer,
+        gpu_layers,
+        kv: quantfit::plan::estimate::KvType::F16,
+        cpu_moe_layers,
+    }
+}
